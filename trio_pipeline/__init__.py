@@ -1,0 +1,75 @@
+"""trio_pipeline: run a DAG of async stages on Trio, losing no event and no task."""
+
+import contextlib as _contextlib
+
+from ._context import StageContext
+from ._engine import RunHandle, open_run, run
+from ._errors import (
+    CycleError,
+    DuplicateStageError,
+    PipelineError,
+    StageDefinitionError,
+    StageTimeout,
+    TransitionError,
+    UnknownStageError,
+)
+from ._events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageLog,
+    StageRetrying,
+    StageStarted,
+)
+from ._graph import Pipeline, Stage, StageFunction
+from ._result import RunResult, StageOutcome
+from ._sinks import ConsoleSink, JsonlSink, Sink
+from ._state import RunState, StageStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConsoleSink",
+    "CycleError",
+    "DuplicateStageError",
+    "Event",
+    "JsonlSink",
+    "Pipeline",
+    "PipelineError",
+    "RunFinished",
+    "RunHandle",
+    "RunResult",
+    "RunStarted",
+    "RunState",
+    "Sink",
+    "Stage",
+    "StageContext",
+    "StageDefinitionError",
+    "StageFinished",
+    "StageFunction",
+    "StageLog",
+    "StageOutcome",
+    "StageRetrying",
+    "StageStarted",
+    "StageStatus",
+    "StageTimeout",
+    "TransitionError",
+    "UnknownStageError",
+    "open_run",
+    "run",
+]
+
+
+def _claim_public_objects() -> None:
+    # Objects report the public module, as trio does, so reprs and docs show tp.X.
+    namespace = globals()
+    for name in __all__:
+        obj = namespace[name]
+        if getattr(obj, "__module__", "").startswith("trio_pipeline._"):
+            with _contextlib.suppress(AttributeError, TypeError):
+                obj.__module__ = __name__
+
+
+_claim_public_objects()
+del _claim_public_objects

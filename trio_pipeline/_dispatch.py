@@ -1,0 +1,126 @@
+"""The dispatcher: the single consumer of a run's event channel.
+
+It runs inside a shielded cancel scope, so cancelling the run's nursery (an outer
+cancellation, a crashing body) cannot drop buffered events. The engine bounds it
+instead: once the send side is closed it sets the scope's deadline to
+``now + drain_timeout``. The dispatcher then reports through `on_done` exactly
+once, whether it drained everything or the deadline cut it short, and the engine
+reads `delivered` and `errors` to tell the two apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import trio
+
+from . import _chaos
+from ._events import Event
+from ._sinks import Sink
+
+logger = logging.getLogger("trio_pipeline")
+
+
+class Dispatcher:
+    """Delivers each event to every enabled sink, in order; disables sinks that raise.
+
+    Owned by the run's nursery (started with `nursery.start`). `on_done` is called
+    from the dispatcher's task when it stops.
+    """
+
+    def __init__(
+        self,
+        receive: trio.MemoryReceiveChannel[Event],
+        sinks: Sequence[Sink],
+        on_done: Callable[[Dispatcher], None],
+    ) -> None:
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self.delivered: list[int] = [0] * len(self.sinks)
+        self.errors: dict[int, BaseException] = {}
+        self.overran = False
+        self._receive = receive
+        self._on_done = on_done
+        self._closed: set[int] = set()
+        self._scope = trio.CancelScope(shield=True)
+
+    def set_deadline(self, deadline: float) -> None:
+        """Bound the rest of the drain: at `deadline` delivery stops and is reported."""
+        self._scope.deadline = min(self._scope.deadline, deadline)
+
+    def cancel(self) -> None:
+        """Stop delivering now (counts as an overrun)."""
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._scope:
+                task_status.started()
+                # Plain `with`, not `async with`: trio issue 455 (an exception raised
+                # inside `async with receive_channel` can be swallowed when cancelled).
+                with self._receive:
+                    await self._deliver_all()
+                await self._close_sinks()
+            if self._scope.cancelled_caught:
+                self.overran = True
+                await self._close_sinks_after_overrun()
+        finally:
+            self._on_done(self)
+
+    async def _deliver_all(self) -> None:
+        receive = self._receive
+        sinks = self.sinks
+        while True:
+            # Take what is buffered without a scheduler round-trip; block only when empty.
+            try:
+                event = receive.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    event = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
+            if _chaos.hook is not None:
+                await _chaos.hook("dispatch")
+            for i, sink in enumerate(sinks):
+                if i in self.errors:
+                    continue
+                try:
+                    await sink.handle(event)
+                except Exception as exc:
+                    self._disable(i, exc, f"handling event seq={event.seq}")
+                else:
+                    self.delivered[i] += 1
+
+    async def _close_sinks(self) -> None:
+        for i, sink in enumerate(self.sinks):
+            if _chaos.hook is not None:
+                await _chaos.hook("sink.aclose")
+            self._closed.add(i)
+            try:
+                await sink.aclose()
+            except Exception as exc:
+                if i not in self.errors:
+                    self._disable(i, exc, "closing")
+                else:
+                    logger.warning("sink %r raised again while closing: %r", sink, exc)
+
+    async def _close_sinks_after_overrun(self) -> None:
+        # The deadline has passed, so each aclose runs already cancelled: a sink that
+        # releases its resources before its first await still gets to do so.
+        for i, sink in enumerate(self.sinks):
+            if i in self._closed:
+                continue
+            self._closed.add(i)
+            with trio.CancelScope(shield=True) as scope:
+                scope.cancel()
+                try:
+                    await sink.aclose()
+                except Exception as exc:
+                    if i not in self.errors:
+                        self._disable(i, exc, "closing after the drain deadline")
+
+    def _disable(self, i: int, exc: Exception, when: str) -> None:
+        self.errors[i] = exc
+        logger.error("sink %r raised while %s and was disabled: %r", self.sinks[i], when, exc)

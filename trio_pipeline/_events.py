@@ -1,0 +1,137 @@
+"""Event records. Pure: no trio import.
+
+Every state change of a run is one event. Events of a run carry the run's id, a
+sequence number counting 0, 1, 2, ... without gaps, and the trio clock time at which
+they were emitted. `RunStarted` is always first and `RunFinished` always last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from ._state import RunState, StageStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """The run began; `stages` lists every stage name in definition order."""
+
+    run_id: str
+    seq: int
+    time: float
+    pipeline: str
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted:
+    """One attempt of a stage began (one event per attempt; `attempt` is 1-based)."""
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageLog:
+    """A message a stage emitted through `StageContext.log`."""
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StageRetrying:
+    """Attempt `attempt` failed with `error` (text); the next starts in `delay` seconds.
+
+    The stage gave back its concurrency slot: it is PENDING until the retry starts.
+    """
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    attempt: int
+    error: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class StageFinished:
+    """A stage reached a terminal status. Exactly one per stage per run.
+
+    `attempt` is the number of attempts started (0 if the stage never started),
+    `duration` the seconds from its first start to now (0.0 if never started),
+    `error` the failure as ``"Type: message"`` text, `blocked_by` the failed stage
+    that blocked it.
+    """
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    status: StageStatus
+    attempt: int
+    duration: float
+    error: str | None
+    blocked_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run's last event. `state` is CLOSED or CANCELLED; `counts` covers terminal statuses."""
+
+    run_id: str
+    seq: int
+    time: float
+    state: RunState
+    counts: Mapping[StageStatus, int]
+    duration: float
+
+
+Event = RunStarted | StageStarted | StageLog | StageRetrying | StageFinished | RunFinished
+"""Any event a run emits."""
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RunStarted,
+    StageStarted,
+    StageLog,
+    StageRetrying,
+    StageFinished,
+    RunFinished,
+)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """A JSON-ready dict: the event's fields plus ``"type"``; enums become their values."""
+    row: dict[str, Any] = {"type": type(event).__name__}
+    for field in dataclasses.fields(event):
+        row[field.name] = _jsonable(getattr(event, field.name))
+    return row
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        items = cast(Mapping[object, object], value).items()
+        return {str(_jsonable(k)): _jsonable(v) for k, v in items}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in cast(tuple[object, ...], value)]
+    return value
+
+
+def describe_error(error: BaseException) -> str:
+    """``"Type: message"``, or just ``"Type"`` when the message is empty."""
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name

@@ -1,0 +1,342 @@
+"""Pipeline definition and validation. Pure: no trio import.
+
+A `Pipeline` is a set of named stages with dependencies. Option errors and duplicate
+names are reported when a stage is defined; dependencies may name stages defined
+later, so unknown names and cycles are reported by `Pipeline.validate` (which
+`run`/`open_run` call before anything starts).
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeAlias, overload
+
+from ._context import StageContext
+from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
+
+StageFunction: TypeAlias = Callable[[StageContext], Awaitable[Any]]
+"""An ``async def f(ctx: StageContext) -> value``."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Stage:
+    """A defined stage: what `Pipeline.stage` and `Pipeline.add_stage` return.
+
+    Pass it in another stage's ``after=`` instead of its name. Calling it calls the
+    stage function, so stages stay easy to unit-test.
+    """
+
+    name: str
+    fn: StageFunction
+    after: tuple[str, ...]
+    retries: int
+    retry_delay: float
+    timeout: float | None
+
+    def __call__(self, ctx: StageContext) -> Awaitable[Any]:
+        return self.fn(ctx)
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.name!r} after={list(self.after)!r}>"
+
+
+StageRef: TypeAlias = "str | Stage | StageFunction"
+"""A reference to a stage in ``after=``: its name, its `Stage`, or its function."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A validated pipeline as index arrays, for the engine. Indices follow definition order."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    upstream: tuple[tuple[int, ...], ...]
+    downstream: tuple[tuple[int, ...], ...]
+
+
+class Pipeline:
+    """A named DAG of stages.
+
+    Stages start in definition order among those that are ready. Defining a stage
+    checks its options at once; `validate` checks the graph as a whole.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise StageDefinitionError(f"pipeline name must be a non-empty string, got {name!r}")
+        self.name = name
+        self._stages: dict[str, Stage] = {}
+        self._names_by_fn: dict[int, list[str]] = {}
+
+    @overload
+    def stage(self, fn: StageFunction, /) -> Stage: ...
+
+    @overload
+    def stage(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StageRef] | StageRef = (),
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+    ) -> Callable[[StageFunction], Stage]: ...
+
+    def stage(
+        self,
+        fn: StageFunction | None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StageRef] | StageRef = (),
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+    ) -> Stage | Callable[[StageFunction], Stage]:
+        """Decorator defining a stage named after the function (or `name`).
+
+        Use bare (``@pipe.stage``) or with options (``@pipe.stage(after=[first])``).
+        Options are those of `add_stage`.
+        """
+
+        def decorate(function: StageFunction) -> Stage:
+            stage_name = name if name is not None else getattr(function, "__name__", None)
+            if stage_name is None:
+                raise StageDefinitionError(
+                    f"cannot infer a stage name for {function!r}: pass name="
+                )
+            return self.add_stage(
+                stage_name,
+                function,
+                after=after,
+                retries=retries,
+                retry_delay=retry_delay,
+                timeout=timeout,
+            )
+
+        if fn is not None:
+            return decorate(fn)
+        return decorate
+
+    def add_stage(
+        self,
+        name: str,
+        fn: StageFunction,
+        *,
+        after: Iterable[StageRef] | StageRef = (),
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+    ) -> Stage:
+        """Define a stage.
+
+        Args:
+            name: Unique within the pipeline.
+            fn: ``async def fn(ctx: StageContext) -> value``.
+            after: Stages this one depends on (names, `Stage` objects or their
+                functions). Names may refer to stages defined later.
+            retries: Extra attempts after a failed or timed-out one (never after
+                cancellation).
+            retry_delay: Seconds before retry n is ``retry_delay * 2**(n-1)``.
+            timeout: Seconds allowed per attempt, or None for no limit.
+
+        Raises:
+            DuplicateStageError: `name` is taken.
+            StageDefinitionError: `fn` is not an async function or an option is invalid.
+        """
+        if not isinstance(name, str) or not name:
+            raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
+        if name in self._stages:
+            raise DuplicateStageError(name, self.name)
+        if not _is_async_callable(fn):
+            raise StageDefinitionError(
+                f"stage {name!r}: function must be an async function (async def f(ctx)), got {fn!r}"
+            )
+        stage = Stage(
+            name=name,
+            fn=fn,
+            after=self._resolve_after(name, after),
+            retries=_check_retries(name, retries),
+            retry_delay=_check_retry_delay(name, retry_delay),
+            timeout=_check_timeout(name, timeout),
+        )
+        self._stages[name] = stage
+        self._names_by_fn.setdefault(id(fn), []).append(name)
+        return stage
+
+    @property
+    def stages(self) -> Mapping[str, Stage]:
+        """Read-only view of the stages by name, in definition order."""
+        return MappingProxyType(self._stages)
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    def __iter__(self) -> Iterator[Stage]:
+        return iter(self._stages.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._stages
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name!r} with {len(self._stages)} stages>"
+
+    def validate(self) -> None:
+        """Check the graph as a whole.
+
+        Raises:
+            UnknownStageError: a stage depends on a name that is not defined.
+            CycleError: the dependencies form a cycle (the message shows it).
+        """
+        self.compile()
+
+    def compile(self) -> Plan:
+        """Validate and return the `Plan` the engine runs."""
+        stages = tuple(self._stages.values())
+        index = {stage.name: i for i, stage in enumerate(stages)}
+        upstream: list[tuple[int, ...]] = []
+        downstream: list[list[int]] = [[] for _ in stages]
+        for i, stage in enumerate(stages):
+            ups: list[int] = []
+            for dep in stage.after:
+                j = index.get(dep)
+                if j is None:
+                    close = difflib.get_close_matches(dep, index, n=2)
+                    raise UnknownStageError(dep, stage.name, close)
+                ups.append(j)
+                downstream[j].append(i)
+            upstream.append(tuple(ups))
+        cycle = _find_cycle(upstream)
+        if cycle is not None:
+            raise CycleError([stages[i].name for i in cycle])
+        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
+
+    def start_order(self) -> list[str]:
+        """Stage names in the order an unlimited, failure-free run would start them.
+
+        Raises the same errors as `validate`.
+        """
+        plan = self.compile()
+        waiting = [len(ups) for ups in plan.upstream]
+        ready = [i for i, n in enumerate(waiting) if n == 0]
+        order: list[str] = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(plan.stages[i].name)
+            for j in plan.downstream[i]:
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    heapq.heappush(ready, j)
+        return order
+
+    def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
+        refs: Iterable[StageRef] = (
+            (after,) if isinstance(after, str | Stage) or callable(after) else after
+        )
+        names: list[str] = []
+        for ref in refs:
+            if isinstance(ref, str):
+                dep = ref
+            elif isinstance(ref, Stage):
+                dep = ref.name
+            elif callable(ref):
+                registered = self._names_by_fn.get(id(ref), [])
+                if len(registered) != 1:
+                    how = "is not a stage of" if not registered else "is several stages of"
+                    raise StageDefinitionError(
+                        f"stage {name!r}: after= entry {ref!r} {how} pipeline {self.name!r};"
+                        " pass the stage's name or the Stage returned by stage()/add_stage()"
+                    )
+                dep = registered[0]
+            else:
+                raise StageDefinitionError(
+                    f"stage {name!r}: after= entries must be stage names or Stage objects,"
+                    f" got {ref!r}"
+                )
+            if dep not in names:
+                names.append(dep)
+        return tuple(names)
+
+
+def _is_async_callable(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
+
+
+def _check_retries(name: str, retries: object) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise StageDefinitionError(
+            f"stage {name!r}: retries must be a non-negative int, got {retries!r}"
+        )
+    return retries
+
+
+def _check_retry_delay(name: str, delay: object) -> float:
+    if (
+        isinstance(delay, bool)
+        or not isinstance(delay, int | float)
+        or not math.isfinite(delay)
+        or delay < 0
+    ):
+        raise StageDefinitionError(
+            f"stage {name!r}: retry_delay must be a finite number >= 0, got {delay!r}"
+        )
+    return float(delay)
+
+
+def _check_timeout(name: str, timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout <= 0
+    ):
+        raise StageDefinitionError(
+            f"stage {name!r}: timeout must be a number > 0 or None, got {timeout!r}"
+        )
+    return float(timeout)
+
+
+def _find_cycle(upstream: list[tuple[int, ...]]) -> list[int] | None:
+    """A cycle as indices in data-flow order (each feeds the next), first repeated last.
+
+    The cycle starts at its earliest-defined stage, so the message is deterministic.
+    Iterative, so a 100,000-stage chain does not hit the recursion limit.
+    """
+    unvisited, on_path, done = 0, 1, 2
+    color = [unvisited] * len(upstream)
+    for root in range(len(upstream)):
+        if color[root] != unvisited:
+            continue
+        path = [root]
+        iters = [iter(upstream[root])]
+        color[root] = on_path
+        while path:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                color[path.pop()] = done
+                iters.pop()
+            elif color[nxt] == on_path:
+                # path[k+1] is an upstream of path[k]: reverse for data-flow order.
+                waits_for = path[path.index(nxt) :]
+                flow = waits_for[::-1]
+                first = flow.index(min(flow))
+                flow = flow[first:] + flow[:first]
+                return [*flow, flow[0]]
+            elif color[nxt] == unvisited:
+                color[nxt] = on_path
+                path.append(nxt)
+                iters.append(iter(upstream[nxt]))
+    return None

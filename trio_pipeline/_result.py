@@ -1,0 +1,89 @@
+"""What a finished run reports. Pure: no trio import."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._state import TERMINAL_STATUSES, RunState, StageStatus
+
+if TYPE_CHECKING:
+    from ._sinks import Sink
+
+
+@dataclass(frozen=True, slots=True)
+class StageOutcome:
+    """How one stage ended.
+
+    Attributes:
+        status: A terminal `StageStatus`.
+        value: What the stage function returned (None unless SUCCEEDED).
+        error: The exception of the last failed attempt (None unless FAILED).
+        attempts: Attempts started; 0 for a stage that never started.
+        duration: Seconds from the first start to the end; 0.0 if never started.
+        blocked_by: The failed stage that blocked this one (only when BLOCKED).
+    """
+
+    status: StageStatus
+    value: Any = None
+    error: BaseException | None = None
+    attempts: int = 0
+    duration: float = 0.0
+    blocked_by: str | None = None
+
+
+def count_statuses(statuses: Any) -> dict[StageStatus, int]:
+    """Counts per terminal status, every terminal status present (zeros included), enum order."""
+    counts = {status: 0 for status in StageStatus if status in TERMINAL_STATUSES}
+    for status in statuses:
+        counts[status] += 1
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of a run. Stage failures are data here, not exceptions.
+
+    Attributes:
+        state: CLOSED, or CANCELLED if the run was cancelled or draining overran.
+        stages: Every stage's `StageOutcome`, in definition order.
+        counts: Stages per terminal status (every terminal status is a key).
+        run_id: The id carried by every event of the run.
+        duration: Seconds from start to the end of draining.
+        sink_errors: Sinks that raised, with their first exception; they were disabled.
+        undelivered: Per healthy sink, events it never received (empty when all arrived).
+    """
+
+    state: RunState
+    stages: Mapping[str, StageOutcome]
+    counts: Mapping[StageStatus, int]
+    run_id: str
+    duration: float
+    sink_errors: Mapping[Sink, BaseException]
+    undelivered: Mapping[Sink, int]
+
+    @property
+    def ok(self) -> bool:
+        """True when every stage SUCCEEDED or was SKIPPED."""
+        return all(
+            outcome.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED)
+            for outcome in self.stages.values()
+        )
+
+    def raise_for_failures(self) -> None:
+        """Raise an ExceptionGroup of the failed stages' errors; return if none failed.
+
+        Each error gets a note naming its stage.
+        """
+        errors: list[Exception] = []
+        for name, outcome in self.stages.items():
+            error = outcome.error
+            if outcome.status is StageStatus.FAILED and isinstance(error, Exception):
+                note = f"in stage {name!r}"
+                if note not in getattr(error, "__notes__", ()):
+                    error.add_note(note)
+                errors.append(error)
+        if errors:
+            noun = "stage" if len(errors) == 1 else "stages"
+            raise ExceptionGroup(f"{len(errors)} {noun} failed", errors)
