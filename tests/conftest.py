@@ -1,0 +1,28 @@
+"""Shared test configuration: Hypothesis profiles.
+
+`ci` (the default) is derandomized so CI is repeatable; `stress` is selected by
+`nox -s stress`. Select one with HYPOTHESIS_PROFILE=name.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=200,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "stress",
+    max_examples=20_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
