@@ -110,7 +110,9 @@ class Row:
         return self.events / statistics.median(self.engine)
 
 
-def measure(shape: str, n: int, *, quick: bool, peers: bool, memory: bool) -> Row:
+def measure(
+    shape: str, n: int, *, quick: bool, peers: bool, memory: bool, reps: int | None = None
+) -> Row:
     parents = graphs.make(shape, n)
     row = Row(shape, n)
     start = time.perf_counter()
@@ -126,7 +128,7 @@ def measure(shape: str, n: int, *, quick: bool, peers: bool, memory: bool) -> Ro
     async def run_engine() -> None:
         row.events = await engine.run(pipeline)
 
-    for rep in range(_reps(n, quick)):
+    for rep in range(reps or _reps(n, quick)):
         pair = [(row.baseline, run_baseline), (row.engine, run_engine)]
         for samples, fn in pair if rep % 2 == 0 else pair[::-1]:
             samples.append(_time_trio(fn))
@@ -229,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="N up to 10,000 (under a minute)")
     parser.add_argument("--shapes", nargs="+", choices=graphs.SHAPES, default=list(graphs.SHAPES))
     parser.add_argument("--sizes", nargs="+", type=int, help="stage counts (default 1k 10k 100k)")
+    parser.add_argument("--reps", type=int, help="repetitions per runner (default by N)")
     parser.add_argument("--no-peers", action="store_true", help="skip asyncio and dask")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     parser.add_argument(
@@ -253,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     for shape in args.shapes:
         for n in sizes:
             row = measure(
-                shape, n, quick=args.quick, peers=not args.no_peers, memory=not args.no_memory
+                shape,
+                n,
+                quick=args.quick,
+                peers=not args.no_peers,
+                memory=not args.no_memory,
+                reps=args.reps,
             )
             rows.append(row)
             print(
