@@ -213,6 +213,9 @@ async def test_run_raises_directly_before_any_stage_or_event(error: str) -> None
     assert not sink.closed
 
 
+_SINK = RecordingSink()
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
@@ -220,6 +223,7 @@ async def test_run_raises_directly_before_any_stage_or_event(error: str) -> None
         ({"max_parallel": 2.0}, ValueError, "max_parallel must be a positive int or None"),
         ({"drain_timeout": -1}, ValueError, "drain_timeout must be a number >= 0, got -1"),
         ({"sinks": [object()]}, TypeError, "is not a Sink"),
+        ({"sinks": [_SINK, _SINK]}, ValueError, "the same sink was passed twice"),
     ],
 )
 async def test_bad_run_options(
