@@ -484,6 +484,8 @@ def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeou
     for sink in sinks:
         if not isinstance(sink, Sink):
             raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+    if len({id(sink) for sink in sinks}) != len(sinks):
+        raise ValueError("the same sink was passed twice; each sink receives each event once")
 
 
 @asynccontextmanager

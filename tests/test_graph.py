@@ -1,0 +1,257 @@
+"""Pipeline definition and validation: each error, its message, and when it is raised."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+import trio_pipeline as tp
+from trio_pipeline.testing import RecordingSink
+
+
+async def noop(ctx: tp.StageContext) -> None:
+    pass
+
+
+def test_decorator_bare_and_with_options() -> None:
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def first(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[first], retries=2, retry_delay=0.5, timeout=10.0)
+    async def second(ctx: tp.StageContext) -> int:
+        return 2
+
+    @pipe.stage(name="third", after=["second", first])
+    async def whatever(ctx: tp.StageContext) -> int:
+        return 3
+
+    assert isinstance(first, tp.Stage)
+    assert list(pipe.stages) == ["first", "second", "third"]
+    assert second.after == ("first",)
+    assert (second.retries, second.retry_delay, second.timeout) == (2, 0.5, 10.0)
+    assert pipe.stages["third"].after == ("second", "first")
+    assert "first" in pipe
+    assert len(pipe) == 3
+
+
+def test_add_stage_accepts_names_stages_and_registered_functions() -> None:
+    pipe = tp.Pipeline("p")
+    a = pipe.add_stage("a", noop)
+
+    async def other(ctx: tp.StageContext) -> None:
+        pass
+
+    pipe.add_stage("b", other, after=a)
+    pipe.add_stage("c", noop, after=["later"])  # forward reference
+    pipe.add_stage("d", noop, after=[other, "b", a])
+    assert pipe.stages["b"].after == ("a",)
+    assert pipe.stages["d"].after == ("b", "a")  # duplicates collapse, order kept
+
+
+async def test_stage_objects_call_their_function() -> None:
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def double(ctx: tp.StageContext) -> int:
+        return 2 * int(ctx.inputs["x"])
+
+    ctx = tp.StageContext(name="double", inputs={"x": 4}, attempt=1, run_id="r", emit_log=print)
+    assert await double(ctx) == 8
+
+
+def test_duplicate_stage_is_rejected_at_definition() -> None:
+    pipe = tp.Pipeline("demo")
+    pipe.add_stage("a", noop)
+    with pytest.raises(
+        tp.DuplicateStageError, match="stage 'a' is already defined in pipeline 'demo'"
+    ):
+        pipe.add_stage("a", noop)
+    assert list(pipe.stages) == ["a"]
+
+
+def sync_fn(ctx: tp.StageContext) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fn": sync_fn}, "stage 's': function must be an async function"),
+        ({"fn": 42}, "stage 's': function must be an async function"),
+        ({"retries": -1}, "stage 's': retries must be a non-negative int, got -1"),
+        ({"retries": True}, "retries must be a non-negative int, got True"),
+        ({"retries": 1.5}, "retries must be a non-negative int, got 1.5"),
+        ({"retry_delay": -0.1}, "retry_delay must be a finite number >= 0, got -0.1"),
+        ({"retry_delay": math.inf}, "retry_delay must be a finite number >= 0, got inf"),
+        ({"timeout": 0}, "stage 's': timeout must be a number > 0 or None, got 0"),
+        ({"timeout": -1.0}, "timeout must be a number > 0 or None, got -1.0"),
+        ({"timeout": math.nan}, "timeout must be a number > 0 or None, got nan"),
+        ({"timeout": "5"}, "timeout must be a number > 0 or None, got '5'"),
+        ({"after": [3]}, "after= entries must be stage names or Stage objects, got 3"),
+    ],
+)
+def test_bad_stage_definitions(kwargs: dict[str, Any], message: str) -> None:
+    pipe = tp.Pipeline("p")
+    fn = kwargs.pop("fn", noop)
+    with pytest.raises(tp.StageDefinitionError, match=message.replace("(", r"\(")):
+        pipe.add_stage("s", fn, **kwargs)
+    assert "s" not in pipe
+
+
+def test_bad_names() -> None:
+    with pytest.raises(tp.StageDefinitionError, match="pipeline name must be a non-empty string"):
+        tp.Pipeline("")
+    with pytest.raises(tp.StageDefinitionError, match="stage name must be a non-empty string"):
+        tp.Pipeline("p").add_stage("", noop)
+
+
+def test_after_with_an_unregistered_or_ambiguous_function() -> None:
+    pipe = tp.Pipeline("p")
+    with pytest.raises(tp.StageDefinitionError, match="is not a stage of pipeline 'p'"):
+        pipe.add_stage("a", noop, after=[sync_fn])  # type: ignore[list-item]
+    pipe.add_stage("x", noop)
+    pipe.add_stage("y", noop)
+    with pytest.raises(tp.StageDefinitionError, match="is several stages of pipeline 'p'"):
+        pipe.add_stage("z", noop, after=[noop])
+
+
+def test_async_callable_instances_are_stage_functions() -> None:
+    class Fetch:
+        async def __call__(self, ctx: tp.StageContext) -> str:
+            return "ok"
+
+    tp.Pipeline("p").add_stage("fetch", Fetch())
+
+
+def test_unknown_stage_names_the_stage_and_who_referenced_it() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("first", noop)
+    pipe.add_stage("second", noop, after=["frist"])
+    with pytest.raises(tp.UnknownStageError) as info:
+        pipe.validate()
+    assert str(info.value) == (
+        "stage 'second' depends on unknown stage 'frist' (did you mean 'first'?)"
+    )
+    assert (info.value.stage, info.value.referenced_by) == ("frist", "second")
+    assert isinstance(info.value, tp.PipelineError)
+    assert isinstance(info.value, LookupError)
+
+
+@pytest.mark.parametrize(
+    ("edges", "message"),
+    [
+        ({"a": ["c"], "b": ["a"], "c": ["b"]}, "dependency cycle: a -> b -> c -> a"),
+        ({"a": ["a"]}, "dependency cycle: a -> a"),
+        ({"a": [], "b": ["a", "d"], "c": ["b"], "d": ["c"]}, "dependency cycle: b -> c -> d -> b"),
+    ],
+)
+def test_cycle_message_shows_the_cycle(edges: dict[str, list[str]], message: str) -> None:
+    pipe = tp.Pipeline("p")
+    for name, after in edges.items():
+        pipe.add_stage(name, noop, after=after)
+    with pytest.raises(tp.CycleError) as info:
+        pipe.validate()
+    assert str(info.value) == message
+    assert info.value.cycle[0] == info.value.cycle[-1]
+
+
+def test_deep_chain_validates_without_recursion() -> None:
+    pipe = tp.Pipeline("chain")
+    previous: list[str] = []
+    for i in range(20_000):
+        pipe.add_stage(f"s{i}", noop, after=previous)
+        previous = [f"s{i}"]
+    pipe.validate()
+    assert pipe.start_order()[:3] == ["s0", "s1", "s2"]
+    pipe.add_stage("s0x", noop, after=["s19999"])
+    pipe.add_stage("loop", noop, after=["loop2"])
+    pipe.add_stage("loop2", noop, after=["loop"])
+    with pytest.raises(tp.CycleError, match="loop -> loop2 -> loop"):
+        pipe.validate()
+
+
+def test_start_order_is_definition_order_among_ready_stages() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("late", noop, after=["root"])
+    pipe.add_stage("root", noop)
+    pipe.add_stage("solo", noop)
+    pipe.add_stage("leaf", noop, after=["late", "solo"])
+    assert pipe.start_order() == ["root", "late", "solo", "leaf"]
+
+
+@pytest.mark.parametrize("error", ["cycle", "unknown"])
+async def test_run_raises_directly_before_any_stage_or_event(error: str) -> None:
+    ran: list[str] = []
+
+    async def record(ctx: tp.StageContext) -> None:
+        ran.append(ctx.name)
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("ok", record)
+    if error == "cycle":
+        pipe.add_stage("a", record, after=["b"])
+        pipe.add_stage("b", record, after=["a"])
+        expected: type[tp.PipelineError] = tp.CycleError
+    else:
+        pipe.add_stage("a", record, after=["nope"])
+        expected = tp.UnknownStageError
+    sink = RecordingSink()
+    with pytest.raises(expected):  # not an ExceptionGroup
+        await tp.run(pipe, sinks=[sink])
+    with pytest.raises(expected):
+        async with tp.open_run(pipe, sinks=[sink]):
+            pass  # pragma: no cover
+    assert ran == []
+    assert sink.events == []
+    assert not sink.closed
+
+
+_SINK = RecordingSink()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"max_parallel": 0}, ValueError, "max_parallel must be a positive int or None, got 0"),
+        ({"max_parallel": 2.0}, ValueError, "max_parallel must be a positive int or None"),
+        ({"drain_timeout": -1}, ValueError, "drain_timeout must be a number >= 0, got -1"),
+        ({"sinks": [object()]}, TypeError, "is not a Sink"),
+        ({"sinks": [_SINK, _SINK]}, ValueError, "the same sink was passed twice"),
+    ],
+)
+async def test_bad_run_options(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("a", noop)
+    with pytest.raises(error, match=message):
+        await tp.run(pipe, **options)
+
+
+def test_pure_core_does_not_import_trio() -> None:
+    code = (
+        "import sys\n"
+        "import trio_pipeline._graph, trio_pipeline._state, trio_pipeline._events\n"
+        "import trio_pipeline._errors, trio_pipeline._result, trio_pipeline._context\n"
+        "assert 'trio' not in sys.modules, sorted(m for m in sys.modules if 'trio' in m)\n"
+    )
+    # The package __init__ imports the engine, so load the pure modules without it.
+    loader = (
+        "import importlib.util, sys, types\n"
+        "pkg = types.ModuleType('trio_pipeline'); pkg.__path__ = ['trio_pipeline']\n"
+        "sys.modules['trio_pipeline'] = pkg\n"
+    )
+    subprocess.run([sys.executable, "-c", loader + code], check=True, cwd=_root())
+
+
+def _root() -> str:
+    import pathlib
+
+    return str(pathlib.Path(__file__).resolve().parents[1])
