@@ -1,8 +1,13 @@
-"""The engine: runs a pipeline's stages in one nursery and drives the state machines.
+"""The engine: runs a pipeline's stages in a nursery of their own and drives the state machines.
 
 Ownership: `open_run` owns one nursery. In it run the dispatcher (started first,
-in a shielded scope, see `_dispatch`), one task per running stage attempt, and one
-task per stage waiting out a retry delay. No task outlives the `async with` block.
+in a shielded scope, see `_dispatch`) and the stage host, which owns the stages'
+nursery: one task per running stage attempt and one per stage waiting out a retry
+delay. No task outlives the `async with` block.
+
+Stopping running stages cancels the stages' nursery as a whole (one cancel scope
+for all of them); a stage gets a cancel scope of its own only for its timeout,
+because entering a scope costs about as much as the rest of a no-op stage.
 
 Scheduling happens synchronously inside whichever task changed something: a
 finishing stage marks its downstream ready and starts what the concurrency limit
@@ -80,7 +85,7 @@ class _StageRecord:
         self.attempt = 0
         self.started_at: float | None = None
         self.finished_at: float | None = None
-        self.scope: trio.CancelScope | None = None  # the attempt or the retry wait
+        self.scope: trio.CancelScope | None = None  # the attempt's timeout or the retry wait
         self.cancel_requested = False
         self.inputs: Mapping[str, Any] = MappingProxyType({})
         self.value: Any = None
@@ -128,7 +133,8 @@ class _Run:
         self._send, receive = trio.open_memory_channel[Event](math.inf)
         self._seq = 0
         self._events_closed = False
-        self._nursery: trio.Nursery | None = None
+        self._nursery: trio.Nursery | None = None  # the stages' nursery
+        self._stages_done = trio.Event()
         self.started_at = 0.0
         self.dispatcher = Dispatcher(receive, sinks, self._on_dispatcher_done)
         self.finished = trio.Event()
@@ -149,6 +155,13 @@ class _Run:
         )
 
     # -- lifecycle ------------------------------------------------------------------
+
+    async def host_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Own the stages' nursery: begin the run in it, then keep it open until all are done."""
+        async with trio.open_nursery() as nursery:
+            self.begin(nursery)
+            task_status.started()
+            await self._stages_done.wait()
 
     def begin(self, nursery: trio.Nursery) -> None:
         """Emit `RunStarted` and start the stages that have no dependencies."""
@@ -182,13 +195,15 @@ class _Run:
         for rec in self.records:
             state = rec.machine.state
             if state is _RUNNING:
-                if cancel_running and rec.scope is not None:
+                if cancel_running:
                     rec.cancel_requested = True
-                    rec.scope.cancel()
             elif state is _PENDING:
                 self._terminate(rec, StageStatus.CANCELLED)
                 if rec.scope is not None:  # waiting out a retry delay
                     rec.scope.cancel()
+        if cancel_running:
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
 
     def _check_done(self) -> None:
         if self._unfinished or self._events_closed:
@@ -203,6 +218,7 @@ class _Run:
             RunFinished(self.run_id, self._next_seq(), now, final, counts, now - self.started_at)
         )
         self._send.close()
+        self._stages_done.set()
         if self.machine.state is RunState.CLOSING:
             self.machine.advance(RunState.DRAINING)
         self.dispatcher.set_deadline(now + self.drain_timeout)
@@ -268,14 +284,14 @@ class _Run:
                     {records[j].stage.name: records[j].value for j in upstream}
                 )
         timeout = rec.stage.timeout
-        # Created here, not in the task, so a cancel arriving before the task runs lands.
-        rec.scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
+        # Created here, not in the task, so the deadline counts from the start event.
+        rec.scope = None if timeout is None else trio.CancelScope(deadline=now + timeout)
         self._send.send_nowait(
             StageStarted(self.run_id, self._next_seq(), now, rec.stage.name, rec.attempt)
         )
         self._nursery.start_soon(self._attempt, rec, rec.scope)
 
-    async def _attempt(self, rec: _StageRecord, scope: trio.CancelScope) -> None:
+    async def _attempt(self, rec: _StageRecord, scope: trio.CancelScope | None) -> None:
         ctx = StageContext(
             name=rec.stage.name,
             inputs=rec.inputs,
@@ -287,23 +303,32 @@ class _Run:
         try:
             if _chaos.hook is not None:
                 await _chaos.hook("stage.start")
-            with scope:
+            if scope is None:
                 value = await rec.stage.fn(ctx)
+            else:
+                with scope:
+                    value = await rec.stage.fn(ctx)
             if _chaos.hook is not None:
-                await _chaos.hook("stage.end")
+                # Shielded: once the function has returned, the attempt has succeeded.
+                with trio.CancelScope(shield=True):
+                    await _chaos.hook("stage.end")
         except Exception as exc:
             self._release(rec)
             self._attempt_failed(rec, exc)
-        except BaseException:
-            # Cancelled by the run's nursery (outer cancellation), not by the engine.
+        except BaseException as exc:
             self._release(rec)
             self._terminate(rec, StageStatus.CANCELLED)
-            self.abort()
+            if rec.cancel_requested and isinstance(exc, trio.Cancelled):
+                # The engine cancelled the stages' nursery (fail-fast or RunHandle.cancel).
+                self._pump()
+            else:
+                # Cancelled from outside the run (or interrupted): cancel the rest too.
+                self.abort()
             self._check_done()
             raise
         else:
             self._release(rec)
-            if not scope.cancelled_caught:
+            if scope is None or not scope.cancelled_caught:
                 self._succeeded(rec, value)
             elif rec.cancel_requested:
                 self._terminate(rec, StageStatus.CANCELLED)
@@ -354,7 +379,9 @@ class _Run:
             with scope:
                 await trio.sleep(delay)
         except BaseException:
-            self.abort()
+            # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
+            if rec.machine.state is _PENDING:
+                self.abort()
             raise
         # Closing may have raced the wake-up; then the stage is already CANCELLED.
         if rec.machine.state is _PENDING and self.machine.state is RunState.RUNNING:
@@ -531,7 +558,7 @@ async def open_run(
         # arriving now reaches the stages instead, which then end CANCELLED.
         with trio.CancelScope(shield=True):
             await nursery.start(run.dispatcher.run)
-        run.begin(nursery)
+            await nursery.start(run.host_stages)
         try:
             yield handle
             await run.finished.wait()
