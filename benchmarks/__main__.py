@@ -119,7 +119,8 @@ def measure(
     pipeline = engine.build(parents)
     row.build = (time.perf_counter() - start) / n * 1e6
     expected = 2 * n + 2
-    with_dask = peers and peer_dask.available() and not (shape == "layered" and n > DASK_LAYERED_MAX)
+    too_slow_for_dask = shape == "layered" and n > DASK_LAYERED_MAX
+    with_dask = peers and peer_dask.available() and not too_slow_for_dask
 
     async def run_baseline() -> None:
         counted = await baseline_trio.run(parents)
@@ -167,7 +168,7 @@ def dispatcher_capacity(events: int = 200_000) -> float:
 
 
 def _fmt(x: float, digits: int = 1) -> str:
-    return "–" if math.isnan(x) else f"{x:,.{digits}f}"
+    return "-" if math.isnan(x) else f"{x:,.{digits}f}"
 
 
 def table(rows: list[Row]) -> str:
@@ -178,8 +179,8 @@ def table(rows: list[Row]) -> str:
     )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
-        mem_b = _fmt(r.mem_baseline / r.n / 1024, 2) if r.mem_baseline else "–"
-        mem_e = _fmt(r.mem_engine / r.n / 1024, 2) if r.mem_engine else "–"
+        mem_b = _fmt(r.mem_baseline / r.n / 1024, 2) if r.mem_baseline else "-"
+        mem_e = _fmt(r.mem_engine / r.n / 1024, 2) if r.mem_engine else "-"
         lines.append(
             f"| {r.shape} | {r.n:,} | {_fmt(r.us(r.baseline))} | {_fmt(r.us(r.engine))}"
             f" | {r.ratio:.2f} | {_fmt(r.build)} | {_fmt(r.us(r.asyncio))} | {_fmt(r.us(r.dask))}"
@@ -221,9 +222,7 @@ def profile(shape: str, n: int, top: int) -> None:
     print("| own us/stage | cum us/stage | calls/stage | function |")
     print("|---|---|---|---|")
     for tottime, cumtime, ncalls, where in entries[:top]:
-        print(
-            f"| {tottime / n * 1e6:.2f} | {cumtime / n * 1e6:.2f} | {ncalls / n:.2f} | {where} |"
-        )
+        print(f"| {tottime / n * 1e6:.2f} | {cumtime / n * 1e6:.2f} | {ncalls / n:.2f} | {where} |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     started = time.perf_counter()
     print(
-        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; python {platform.python_version()},"
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+        f" python {platform.python_version()},"
         f" trio {trio.__version__}, trio_pipeline {tp.__version__}"
         f"{'' if not peer_dask.available() else ', dask ' + _dask_version()};"
         f" {platform.machine()}, {_cpus()} CPUs"
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     for line in flatness(rows):
         print(f"- {line}")
     print(f"- dispatcher alone: {dispatcher_capacity():,.0f} events/s")
-    print(f"- every engine run delivered all 2N+2 events to the sink (asserted)")
+    print("- every engine run delivered all 2N+2 events to the sink (asserted)")
     print(f"- total benchmark time {time.perf_counter() - started:.0f} s")
 
 
