@@ -1,14 +1,16 @@
 """``python -m benchmarks``: the engine vs a hand-written Trio DAG, same process, interleaved.
 
 Timing: each runner is timed from the start of its run to its end, inside the event
-loop (`time.perf_counter`). For the engine that includes `Pipeline.compile`
-(validation) and draining every event to the sink; building the `Pipeline`
-(``add_stage`` per stage) is timed separately and reported as "build". Repetitions
-alternate baseline and engine (which goes first alternates too) and the table shows
-medians. The garbage collector stays on (it is part of the real cost); a collection
-runs before each repetition. Memory is measured in a separate pass with tracemalloc
-(peak traced bytes during the run, the graph already built), so tracing never slows
-a timed run.
+loop, in CPU time of the running thread (`time.thread_time`; every runner here is
+single-threaded), so other processes on a shared machine inflate the numbers less
+than wall time would; ``--clock wall`` uses `time.perf_counter` instead. For the
+engine the run includes `Pipeline.compile` (validation) and draining every event to
+the sink; building the `Pipeline` (``add_stage`` per stage) is timed separately and
+reported as "build". Repetitions alternate baseline and engine (which goes first
+alternates too) and the table shows medians. The garbage collector stays on (it is
+part of the real cost); a collection runs before each repetition. Memory is
+measured in a separate pass with tracemalloc (peak traced bytes during the run, the
+graph already built), so tracing never slows a timed run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ QUICK_SIZES = (1_000, 10_000)
 # dask's synchronous scheduler is super-linear on the layered graph (about 1 ms per
 # stage at 100,000 stages, minutes per repetition): skip it past this size there.
 DASK_LAYERED_MAX = 10_000
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.thread_time, "wall": time.perf_counter}
+CLOCK = [time.thread_time]  # set from --clock
 
 
 def _reps(n: int, quick: bool) -> int:
@@ -49,9 +53,9 @@ def _reps(n: int, quick: bool) -> int:
 
 def _time_trio(fn: Callable[[], Awaitable[Any]]) -> float:
     async def main() -> float:
-        start = time.perf_counter()
+        start = CLOCK[0]()
         await fn()
-        return time.perf_counter() - start
+        return CLOCK[0]() - start
 
     gc.collect()
     return trio.run(main)
@@ -59,9 +63,9 @@ def _time_trio(fn: Callable[[], Awaitable[Any]]) -> float:
 
 def _time_asyncio(fn: Callable[[], Awaitable[Any]]) -> float:
     async def main() -> float:
-        start = time.perf_counter()
+        start = CLOCK[0]()
         await fn()
-        return time.perf_counter() - start
+        return CLOCK[0]() - start
 
     gc.collect()
     return asyncio.run(main())
@@ -69,9 +73,9 @@ def _time_asyncio(fn: Callable[[], Awaitable[Any]]) -> float:
 
 def _time_sync(fn: Callable[[], Any]) -> float:
     gc.collect()
-    start = time.perf_counter()
+    start = CLOCK[0]()
     fn()
-    return time.perf_counter() - start
+    return CLOCK[0]() - start
 
 
 def _peak_trio(fn: Callable[[], Awaitable[Any]]) -> int:
@@ -115,9 +119,9 @@ def measure(
 ) -> Row:
     parents = graphs.make(shape, n)
     row = Row(shape, n)
-    start = time.perf_counter()
+    start = CLOCK[0]()
     pipeline = engine.build(parents)
-    row.build = (time.perf_counter() - start) / n * 1e6
+    row.build = (CLOCK[0]() - start) / n * 1e6
     expected = 2 * n + 2
     too_slow_for_dask = shape == "layered" and n > DASK_LAYERED_MAX
     with_dask = peers and peer_dask.available() and not too_slow_for_dask
@@ -155,11 +159,11 @@ def dispatcher_capacity(events: int = 200_000) -> float:
         sink = engine.CountingSink()
         done = trio.Event()
         dispatcher = Dispatcher(receive, [sink], lambda _: done.set())
-        start = time.perf_counter()
+        start = CLOCK[0]()
         async with trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
             await done.wait()
-        elapsed = time.perf_counter() - start
+        elapsed = CLOCK[0]() - start
         assert sink.count == events
         return events / elapsed
 
@@ -230,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="N up to 10,000 (under a minute)")
     parser.add_argument("--shapes", nargs="+", choices=graphs.SHAPES, default=list(graphs.SHAPES))
     parser.add_argument("--sizes", nargs="+", type=int, help="stage counts (default 1k 10k 100k)")
+    parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="cpu (default) or wall")
     parser.add_argument("--reps", type=int, help="repetitions per runner (default by N)")
     parser.add_argument("--no-peers", action="store_true", help="skip asyncio and dask")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--top", type=int, default=25, help="rows of --profile output")
     args = parser.parse_args(argv)
+    CLOCK[0] = CLOCKS[args.clock]
     sizes = tuple(args.sizes) if args.sizes else QUICK_SIZES if args.quick else FULL_SIZES
     if args.profile:
         for shape in args.shapes:
@@ -250,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         f" python {platform.python_version()},"
         f" trio {trio.__version__}, trio_pipeline {tp.__version__}"
         f"{'' if not peer_dask.available() else ', dask ' + _dask_version()};"
-        f" {platform.machine()}, {_cpus()} CPUs"
+        f" {platform.machine()}, {_cpus()} CPUs; clock: {args.clock}"
     )
     rows = []
     for shape in args.shapes:
