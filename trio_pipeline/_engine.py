@@ -55,6 +55,7 @@ from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
 logger = logging.getLogger("trio_pipeline")
 
 _PENDING = StageStatus.PENDING
+_NO_INPUTS: Mapping[str, Any] = MappingProxyType({})
 _RUNNING = StageStatus.RUNNING
 
 
@@ -87,7 +88,7 @@ class _StageRecord:
         self.finished_at: float | None = None
         self.scope: trio.CancelScope | None = None  # the attempt's timeout or the retry wait
         self.cancel_requested = False
-        self.inputs: Mapping[str, Any] = MappingProxyType({})
+        self.inputs = _NO_INPUTS  # shared until the first attempt; dropped at the end
         self.value: Any = None
         self.error: BaseException | None = None
         self.blocked_by: str | None = None
@@ -426,6 +427,8 @@ class _Run:
     ) -> None:
         """The one way into a terminal status: exactly one StageFinished per stage."""
         rec.machine.advance(status)
+        # Keeps the heap small: finished stages' inputs are garbage the collector would walk.
+        rec.inputs = _NO_INPUTS
         self._unfinished -= 1
         now = rec.finished_at = trio.current_time()
         started = rec.started_at
