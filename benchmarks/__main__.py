@@ -43,6 +43,7 @@ QUICK_SIZES = (1_000, 10_000)
 DASK_LAYERED_MAX = 10_000
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.thread_time, "wall": time.perf_counter}
 CLOCK = [time.thread_time]  # set from --clock
+GC_OFF = [False]  # set from --no-gc
 
 
 def _reps(n: int, quick: bool) -> int:
@@ -57,8 +58,7 @@ def _time_trio(fn: Callable[[], Awaitable[Any]]) -> float:
         await fn()
         return CLOCK[0]() - start
 
-    gc.collect()
-    return trio.run(main)
+    return _collected(lambda: trio.run(main))
 
 
 def _time_asyncio(fn: Callable[[], Awaitable[Any]]) -> float:
@@ -67,15 +67,27 @@ def _time_asyncio(fn: Callable[[], Awaitable[Any]]) -> float:
         await fn()
         return CLOCK[0]() - start
 
-    gc.collect()
-    return asyncio.run(main())
+    return _collected(lambda: asyncio.run(main()))
 
 
 def _time_sync(fn: Callable[[], Any]) -> float:
+    def timed() -> float:
+        start = CLOCK[0]()
+        fn()
+        return CLOCK[0]() - start
+
+    return _collected(timed)
+
+
+def _collected(timed: Callable[[], float]) -> float:
+    """Collect garbage first; with --no-gc keep the collector off during the run."""
     gc.collect()
-    start = CLOCK[0]()
-    fn()
-    return CLOCK[0]() - start
+    if GC_OFF[0]:
+        gc.disable()
+    try:
+        return timed()
+    finally:
+        gc.enable()
 
 
 def _peak_trio(fn: Callable[[], Awaitable[Any]]) -> int:
@@ -235,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", choices=graphs.SHAPES, default=list(graphs.SHAPES))
     parser.add_argument("--sizes", nargs="+", type=int, help="stage counts (default 1k 10k 100k)")
     parser.add_argument("--clock", choices=CLOCKS, default="cpu", help="cpu (default) or wall")
+    parser.add_argument(
+        "--no-gc", action="store_true", help="cyclic GC off during timed runs (to isolate it)"
+    )
     parser.add_argument("--reps", type=int, help="repetitions per runner (default by N)")
     parser.add_argument("--no-peers", action="store_true", help="skip asyncio and dask")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
@@ -244,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=25, help="rows of --profile output")
     args = parser.parse_args(argv)
     CLOCK[0] = CLOCKS[args.clock]
+    GC_OFF[0] = args.no_gc
     sizes = tuple(args.sizes) if args.sizes else QUICK_SIZES if args.quick else FULL_SIZES
     if args.profile:
         for shape in args.shapes:
@@ -257,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
         f" trio {trio.__version__}, trio_pipeline {tp.__version__}"
         f"{'' if not peer_dask.available() else ', dask ' + _dask_version()};"
         f" {platform.machine()}, {_cpus()} CPUs; clock: {args.clock}"
+        f"{'; cyclic GC off while timing' if args.no_gc else ''}"
     )
     rows = []
     for shape in args.shapes:
