@@ -79,15 +79,36 @@ def _time_sync(fn: Callable[[], Any]) -> float:
     return _collected(timed)
 
 
+class _GCPauses:
+    """Sums the cyclic collector's pauses (wall time; a collection does not block)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._start
+
+
+LAST_GC_PAUSES = [0.0]  # seconds of GC pauses in the last timed run
+
+
 def _collected(timed: Callable[[], float]) -> float:
     """Collect garbage first; with --no-gc keep the collector off during the run."""
     gc.collect()
+    pauses = _GCPauses()
     if GC_OFF[0]:
         gc.disable()
+    gc.callbacks.append(pauses)
     try:
         return timed()
     finally:
+        gc.callbacks.remove(pauses)
         gc.enable()
+        LAST_GC_PAUSES[0] = pauses.total
 
 
 def _peak_trio(fn: Callable[[], Awaitable[Any]]) -> int:
@@ -109,6 +130,8 @@ class Row:
     engine: list[float] = field(default_factory=list)
     asyncio: list[float] = field(default_factory=list)
     dask: list[float] = field(default_factory=list)
+    gc_baseline: list[float] = field(default_factory=list)
+    gc_engine: list[float] = field(default_factory=list)
     build: float = 0.0
     events: int = 0
     mem_baseline: int = 0
@@ -146,9 +169,13 @@ def measure(
         row.events = await engine.run(pipeline)
 
     for rep in range(reps or _reps(n, quick)):
-        pair = [(row.baseline, run_baseline), (row.engine, run_engine)]
-        for samples, fn in pair if rep % 2 == 0 else pair[::-1]:
+        pair = [
+            (row.baseline, row.gc_baseline, run_baseline),
+            (row.engine, row.gc_engine, run_engine),
+        ]
+        for samples, gc_samples, fn in pair if rep % 2 == 0 else pair[::-1]:
             samples.append(_time_trio(fn))
+            gc_samples.append(LAST_GC_PAUSES[0])
         if peers:
             row.asyncio.append(_time_asyncio(lambda: baseline_asyncio.run(parents)))
         if with_dask:
@@ -191,15 +218,17 @@ def table(rows: list[Row]) -> str:
     head = (
         "| shape | N | trio baseline us/stage | engine us/stage | engine/baseline"
         " | engine build us/stage | asyncio us/stage | dask sync us/stage"
+        " | GC us/stage baseline | GC us/stage engine"
         " | peak KiB/stage baseline | peak KiB/stage engine | engine events/s |"
     )
-    lines = [head, "|" + "---|" * 11]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         mem_b = _fmt(r.mem_baseline / r.n / 1024, 2) if r.mem_baseline else "-"
         mem_e = _fmt(r.mem_engine / r.n / 1024, 2) if r.mem_engine else "-"
         lines.append(
             f"| {r.shape} | {r.n:,} | {_fmt(r.us(r.baseline))} | {_fmt(r.us(r.engine))}"
             f" | {r.ratio:.2f} | {_fmt(r.build)} | {_fmt(r.us(r.asyncio))} | {_fmt(r.us(r.dask))}"
+            f" | {_fmt(r.us(r.gc_baseline))} | {_fmt(r.us(r.gc_engine))}"
             f" | {mem_b} | {mem_e} | {_fmt(r.events_per_s, 0)} |"
         )
     return "\n".join(lines)
