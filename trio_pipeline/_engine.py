@@ -26,7 +26,7 @@ import heapq
 import logging
 import math
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any
@@ -136,6 +136,9 @@ class _Run:
         self._events_closed = False
         self._nursery: trio.Nursery | None = None  # the stages' nursery
         self._stages_done = trio.Event()
+        # The run's clock, read directly on the per-stage path: trio.current_time()
+        # goes through two more calls to reach the same method. Set in `begin`.
+        self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
         self.dispatcher = Dispatcher(receive, sinks, self._on_dispatcher_done)
         self.finished = trio.Event()
@@ -168,7 +171,8 @@ class _Run:
         """Emit `RunStarted` and start the stages that have no dependencies."""
         self.machine.advance(RunState.RUNNING)
         self._nursery = nursery
-        self.started_at = now = trio.current_time()
+        self._now = trio.lowlevel.current_clock().current_time
+        self.started_at = now = self._now()
         names = tuple(rec.stage.name for rec in self.records)
         self._send.send_nowait(
             RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names)
@@ -275,7 +279,7 @@ class _Run:
         assert self._nursery is not None
         rec.machine.advance(_RUNNING)
         rec.attempt += 1
-        now = trio.current_time()
+        now = self._now()
         if rec.attempt == 1:
             rec.started_at = now
             upstream = self.plan.upstream[rec.index]
@@ -430,7 +434,7 @@ class _Run:
         # Keeps the heap small: finished stages' inputs are garbage the collector would walk.
         rec.inputs = _NO_INPUTS
         self._unfinished -= 1
-        now = rec.finished_at = trio.current_time()
+        now = rec.finished_at = self._now()
         started = rec.started_at
         self._send.send_nowait(
             StageFinished(
