@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._slots import set_slots_directly
 from ._state import TERMINAL_STATUSES, RunState, StageStatus
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class StageOutcome:
     attempts: int = 0
     duration: float = 0.0
     blocked_by: str | None = None
+
+
+set_slots_directly(StageOutcome)  # built once per stage at the end of every run
 
 
 def count_statuses(statuses: Any) -> dict[StageStatus, int]:
