@@ -34,7 +34,7 @@ import trio
 
 import trio_pipeline as tp
 
-from . import baseline_asyncio, baseline_trio, engine, graphs, peer_dask
+from . import baseline_asyncio, baseline_trio, baseline_trio_tuned, engine, graphs, peer_dask
 
 FULL_SIZES = (1_000, 10_000, 100_000)
 QUICK_SIZES = (1_000, 10_000)
@@ -128,6 +128,7 @@ class Row:
     n: int
     baseline: list[float] = field(default_factory=list)
     engine: list[float] = field(default_factory=list)
+    tuned: list[float] = field(default_factory=list)
     asyncio: list[float] = field(default_factory=list)
     dask: list[float] = field(default_factory=list)
     gc_baseline: list[float] = field(default_factory=list)
@@ -168,6 +169,10 @@ def measure(
     async def run_engine() -> None:
         row.events = await engine.run(pipeline)
 
+    async def run_tuned() -> None:
+        counted = await baseline_trio_tuned.run(parents)
+        assert counted == expected, (counted, expected)
+
     for rep in range(reps or _reps(n, quick)):
         pair = [
             (row.baseline, row.gc_baseline, run_baseline),
@@ -176,6 +181,8 @@ def measure(
         for samples, gc_samples, fn in pair if rep % 2 == 0 else pair[::-1]:
             samples.append(_time_trio(fn))
             gc_samples.append(LAST_GC_PAUSES[0])
+        if peers:
+            row.tuned.append(_time_trio(run_tuned))
         if peers:
             row.asyncio.append(_time_asyncio(lambda: baseline_asyncio.run(parents)))
         if with_dask:
@@ -217,17 +224,20 @@ def _fmt(x: float, digits: int = 1) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| shape | N | trio baseline us/stage | engine us/stage | engine/baseline"
-        " | engine build us/stage | asyncio us/stage | dask sync us/stage"
+        " | engine build us/stage | trio tuned us/stage | engine/tuned"
+        " | asyncio us/stage | dask sync us/stage"
         " | GC us/stage baseline | GC us/stage engine"
         " | peak KiB/stage baseline | peak KiB/stage engine | engine events/s |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         mem_b = _fmt(r.mem_baseline / r.n / 1024, 2) if r.mem_baseline else "-"
         mem_e = _fmt(r.mem_engine / r.n / 1024, 2) if r.mem_engine else "-"
         lines.append(
             f"| {r.shape} | {r.n:,} | {_fmt(r.us(r.baseline))} | {_fmt(r.us(r.engine))}"
-            f" | {r.ratio:.2f} | {_fmt(r.build)} | {_fmt(r.us(r.asyncio))} | {_fmt(r.us(r.dask))}"
+            f" | {r.ratio:.2f} | {_fmt(r.build)} | {_fmt(r.us(r.tuned))}"
+            f" | {_fmt(r.us(r.engine) / r.us(r.tuned), 2)}"
+            f" | {_fmt(r.us(r.asyncio))} | {_fmt(r.us(r.dask))}"
             f" | {_fmt(r.us(r.gc_baseline))} | {_fmt(r.us(r.gc_engine))}"
             f" | {mem_b} | {mem_e} | {_fmt(r.events_per_s, 0)} |"
         )

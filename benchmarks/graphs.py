@@ -23,7 +23,7 @@ def wide(n: int) -> Graph:
 
 def chain(n: int) -> Graph:
     """Each stage waits for the previous one: one task alive at a time."""
-    return [()] + [(i - 1,) for i in range(1, n)]
+    return [(i - 1,) if i else () for i in range(n)]
 
 
 def layered(n: int, *, seed: int = SEED) -> Graph:
@@ -38,7 +38,7 @@ def layered(n: int, *, seed: int = SEED) -> Graph:
             continue
         lo = (layer - 1) * width
         previous = range(lo, lo + width)
-        parents.append(tuple(sorted(rng.sample(previous, rng.randint(1, 3)))))
+        parents.append(tuple(sorted(rng.sample(previous, min(width, rng.randint(1, 3))))))
     return parents
 
 
