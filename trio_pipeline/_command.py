@@ -85,7 +85,7 @@ class Command:
         self.tail_lines = tail_lines
 
     async def __call__(self, ctx: StageContext) -> str:
-        stdout: list[bytes] = []
+        stdout: list[bytes | bytearray] = []
         tail: deque[str] = deque(maxlen=self.tail_lines)
         env = None if self.env is None else {**os.environ, **self.env}
         async with trio.open_nursery() as nursery:
@@ -134,7 +134,7 @@ def _stderr_sink(ctx: StageContext, tail: deque[str]) -> Callable[[str], None]:
 async def _stream_lines(
     stream: trio.abc.ReceiveStream,
     emit: Callable[[str], None],
-    keep: Callable[[bytes], None] | None,
+    keep: Callable[[bytes | bytearray], None] | None,
 ) -> None:
     """Read `stream` to EOF, calling `emit` once per line (without its line ending)."""
     buffer = bytearray()

@@ -19,6 +19,7 @@ task, which the run's nursery owns.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import pickle
 import threading
@@ -26,14 +27,45 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checkable
 
 import trio
 
 from ._context import StageContext
 
 if TYPE_CHECKING:
-    from distributed import Client, Future
+    from distributed import Client
+
+# The parts of untyped optional dependencies this module uses, imported lazily.
+
+
+class _Dumps(Protocol):
+    def __call__(self, obj: object, /, protocol: int) -> bytes: ...
+
+
+class _ProcessRunSync(Protocol):
+    async def __call__(
+        self,
+        fn: Callable[[bytes], bytes],
+        payload: bytes,
+        /,
+        *,
+        kill_on_cancel: bool,
+        limiter: trio.CapacityLimiter,
+    ) -> bytes: ...
+
+
+class _DaskFuture(Protocol):
+    def add_done_callback(self, fn: Callable[[object], None], /) -> None: ...
+    def cancel(self) -> object: ...
+    def result(self) -> bytes: ...
+
+
+class _DaskClient(Protocol):
+    def submit(
+        self, fn: Callable[[bytes], bytes], payload: bytes, /, *, key: str, pure: bool
+    ) -> _DaskFuture: ...
+    def close(self) -> object: ...
 
 SyncStageFunction: TypeAlias = Callable[["StageSnapshot"], Any]
 """A ``def f(snapshot: StageSnapshot) -> value`` run by an executor."""
@@ -191,10 +223,10 @@ def _dumps(obj: object) -> bytes:
     # cloudpickle (a dependency of distributed, used by trio-parallel when present)
     # also pickles lambdas and closures; imported lazily to keep `import` light.
     try:
-        import cloudpickle
+        dumps = cast(_Dumps, importlib.import_module("cloudpickle").dumps)
     except ImportError:  # pragma: no cover - exercised only without the extras
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        dumps = pickle.dumps
+    return dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _pack_call(fn: SyncStageFunction, ctx: StageContext) -> bytes:
@@ -266,14 +298,13 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, *, limit: int | None = None) -> None:
-        self.limit = _check_limit(os.cpu_count() or 1 if limit is None else limit)
+        self.limit = _check_limit((os.cpu_count() or 1) if limit is None else limit)
         self._limiter = _PerRunLimiter(self.limit)
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
-        import trio_parallel
-
+        run_sync = cast(_ProcessRunSync, importlib.import_module("trio_parallel").run_sync)
         payload = _pack_call(fn, ctx)
-        envelope = await trio_parallel.run_sync(
+        envelope = await run_sync(
             _call_packed, payload, kill_on_cancel=True, limiter=self._limiter.get()
         )
         return _unpack_outcome(envelope, ctx)
@@ -291,10 +322,12 @@ class DaskExecutor:
     installed. Values cross the network pickled, as with `ProcessExecutor`.
 
     The stage waits on the future without a thread or polling: the future's done
-    callback wakes the Trio task. Cancellation: the future is cancelled on the
-    cluster (waiting at most `cancel_timeout` seconds for the scheduler) and the
-    stage ends; a task already running on a worker thread runs to completion there
-    and its result is dropped. Needs the ``trio-pipeline[dask]`` extra.
+    callback wakes the Trio task. Cancellation (timeout, fail-fast,
+    `RunHandle.cancel`): the stage sends the cancellation to the scheduler (taking at
+    most `cancel_timeout` seconds) and ends; the scheduler then releases the task. A
+    task already running on a worker runs to completion there (Dask does not
+    interrupt running Python code) and its result is dropped. Needs the
+    ``trio-pipeline[dask]`` extra.
     """
 
     name = "dask"
@@ -306,19 +339,18 @@ class DaskExecutor:
         self._lock = threading.Lock()
         if isinstance(address_or_client, str):
             self.address = address_or_client
-            self._client: Client | None = None
+            self._client: _DaskClient | None = None
             self._owns_client = True
         else:
             self.address = None
-            self._client = address_or_client
+            self._client = cast(_DaskClient, address_or_client)
             self._owns_client = False
 
-    def _connect(self) -> Client:
+    def _connect(self) -> _DaskClient:
         with self._lock:
             if self._client is None:
-                from distributed import Client
-
-                self._client = Client(self.address, set_as_default=False)
+                client_class = importlib.import_module("distributed").Client
+                self._client = cast(_DaskClient, client_class(self.address, set_as_default=False))
             return self._client
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
@@ -327,7 +359,7 @@ class DaskExecutor:
             client = await trio.to_thread.run_sync(self._connect, abandon_on_cancel=True)
         payload = _pack_call(fn, ctx)
         key = f"{ctx.name}-{ctx.run_id}-{ctx.attempt}-{uuid.uuid4().hex[:8]}"
-        future: Future[bytes] = client.submit(_call_packed, payload, key=key, pure=False)
+        future = client.submit(_call_packed, payload, key=key, pure=False)
         done = trio.Event()
         token = trio.lowlevel.current_trio_token()
 
