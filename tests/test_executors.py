@@ -152,7 +152,7 @@ def test_sync_function_needs_an_executor_and_async_one_must_not_have_it() -> Non
     async def coro(ctx: tp.StageContext) -> None: ...
 
     with pytest.raises(tp.StageDefinitionError, match="sync function with executor="):
-        pipe.add_stage("a", add_one)  # type: ignore[arg-type]
+        pipe.add_stage("a", add_one)
     with pytest.raises(tp.StageDefinitionError, match=r"plain \(sync\) callable"):
         pipe.add_stage("b", coro, executor=tp.ThreadExecutor())
     with pytest.raises(tp.StageDefinitionError, match="executor must have"):

@@ -67,6 +67,7 @@ class _DaskClient(Protocol):
     ) -> _DaskFuture: ...
     def close(self) -> object: ...
 
+
 SyncStageFunction: TypeAlias = Callable[["StageSnapshot"], Any]
 """A ``def f(snapshot: StageSnapshot) -> value`` run by an executor."""
 
@@ -337,6 +338,7 @@ class DaskExecutor:
             raise ValueError(f"cancel_timeout must be a number > 0, got {cancel_timeout!r}")
         self.cancel_timeout = float(cancel_timeout)
         self._lock = threading.Lock()
+        self.address: str | None
         if isinstance(address_or_client, str):
             self.address = address_or_client
             self._client: _DaskClient | None = None

@@ -53,7 +53,7 @@ class Stage:
         return f"<Stage {self.name!r} after={list(self.after)!r}{where}>"
 
 
-StageRef: TypeAlias = "str | Stage | StageFunction"
+StageRef: TypeAlias = "str | Stage | StageFunction | SyncStageFunction"
 """A reference to a stage in ``after=``: its name, its `Stage`, or its function."""
 
 
