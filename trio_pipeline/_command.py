@@ -7,7 +7,6 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 
 import trio
 
@@ -88,36 +87,41 @@ class Command:
         stdout: list[bytes | bytearray] = []
         tail: deque[str] = deque(maxlen=self.tail_lines)
         env = None if self.env is None else {**os.environ, **self.env}
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    self.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    check=False,
-                    cwd=self.cwd,
-                    env=env,
-                    deliver_cancel=self._terminate_then_kill,
-                )
-            )
-            assert process.stdout is not None
-            assert process.stderr is not None
-            nursery.start_soon(_stream_lines, process.stdout, ctx.log, stdout.append)
-            nursery.start_soon(_stream_lines, process.stderr, _stderr_sink(ctx, tail), None)
+        # Spawned outside the nursery so a spawn error (say, FileNotFoundError) is
+        # the stage's error as is, not wrapped in an ExceptionGroup.
+        process = await trio.lowlevel.open_process(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
+            env=env,
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stream_lines, process.stdout, ctx.log, stdout.append)
+                nursery.start_soon(_stream_lines, process.stderr, _stderr_sink(ctx, tail), None)
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                # Cancelled (or a reader failed): the process must not outlive the stage.
+                with trio.CancelScope(shield=True):
+                    await self._stop(process)
         returncode = process.returncode
         assert returncode is not None
         if returncode != 0:
             raise CommandError(ctx.name, self.argv, returncode, list(tail))
         return b"".join(stdout).decode("utf-8", errors="replace")
 
-    async def _terminate_then_kill(self, process: trio.Process) -> None:
-        # Called by run_process in a shielded scope, which it cancels once the
-        # process has exited.
+    async def _stop(self, process: trio.Process) -> None:
         process.terminate()
-        await trio.sleep(self.grace_period)
+        with trio.move_on_after(self.grace_period):
+            await process.wait()
+            return
         process.kill()
+        await process.wait()
 
     def __repr__(self) -> str:
         return f"<Command {list(self.argv)!r}>"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import pickle
 import threading
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checka
 import trio
 
 from ._context import StageContext
+
+logger = logging.getLogger("trio_pipeline")
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -375,7 +378,11 @@ class DaskExecutor:
             await done.wait()
         except BaseException:
             with trio.move_on_after(self.cancel_timeout, shield=True):
-                await trio.to_thread.run_sync(future.cancel, abandon_on_cancel=True)
+                try:
+                    await trio.to_thread.run_sync(future.cancel, abandon_on_cancel=True)
+                except Exception:
+                    # The stage ends cancelled anyway; say why the cluster may not know.
+                    logger.warning("stage %r: could not cancel %s", ctx.name, key, exc_info=True)
             raise
         envelope = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
         return _unpack_outcome(envelope, ctx)
