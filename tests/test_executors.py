@@ -98,6 +98,17 @@ def fail_first_attempt(snap: tp.StageSnapshot) -> int:
     return snap.attempt
 
 
+class PickyError(Exception):
+    """Pickles, but does not unpickle: its args are the message, its __init__ wants two."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_picky(snap: tp.StageSnapshot) -> None:
+    raise PickyError(1, 2)
+
+
 def return_lock(snap: tp.StageSnapshot) -> object:
     return threading.Lock()
 
@@ -313,6 +324,17 @@ async def test_unpicklable_inputs_and_results_name_the_stage(kind: str, client: 
         assert isinstance(error, tp.SerializationError), (stage, error)
         assert (error.stage, error.what) == (stage, what)
         assert f"stage {stage!r}: its {what} cannot be pickled" in str(error)
+
+
+@pytest.mark.parametrize("kind", ["process", "dask"])
+async def test_an_outcome_that_does_not_unpickle_names_the_stage(kind: str, client: Any) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("picky", raise_picky, executor=EXECUTORS[kind](client))
+    result = await tp.run(pipe)
+    error = result.stages["picky"].error
+    assert isinstance(error, tp.SerializationError)
+    assert (error.stage, error.what) == ("picky", "result")
+    assert "unpickling failed" in str(error)
 
 
 # -- threads -------------------------------------------------------------------------------

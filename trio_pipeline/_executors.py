@@ -274,7 +274,10 @@ def _call_packed(payload: bytes) -> bytes:
 
 
 def _unpack_outcome(envelope: bytes, ctx: StageContext) -> Any:
-    logs, ok, value = pickle.loads(envelope)
+    try:
+        logs, ok, value = pickle.loads(envelope)
+    except Exception as exc:  # e.g. an exception class whose __init__ rejects its args
+        raise SerializationError(ctx.name, "result", f"unpickling failed: {exc}") from exc
     for message in logs:
         ctx.log(message)
     if not ok:
