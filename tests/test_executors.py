@@ -361,7 +361,8 @@ async def test_thread_cancel_abandons_the_thread_and_its_log_then_raises() -> No
     sink = RecordingSink()
     try:
         async with tp.open_run(pipe, sinks=[sink]) as handle:
-            await started.wait()
+            with trio.fail_after(20):
+                await started.wait()
             handle.cancel()
         result = handle.result
         # The stage ended while its thread still runs.
@@ -511,7 +512,8 @@ async def test_command_streams_lines_and_returns_stdout(tmp_path: Path) -> None:
     sink = LineWatcher("first", "stderr: warn: hello")
     async with tp.open_run(pipe, sinks=[sink]) as handle:
         # The lines arrive while the command still runs: streamed, not batched.
-        await sink.seen.wait()
+        with trio.fail_after(20):  # fail, not hang, if the line never comes
+            await sink.seen.wait()
         assert handle.state is tp.RunState.RUNNING
         gate.touch()
     result = handle.result
@@ -561,7 +563,8 @@ async def test_command_cancel_sends_sigterm(tmp_path: Path) -> None:
     pipe.add_command("cmd", [PY, "-c", script])
     sink = LineWatcher("ready")
     async with tp.open_run(pipe, sinks=[sink]) as handle:
-        await sink.seen.wait()
+        with trio.fail_after(20):  # fail, not hang, if the line never comes
+            await sink.seen.wait()
         handle.cancel()
     result = handle.result
     assert result.stages["cmd"].status is tp.StageStatus.CANCELLED
@@ -581,7 +584,8 @@ async def test_command_ignoring_sigterm_is_killed_after_the_grace_period() -> No
     pipe.add_command("cmd", [PY, "-c", script], timeout=30, grace_period=grace)
     sink = LineWatcher("ready")
     async with tp.open_run(pipe, sinks=[sink]) as handle:
-        await sink.seen.wait()
+        with trio.fail_after(20):  # fail, not hang, if the line never comes
+            await sink.seen.wait()
         cancelled_at = time.monotonic()
         handle.cancel()
     result = handle.result
@@ -748,7 +752,8 @@ async def test_cancelling_a_mixed_run_ends_every_kind_cancelled(client: Any) -> 
     dask_release.clear()
     try:
         async with tp.open_run(pipe, sinks=[sink]) as handle:
-            await started.wait()
+            with trio.fail_after(20):
+                await started.wait()
             assert await trio.to_thread.run_sync(dask_started.wait, 10)
             await trio.testing.wait_all_tasks_blocked()
             handle.cancel()
