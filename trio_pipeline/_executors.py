@@ -197,8 +197,10 @@ class ThreadExecutor:
 
     Cancellation (timeout, fail-fast, `RunHandle.cancel`): the thread is abandoned
     and the stage ends at once; the function keeps running in its thread until it
-    returns, and its result is discarded. `StageSnapshot.log` raises RuntimeError
-    in an abandoned thread, which ends a function that logs as it goes.
+    returns, and its result is discarded. An abandoned thread keeps its slot of
+    `limit` until it returns, so functions that hang can use up the executor.
+    `StageSnapshot.log` raises RuntimeError in an abandoned thread, which ends a
+    function that logs as it goes. The limit is per Trio run (default 8).
     """
 
     name = "thread"
