@@ -50,4 +50,6 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Run the example pipeline through the CLI."""
     session.install("-e", ".")
-    session.run("trio-pipeline", "run", "examples/keep_going.py", "--keep-going", success_codes=[0, 1])
+    session.run(
+        "trio-pipeline", "run", "examples/keep_going.py", "--keep-going", success_codes=[0, 1]
+    )
