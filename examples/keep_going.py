@@ -25,20 +25,20 @@ async def checkout(ctx: tp.StageContext) -> str:
 
 @pipe.stage(after=checkout)
 async def lint(ctx: tp.StageContext) -> int:
-    await trio.sleep(0.2)
+    await trio.sleep(0.15)
     return 0
 
 
 @pipe.stage(after=checkout)
 async def unit_tests(ctx: tp.StageContext) -> int:
-    await trio.sleep(0.4)
+    await trio.sleep(0.3)
     ctx.log("128 passed")
     return 128
 
 
-@pipe.stage(after=checkout, retries=1, retry_delay=0.1)
+@pipe.stage(after=checkout, retries=1, retry_delay=0.05)
 async def fetch_mirror(ctx: tp.StageContext) -> bytes:
-    await trio.sleep(0.05)
+    await trio.sleep(0.01)
     raise ConnectionError(f"mirror.invalid is unreachable (attempt {ctx.attempt}; on purpose)")
 
 
@@ -54,5 +54,5 @@ async def publish(ctx: tp.StageContext) -> None:
 
 @pipe.stage(after=[lint, unit_tests])
 async def docs(ctx: tp.StageContext) -> str:
-    await trio.sleep(0.1)
+    await trio.sleep(0.05)
     return "site/index.html"

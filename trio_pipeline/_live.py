@@ -169,6 +169,8 @@ class LiveSink:
 
     def _render(self) -> RenderableType:
         tracker = self.tracker
+        if tracker.started_at is None:
+            return Group()  # nothing to show before RunStarted
         now = self._now
         rows = Table.grid(padding=(0, 1))
         running = sorted(tracker.running.items(), key=lambda item: item[1])
