@@ -10,7 +10,7 @@ import trio.testing
 from rich.console import Console
 
 import trio_pipeline as tp
-from tests.test_cli import assert_display_ended, screen
+from tests.terminal import assert_display_ended, screen
 from trio_pipeline._live import RunTracker, open_live_sink
 from trio_pipeline._render import render_dot, render_graph, render_mermaid, render_order
 
@@ -159,3 +159,23 @@ async def test_live_area_is_erased_even_if_no_run_closes_the_sink(
     raw = buffer.getvalue()
     assert "a 0.9s" in raw
     assert assert_display_ended(raw) == ["Running 'p': 2 stages"]
+
+
+async def test_events_are_rendered_in_batches_not_one_by_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A render per event made a 5,000-stage run take minutes: handle() only records.
+    console, buffer = fake_terminal()
+    names = tuple(f"s{i}" for i in range(1000))
+    async with open_live_sink(console) as sink:
+        before = len(buffer.getvalue())
+        await sink.handle(tp.RunStarted("r", 0, 0.0, "p", names))
+        for i, name in enumerate(names):
+            await sink.handle(tp.StageStarted("r", 1 + i, 0.0, name, 1))
+        assert len(buffer.getvalue()) == before
+        sink.refresh()
+        shown = buffer.getvalue()[before:]
+        assert shown.count("Running 'p': 1000 stages") == 1
+        assert "... and 988 more" in shown
+        assert "0/1000 pending 0 · running 1000 · done 0" in shown
+    assert assert_display_ended(buffer.getvalue()) == ["Running 'p': 1000 stages"]
