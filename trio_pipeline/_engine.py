@@ -351,6 +351,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
+            if _chaos.hook is not None:
+                await _chaos.hook("retry.wake")
         except BaseException:
             self.abort()
             raise
