@@ -43,6 +43,7 @@ FAIL_AFTER = 1_000_000.0
 Behaviour = Literal["ok", "fail", "hang"]
 Control = Literal["none", "close", "cancel", "outer"]
 SinkKind = Literal["record", "slow", "raise", "hung", "torn"]
+FAULTY_SINKS: tuple[SinkKind, ...] = ("slow", "raise", "hung", "torn")
 OpenRun = Callable[..., AbstractAsyncContextManager[tp.RunHandle]]
 
 
@@ -94,9 +95,7 @@ _DURATIONS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0])
 @st.composite
 def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
     kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"] + (["hang"] if hangs else [])
-    attempts = draw(
-        st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3)
-    )
+    attempts = draw(st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3))
     return StageSpec(
         attempts=tuple(attempts),
         retries=draw(st.integers(0, 2)),
@@ -124,7 +123,7 @@ def scenarios(
     draw: st.DrawFn,
     *,
     max_stages: int = 6,
-    sink_kinds: Sequence[SinkKind] = ("record", "record", "record", "slow", "raise", "hung", "torn"),
+    sink_kinds: Sequence[SinkKind] = ("record", "record", "record", *FAULTY_SINKS),
     drain_timeouts: Sequence[float] = (LONG_DRAIN, LONG_DRAIN, LONG_DRAIN, 0.0, 0.5, 3.0),
     controls: Sequence[Control] = ("none", "none", "close", "cancel", "outer"),
     hangs: bool = True,
@@ -163,9 +162,7 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
         name = f"s{j}"
         after = [f"s{i}" for i in upstream[j]]
 
-        async def fn(
-            ctx: tp.StageContext, spec: StageSpec = spec, after: list[str] = after
-        ) -> str:
+        async def fn(ctx: tp.StageContext, spec: StageSpec = spec, after: list[str] = after) -> str:
             if set(ctx.inputs) != set(after):
                 problems.append(f"{ctx.name}: inputs {sorted(ctx.inputs)} != {after}")
             for up, value in ctx.inputs.items():
