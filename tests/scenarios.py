@@ -94,7 +94,9 @@ _DURATIONS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0])
 
 @st.composite
 def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
-    kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"] + (["hang"] if hangs else [])
+    kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"]
+    if hangs:
+        kinds.append("hang")
     attempts = draw(st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3))
     return StageSpec(
         attempts=tuple(attempts),
