@@ -212,8 +212,19 @@ class ScenarioFailure(AssertionError):
     """An invariant broke (or the run deadlocked) in a scenario."""
 
 
+@dataclass
+class Tally:
+    """Examples run so far in this process (`tests.stress` reports it)."""
+
+    examples: int = 0
+
+
+TALLY = Tally()
+
+
 def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
     """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
+    TALLY.examples += 1
     problems: list[str] = []
     pipeline = build_pipeline(sc, problems)
     sinks = [build_sink(spec) for spec in sc.sinks]

@@ -9,7 +9,7 @@ Hypothesis makes it deterministic per seed), so the schedule is drawn too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,14 +25,15 @@ SINK_FAULTS = scenarios(
 SHUTDOWN = scenarios(controls=("close", "cancel", "outer"))
 
 
-def _property(strategy: st.SearchStrategy[Scenario]) -> Callable[[Scenario, Any], None]:
+def make_property(strategy: st.SearchStrategy[Scenario]) -> Callable[[], None]:
     def check(sc: Scenario, _random: Any) -> None:
         run_scenario(sc)
 
-    return given(sc=strategy, _random=st.random_module())(check)
+    # @given supplies both arguments: the test takes none.
+    return cast(Callable[[], None], given(sc=strategy, _random=st.random_module())(check))
 
 
-test_run_invariants = _property(MAIN)
-test_sink_faults = settings(max_examples=100)(_property(SINK_FAULTS))
-test_shutdown_controls = _property(SHUTDOWN)
-FAULT_PROPERTIES = {"sink faults": test_sink_faults, "shutdown controls": test_shutdown_controls}
+test_run_invariants = make_property(MAIN)
+test_sink_faults = settings(max_examples=100)(make_property(SINK_FAULTS))
+test_shutdown_controls = make_property(SHUTDOWN)
+FAULT_STRATEGIES = {"sink faults": SINK_FAULTS, "shutdown controls": SHUTDOWN}
