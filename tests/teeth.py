@@ -7,6 +7,7 @@ Shared by `tests/test_teeth.py` (CI: must find each bug within the CI budget) an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 from collections.abc import Callable, Iterator
@@ -130,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--max-examples", type=int, default=2000)
+    parser.add_argument("--no-tape", action="store_true", help="chaos tape off (comparison)")
     args = parser.parse_args(argv)
     with _quiet():
         for key, variant in VARIANTS.items():
+            if args.no_tape:
+                untaped = variant.strategy.map(lambda sc: dataclasses.replace(sc, tape=()))
+                variant = dataclasses.replace(variant, strategy=untaped)
             counts: list[int] = []
             missed = 0
             messages: set[str] = set()

@@ -223,6 +223,9 @@ async def test_lost_events_and_closed_runs(autojump_clock: trio.testing.MockCloc
     lying = dataclasses.replace(result, state=tp.RunState.CLOSED)
     with pytest.raises(AssertionError, match="undelivered is empty when the run is CLOSED"):
         check_run([healthy, hung], pipe, lying, lossless=False)
+    hidden = dataclasses.replace(result, undelivered={})
+    with pytest.raises(AssertionError, match="lost events are reported in undelivered"):
+        check_run([hung], pipe, hidden, lossless=False)
     miscounted = dataclasses.replace(result, undelivered={hung: result.undelivered[hung] + 1})
     with pytest.raises(AssertionError, match="received \\+ undelivered"):
         check_run([healthy, hung], pipe, miscounted, lossless=False)

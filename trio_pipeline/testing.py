@@ -348,6 +348,11 @@ def _check_healthy(
         totals.add(len(got) + missing)
     if len(totals) > 1:
         raise _fail("received + undelivered is the same total for every healthy sink", str(totals))
+    if (not longest or not isinstance(longest[-1], RunFinished)) and totals == {len(longest)}:
+        raise _fail(
+            "lost events are reported in undelivered",
+            f"no healthy sink got RunFinished, yet none reports a shortfall ({len(longest)})",
+        )
     if longest and isinstance(longest[-1], RunFinished) and totals != {longest[-1].seq + 1}:
         raise _fail(
             "received + undelivered counts every event",
