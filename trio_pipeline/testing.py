@@ -95,11 +95,20 @@ class SlowSink(RecordingSink):
 
 
 class RaisingSink(RecordingSink):
-    """Records events 0 .. k-1, then raises `SinkFault` on the event at index `k`."""
+    """Records events 0 .. k-1, then raises `SinkFault` on the event at index `k`.
 
-    def __init__(self, k: int) -> None:
+    With ``k=None`` it records every event and raises from `aclose` instead.
+    """
+
+    def __init__(self, k: int | None) -> None:
         super().__init__()
         self.k = k
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.k is None:
+            self.raised = SinkFault("sink fault while closing")
+            raise self.raised
 
     async def handle(self, event: Event, /) -> None:
         if len(self.events) == self.k:
@@ -109,11 +118,19 @@ class RaisingSink(RecordingSink):
 
 
 class HungSink(RecordingSink):
-    """Records events 0 .. k-1, then never returns from `handle` (until cancelled)."""
+    """Records events 0 .. k-1, then never returns from `handle` (until cancelled).
 
-    def __init__(self, k: int) -> None:
+    With ``k=None`` it records every event and hangs in `aclose` instead.
+    """
+
+    def __init__(self, k: int | None) -> None:
         super().__init__()
         self.k = k
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.k is None:
+            await trio.sleep_forever()
 
     async def handle(self, event: Event, /) -> None:
         if len(self.events) == self.k:
