@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.scenarios import Scenario, run_scenario, scenarios
@@ -34,6 +34,6 @@ def make_property(strategy: st.SearchStrategy[Scenario]) -> Callable[[], None]:
 
 
 test_run_invariants = make_property(MAIN)
-test_sink_faults = settings(max_examples=100)(make_property(SINK_FAULTS))
+test_sink_faults = make_property(SINK_FAULTS)
 test_shutdown_controls = make_property(SHUTDOWN)
 FAULT_STRATEGIES = {"sink faults": SINK_FAULTS, "shutdown controls": SHUTDOWN}
