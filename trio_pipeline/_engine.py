@@ -102,6 +102,9 @@ class _StageRecord:
 class _Run:
     """One execution of a `Plan`. All methods but the two task bodies are synchronous."""
 
+    # A seam for tests that swap in deliberately broken dispatchers (tests/test_teeth.py).
+    dispatcher_type: type[Dispatcher] = Dispatcher
+
     def __init__(
         self,
         plan: Plan,
@@ -128,7 +131,7 @@ class _Run:
         self._events_closed = False
         self._nursery: trio.Nursery | None = None
         self.started_at = 0.0
-        self.dispatcher = Dispatcher(receive, sinks, self._on_dispatcher_done)
+        self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -351,6 +354,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
+            if _chaos.hook is not None:
+                await _chaos.hook("retry.wake")
         except BaseException:
             self.abort()
             raise
