@@ -1,44 +1,58 @@
-"""Keep-going in action: one stage fails, its downstream is blocked, the rest finish.
+"""Keep going after a failure: only what depends on the failed stage is given up.
 
-Run it: ``python3 examples/keep_going.py`` (or through the CLI once installed).
+    trio-pipeline run examples/keep_going.py --keep-going
+        4 stages succeed, fetch_mirror fails (after one retry), package and publish are
+        blocked; exit code 1.
+    trio-pipeline run examples/keep_going.py
+        fail-fast: the failure cancels the stages still running or waiting; exit code 1.
+
+No network is used: the failing stage fails on purpose.
 """
-
-from __future__ import annotations
 
 import trio
 
 import trio_pipeline as tp
 
-pipe = tp.Pipeline("keep-going-demo")
+pipe = tp.Pipeline("release")
 
 
 @pipe.stage
-async def fetch(ctx: tp.StageContext) -> list[int]:
+async def checkout(ctx: tp.StageContext) -> str:
     await trio.sleep(0.05)
-    return [3, 1, 2]
+    ctx.log("at commit 3f2a9c1")
+    return "3f2a9c1"
 
 
-@pipe.stage(after=[fetch])
-async def parse(ctx: tp.StageContext) -> int:
-    ctx.log("parsing")
-    return 1 // 0  # the deliberate failure
+@pipe.stage(after=checkout)
+async def lint(ctx: tp.StageContext) -> int:
+    await trio.sleep(0.15)
+    return 0
 
 
-@pipe.stage(after=[parse])
-async def report(ctx: tp.StageContext) -> str:
-    return f"total={ctx.inputs['parse']}"
+@pipe.stage(after=checkout)
+async def unit_tests(ctx: tp.StageContext) -> int:
+    await trio.sleep(0.3)
+    ctx.log("128 passed")
+    return 128
 
 
-@pipe.stage(after=[fetch], retries=2, retry_delay=0.01)
-async def sort(ctx: tp.StageContext) -> list[int]:
-    data: list[int] = ctx.inputs["fetch"]
-    return sorted(data)
+@pipe.stage(after=checkout, retries=1, retry_delay=0.05)
+async def fetch_mirror(ctx: tp.StageContext) -> bytes:
+    await trio.sleep(0.01)
+    raise ConnectionError(f"mirror.invalid is unreachable (attempt {ctx.attempt}; on purpose)")
 
 
-async def main() -> None:
-    result = await tp.run(pipe, keep_going=True, sinks=[tp.ConsoleSink()])
-    print("sorted:", result.stages["sort"].value)
+@pipe.stage(after=fetch_mirror)
+async def package(ctx: tp.StageContext) -> str:
+    return f"release-{ctx.inputs['fetch_mirror']!r}.tar.gz"
 
 
-if __name__ == "__main__":
-    trio.run(main)
+@pipe.stage(after=package)
+async def publish(ctx: tp.StageContext) -> None:
+    ctx.log(f"publishing {ctx.inputs['package']}")
+
+
+@pipe.stage(after=[lint, unit_tests])
+async def docs(ctx: tp.StageContext) -> str:
+    await trio.sleep(0.05)
+    return "site/index.html"

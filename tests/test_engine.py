@@ -683,3 +683,24 @@ def test_events_are_frozen_and_slotted() -> None:
     with pytest.raises(AttributeError):
         event.seq = 3  # type: ignore[misc]
     assert not hasattr(event, "__dict__")
+
+
+async def test_a_sink_that_never_awaits_still_meets_the_drain_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression: the dispatcher drained its buffer without a single checkpoint, so
+    # a sink that blocks synchronously (never awaits) ran past the drain deadline
+    # unnoticed and starved the stages; the run ended CLOSED after the whole backlog.
+    class BlockingSink(RecordingSink):
+        async def handle(self, event: tp.Event, /) -> None:
+            autojump_clock.jump(0.005)  # like time.sleep: time passes, nothing yields
+            await super().handle(event)
+
+    pipe = tp.Pipeline("p")
+    for i in range(200):
+        pipe.add_stage(f"s{i}", returns(i))
+    sink = BlockingSink()
+    result = await tp.run(pipe, sinks=[sink], drain_timeout=0.1)
+    assert result.state is tp.RunState.CANCELLED
+    assert 0 < result.undelivered[sink] < 402 - 64
+    assert trio.current_time() < 402 * 0.005 / 2

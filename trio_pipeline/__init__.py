@@ -2,6 +2,7 @@
 
 import contextlib as _contextlib
 
+from ._command import Command, CommandError
 from ._context import StageContext
 from ._engine import RunHandle, open_run, run
 from ._errors import (
@@ -22,6 +23,15 @@ from ._events import (
     StageRetrying,
     StageStarted,
 )
+from ._executors import (
+    DaskExecutor,
+    Executor,
+    ProcessExecutor,
+    SerializationError,
+    StageSnapshot,
+    SyncStageFunction,
+    ThreadExecutor,
+)
 from ._graph import Pipeline, Stage, StageFunction
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
@@ -30,18 +40,24 @@ from ._state import RunState, StageStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "Command",
+    "CommandError",
     "ConsoleSink",
     "CycleError",
+    "DaskExecutor",
     "DuplicateStageError",
     "Event",
+    "Executor",
     "JsonlSink",
     "Pipeline",
     "PipelineError",
+    "ProcessExecutor",
     "RunFinished",
     "RunHandle",
     "RunResult",
     "RunStarted",
     "RunState",
+    "SerializationError",
     "Sink",
     "Stage",
     "StageContext",
@@ -51,9 +67,12 @@ __all__ = [
     "StageLog",
     "StageOutcome",
     "StageRetrying",
+    "StageSnapshot",
     "StageStarted",
     "StageStatus",
     "StageTimeout",
+    "SyncStageFunction",
+    "ThreadExecutor",
     "TransitionError",
     "UnknownStageError",
     "open_run",

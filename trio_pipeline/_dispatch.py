@@ -21,6 +21,8 @@ from ._sinks import Sink
 
 logger = logging.getLogger("trio_pipeline")
 
+_YIELD_EVERY = 64  # events delivered between forced checkpoints
+
 
 class Dispatcher:
     """Delivers each event to every enabled sink, in order; disables sinks that raise.
@@ -70,17 +72,26 @@ class Dispatcher:
     async def _deliver_all(self) -> None:
         receive = self._receive
         sinks = self.sinks
+        unyielded = 0
         while True:
             # Take what is buffered without a scheduler round-trip; block only when empty.
             try:
                 event = receive.receive_nowait()
             except trio.WouldBlock:
+                unyielded = 0
                 try:
                     event = await receive.receive()
                 except trio.EndOfChannel:
                     return
             except trio.EndOfChannel:
                 return
+            unyielded += 1
+            if unyielded == _YIELD_EVERY:
+                # Sinks need not await, so a long backlog could otherwise be drained
+                # without a checkpoint: stages would starve, and the drain deadline,
+                # which trio only delivers at a checkpoint, would go unnoticed.
+                unyielded = 0
+                await trio.lowlevel.checkpoint()
             if _chaos.hook is not None:
                 await _chaos.hook("dispatch")
             for i, sink in enumerate(sinks):

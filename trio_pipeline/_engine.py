@@ -108,6 +108,9 @@ class _StageRecord:
 class _Run:
     """One execution of a `Plan`. All methods but the two task bodies are synchronous."""
 
+    # A seam for tests that swap in deliberately broken dispatchers (tests/test_teeth.py).
+    dispatcher_type: type[Dispatcher] = Dispatcher
+
     def __init__(
         self,
         plan: Plan,
@@ -140,7 +143,7 @@ class _Run:
         # goes through two more calls to reach the same method. Set in `begin`.
         self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
-        self.dispatcher = Dispatcher(receive, sinks, self._on_dispatcher_done)
+        self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -383,6 +386,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
+            if _chaos.hook is not None:
+                await _chaos.hook("retry.wake")
         except BaseException:
             # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
             if rec.machine.state is _PENDING:

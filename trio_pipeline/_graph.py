@@ -12,13 +12,16 @@ import difflib
 import heapq
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from ._context import StageContext
 from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
+
+if TYPE_CHECKING:
+    from ._executors import Executor, SyncStageFunction
 
 StageFunction: TypeAlias = Callable[[StageContext], Awaitable[Any]]
 """An ``async def f(ctx: StageContext) -> value``."""
@@ -29,7 +32,9 @@ class Stage:
     """A defined stage: what `Pipeline.stage` and `Pipeline.add_stage` return.
 
     Pass it in another stage's ``after=`` instead of its name. Calling it calls the
-    stage function, so stages stay easy to unit-test.
+    stage function, so stages stay easy to unit-test. `executor` is where a sync
+    function runs (`fn` is then the async wrapper); None for an async stage, which
+    runs in its Trio task.
     """
 
     name: str
@@ -38,15 +43,17 @@ class Stage:
     retries: int
     retry_delay: float
     timeout: float | None
+    executor: Executor | None = None
 
     def __call__(self, ctx: StageContext) -> Awaitable[Any]:
         return self.fn(ctx)
 
     def __repr__(self) -> str:
-        return f"<Stage {self.name!r} after={list(self.after)!r}>"
+        where = "" if self.executor is None else f" executor={self.executor!r}"
+        return f"<Stage {self.name!r} after={list(self.after)!r}{where}>"
 
 
-StageRef: TypeAlias = "str | Stage | StageFunction"
+StageRef: TypeAlias = "str | Stage | StageFunction | SyncStageFunction"
 """A reference to a stage in ``after=``: its name, its `Stage`, or its function."""
 
 
@@ -88,7 +95,8 @@ class Pipeline:
         retries: int = 0,
         retry_delay: float = 0.0,
         timeout: float | None = None,
-    ) -> Callable[[StageFunction], Stage]: ...
+        executor: Executor | None = None,
+    ) -> Callable[[StageFunction | SyncStageFunction], Stage]: ...
 
     def stage(
         self,
@@ -100,14 +108,15 @@ class Pipeline:
         retries: int = 0,
         retry_delay: float = 0.0,
         timeout: float | None = None,
-    ) -> Stage | Callable[[StageFunction], Stage]:
+        executor: Executor | None = None,
+    ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
         Use bare (``@pipe.stage``) or with options (``@pipe.stage(after=[first])``).
         Options are those of `add_stage`.
         """
 
-        def decorate(function: StageFunction) -> Stage:
+        def decorate(function: StageFunction | SyncStageFunction) -> Stage:
             stage_name = name if name is not None else getattr(function, "__name__", None)
             if stage_name is None:
                 raise StageDefinitionError(
@@ -120,6 +129,7 @@ class Pipeline:
                 retries=retries,
                 retry_delay=retry_delay,
                 timeout=timeout,
+                executor=executor,
             )
 
         if fn is not None:
@@ -129,48 +139,122 @@ class Pipeline:
     def add_stage(
         self,
         name: str,
-        fn: StageFunction,
+        fn: StageFunction | SyncStageFunction,
         *,
         after: Iterable[StageRef] | StageRef = (),
         retries: int = 0,
         retry_delay: float = 0.0,
         timeout: float | None = None,
+        executor: Executor | None = None,
     ) -> Stage:
         """Define a stage.
 
         Args:
             name: Unique within the pipeline.
-            fn: ``async def fn(ctx: StageContext) -> value``.
+            fn: ``async def fn(ctx: StageContext) -> value``; with `executor`, a
+                plain ``def fn(snapshot: StageSnapshot) -> value``.
             after: Stages this one depends on (names, `Stage` objects or their
                 functions). Names may refer to stages defined later.
             retries: Extra attempts after a failed or timed-out one (never after
                 cancellation).
             retry_delay: Seconds before retry n is ``retry_delay * 2**(n-1)``.
             timeout: Seconds allowed per attempt, or None for no limit.
+            executor: Where a sync `fn` runs (`ThreadExecutor`, `ProcessExecutor`,
+                `DaskExecutor`); None runs an async `fn` in its own Trio task.
 
         Raises:
             DuplicateStageError: `name` is taken.
-            StageDefinitionError: `fn` is not an async function or an option is invalid.
+            StageDefinitionError: `fn` is not an async function (a sync callable
+                with `executor`), or an option is invalid.
         """
         if not isinstance(name, str) or not name:
             raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
-        if not _is_async_callable(fn):
-            raise StageDefinitionError(
-                f"stage {name!r}: function must be an async function (async def f(ctx)), got {fn!r}"
-            )
+        run_fn: StageFunction
+        if executor is None:
+            if not _is_async_callable(fn):
+                raise StageDefinitionError(
+                    f"stage {name!r}: function must be an async function (async def f(ctx))"
+                    f" or a sync function with executor=, got {fn!r}"
+                )
+            run_fn = fn  # type: ignore[assignment]
+        else:
+            run_fn = _wrap_sync(name, fn, executor)
         stage = Stage(
             name=name,
-            fn=fn,
+            fn=run_fn,
             after=self._resolve_after(name, after),
             retries=_check_retries(name, retries),
             retry_delay=_check_retry_delay(name, retry_delay),
             timeout=_check_timeout(name, timeout),
+            executor=executor,
         )
         self._stages[name] = stage
         self._names_by_fn.setdefault(id(fn), []).append(name)
         return stage
+
+    def add_command(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        after: Iterable[StageRef] | StageRef = (),
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+        grace_period: float = 5.0,
+    ) -> Stage:
+        """Define a stage that runs an external program (see `Command`).
+
+        Its stdout and stderr lines are emitted as `StageLog` events as they arrive
+        (stderr ones prefixed ``"stderr: "``); its value is the captured stdout
+        (str). A non-zero exit fails the attempt with `CommandError`, which carries
+        the exit code and the last lines of stderr.
+
+        Args:
+            argv: The program and its arguments (no shell).
+            cwd: Working directory (default: the current one).
+            env: Variables added to (or overriding) the inherited environment.
+            grace_period: Seconds between SIGTERM and SIGKILL when the attempt is
+                cancelled or times out.
+            after, retries, retry_delay, timeout: As for `add_stage`.
+
+        Raises:
+            StageDefinitionError: `argv`, `env` or an option is invalid.
+        """
+        from ._command import Command
+
+        if isinstance(argv, str | bytes) or not isinstance(argv, Sequence) or not argv:
+            raise StageDefinitionError(
+                f"stage {name!r}: argv must be a non-empty sequence of strings"
+                f" (no shell), got {argv!r}"
+            )
+        if not all(isinstance(arg, str) for arg in argv):
+            raise StageDefinitionError(f"stage {name!r}: argv entries must be str, got {argv!r}")
+        if env is not None and not (
+            isinstance(env, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise StageDefinitionError(f"stage {name!r}: env must map str to str, got {env!r}")
+        if cwd is not None and not isinstance(cwd, str):
+            raise StageDefinitionError(f"stage {name!r}: cwd must be a str or None, got {cwd!r}")
+        command = Command(
+            argv,
+            cwd=cwd,
+            env=env,
+            grace_period=_check_grace_period(name, grace_period),
+        )
+        return self.add_stage(
+            name,
+            command,
+            after=after,
+            retries=retries,
+            retry_delay=retry_delay,
+            timeout=timeout,
+        )
 
     @property
     def stages(self) -> Mapping[str, Stage]:
@@ -271,6 +355,29 @@ def _is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
     return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
+
+
+def _wrap_sync(name: str, fn: object, executor: object) -> StageFunction:
+    from ._executors import Executor, ExecutorStage
+
+    if not isinstance(executor, Executor):
+        raise StageDefinitionError(
+            f"stage {name!r}: executor must have a name and async run(fn, ctx), got {executor!r}"
+        )
+    if not callable(fn) or _is_async_callable(fn) or inspect.isasyncgenfunction(fn):
+        raise StageDefinitionError(
+            f"stage {name!r}: with executor={executor!r} the function must be a plain"
+            f" (sync) callable taking a StageSnapshot, got {fn!r}"
+        )
+    return ExecutorStage(fn, executor)
+
+
+def _check_grace_period(name: str, grace: object) -> float:
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < math.inf:
+        raise StageDefinitionError(
+            f"stage {name!r}: grace_period must be a finite number >= 0, got {grace!r}"
+        )
+    return float(grace)
 
 
 def _check_retries(name: str, retries: object) -> int:

@@ -1,24 +1,558 @@
-"""Helpers for testing pipelines and sinks in your own test suite."""
+"""Helpers for testing pipelines, sinks and schedules in your own test suite.
+
+- `RecordingSink` keeps what it receives; the fault sinks (`SlowSink`, `RaisingSink`,
+  `HungSink`, `TornSink`) misbehave on purpose and record what they did.
+- `check_run` asserts every invariant a finished run promises (lossless, ordered,
+  one `StageFinished` per stage, dependency and concurrency rules, consistent
+  counts); a broken invariant raises `AssertionError` naming it.
+- `ChaosTape` perturbs the schedule at the engine's chaos points, from a tape of
+  small ints (typically drawn by Hypothesis).
+- `TaskTracker` is a trio Instrument proving that no task outlives a run.
+
+Nothing here is imported by the engine; Hypothesis is not required.
+"""
 
 from __future__ import annotations
 
-from ._events import Event
+import math
+from collections import Counter
+from collections.abc import Generator, Iterable, Sequence
+from contextlib import contextmanager
 
-__all__ = ["RecordingSink"]
+import trio
+
+from . import _chaos
+from ._events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageLog,
+    StageRetrying,
+    StageStarted,
+)
+from ._graph import Pipeline
+from ._result import RunResult, count_statuses
+from ._state import RunState, StageStatus
+
+__all__ = [
+    "ChaosTape",
+    "HungSink",
+    "RaisingSink",
+    "RecordingSink",
+    "SinkFault",
+    "SlowSink",
+    "TaskTracker",
+    "TornSink",
+    "check_run",
+]
+
+
+# -- sinks ------------------------------------------------------------------------------
 
 
 class RecordingSink:
-    """Keeps every event it receives in `events`; `closed` turns true on `aclose`."""
+    """Keeps every event it receives in `events`; `closed` turns true on `aclose`.
+
+    Attributes:
+        events: Events whose `handle` completed, in order.
+        closed: True once `aclose` was called.
+        aclose_calls: How many times `aclose` was called (the engine promises one).
+        raised: The exception this sink raised, if it raised one (fault sinks).
+    """
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.closed = False
+        self.aclose_calls = 0
+        self.raised: BaseException | None = None
 
     async def handle(self, event: Event, /) -> None:
         self.events.append(event)
 
     async def aclose(self) -> None:
         self.closed = True
+        self.aclose_calls += 1
 
     def __repr__(self) -> str:
-        return f"<RecordingSink {len(self.events)} events>"
+        return f"<{type(self).__name__} {len(self.events)} events>"
+
+
+class SinkFault(Exception):
+    """What the fault sinks raise."""
+
+
+class SlowSink(RecordingSink):
+    """Sleeps `delay` seconds (use a MockClock) before recording each event."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def handle(self, event: Event, /) -> None:
+        await trio.sleep(self.delay)
+        self.events.append(event)
+
+
+class RaisingSink(RecordingSink):
+    """Records events 0 .. k-1, then raises `SinkFault` on the event at index `k`.
+
+    With ``k=None`` it records every event and raises from `aclose` instead.
+    """
+
+    def __init__(self, k: int | None) -> None:
+        super().__init__()
+        self.k = k
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.k is None:
+            self.raised = SinkFault("sink fault while closing")
+            raise self.raised
+
+    async def handle(self, event: Event, /) -> None:
+        if len(self.events) == self.k:
+            self.raised = SinkFault(f"sink fault at event #{self.k} (seq={event.seq})")
+            raise self.raised
+        self.events.append(event)
+
+
+class HungSink(RecordingSink):
+    """Records events 0 .. k-1, then never returns from `handle` (until cancelled).
+
+    With ``k=None`` it records every event and hangs in `aclose` instead.
+    """
+
+    def __init__(self, k: int | None) -> None:
+        super().__init__()
+        self.k = k
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.k is None:
+            await trio.sleep_forever()
+
+    async def handle(self, event: Event, /) -> None:
+        if len(self.events) == self.k:
+            await trio.sleep_forever()
+        self.events.append(event)
+
+
+class TornSink(SlowSink):
+    """A slow sink whose cleanup fails when cancelled mid-event: it raises `SinkFault`.
+
+    This breaks the Sink contract (Cancelled should be let through) the way real
+    sinks do when a flush in a ``finally`` fails; the engine must still report it in
+    `RunResult.sink_errors` rather than lose it.
+    """
+
+    async def handle(self, event: Event, /) -> None:
+        try:
+            await trio.sleep(self.delay)
+        except trio.Cancelled as exc:
+            self.raised = SinkFault(f"torn write of event seq={event.seq}")
+            raise self.raised from exc
+        self.events.append(event)
+
+
+# -- chaos ------------------------------------------------------------------------------
+
+
+class ChaosTape:
+    """Perturbs the schedule at the engine's chaos points, one tape value per visit.
+
+    Values: 0 does nothing, 1-3 yield to the scheduler that many times, 4 and above
+    sleep ``(value - 3) * sleep_unit`` seconds (use a `trio.testing.MockClock` with
+    ``autojump_threshold=0`` so sleeps cost no wall time). Once the tape is used up
+    every point does nothing. Draw the tape with Hypothesis, e.g.
+    ``st.lists(st.integers(0, 6), max_size=64)``, so failures shrink and replay.
+
+    Attributes:
+        visits: How often each named point was reached.
+    """
+
+    def __init__(self, tape: Iterable[int], *, sleep_unit: float = 0.5) -> None:
+        self.tape = list(tape)
+        self.sleep_unit = sleep_unit
+        self.visits: Counter[str] = Counter()
+        self._next = 0
+
+    async def point(self, name: str) -> None:
+        """The hook the engine awaits at chaos point `name`."""
+        self.visits[name] += 1
+        if self._next >= len(self.tape):
+            return
+        value = self.tape[self._next]
+        self._next += 1
+        if 1 <= value <= 3:
+            # Perturbation, not synchronisation: each checkpoint lets other tasks run.
+            for _ in range(value):
+                await trio.lowlevel.checkpoint()
+        elif value >= 4:
+            await trio.sleep((value - 3) * self.sleep_unit)
+
+    @contextmanager
+    def installed(self) -> Generator[ChaosTape]:
+        """Make this tape the engine's chaos hook for the ``with`` block, then restore."""
+        previous = _chaos.hook
+        _chaos.hook = self.point
+        try:
+            yield self
+        finally:
+            _chaos.hook = previous
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+class TaskTracker(trio.abc.Instrument):
+    """Counts tasks spawned and exited while installed, to prove none outlives a run.
+
+    Usage, inside `trio.run`::
+
+        tracker = TaskTracker()
+        with tracker.installed():
+            result = await trio_pipeline.run(pipeline)
+        tracker.check_all_exited()
+    """
+
+    def __init__(self) -> None:
+        self.spawned = 0
+        self.exited = 0
+        self.alive: set[trio.lowlevel.Task] = set()
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+        self.alive.add(task)
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        # Tasks spawned before installation exit uncounted.
+        if task in self.alive:
+            self.exited += 1
+            self.alive.discard(task)
+
+    @contextmanager
+    def installed(self) -> Generator[TaskTracker]:
+        """Add this instrument to the current trio run for the ``with`` block."""
+        trio.lowlevel.add_instrument(self)
+        try:
+            yield self
+        finally:
+            trio.lowlevel.remove_instrument(self)
+
+    def check_all_exited(self) -> None:
+        """Raise AssertionError naming the tasks spawned while installed that are alive."""
+        names = sorted(task.name for task in self.alive)
+        assert not self.alive, (
+            f"no task outlives the run: {len(names)} of {self.spawned} still alive: {names}"
+        )
+
+
+# -- invariants -------------------------------------------------------------------------
+
+
+def _fail(invariant: str, detail: str) -> AssertionError:
+    return AssertionError(f"invariant broken: {invariant}: {detail}")
+
+
+def check_run(
+    recorded: Sequence[Event] | Sequence[RecordingSink],
+    pipeline: Pipeline,
+    result: RunResult,
+    *,
+    max_parallel: int | None = None,
+    keep_going: bool | None = None,
+    lossless: bool = True,
+) -> None:
+    """Assert every invariant of a finished run; AssertionError names the broken one.
+
+    Args:
+        recorded: The events one sink received, or the `RecordingSink` objects
+            passed as the run's sinks (then each is checked: healthy ones, those not
+            in `result.sink_errors`, must have received identical sequences; a sink
+            that raised must appear in `sink_errors`; every sink closed once).
+        pipeline: The pipeline that ran.
+        result: What `run` returned (or `RunHandle.result`).
+        max_parallel: The run's limit, checked against the stages running at each
+            point of the event sequence (None: not checked).
+        keep_going: The run's option; with False, also check that no stage started
+            after a stage failed (None: not checked).
+        lossless: Require every healthy sink to have received every event. Pass
+            False only when a sink may legitimately stall past ``drain_timeout``;
+            then each healthy sink must have a prefix of the run's events, its
+            shortfall must equal `result.undelivered`, and a shortfall requires the
+            run to end CANCELLED.
+
+    Invariants: `seq` contiguous from 0; one run id; times never go backwards;
+    `RunStarted` first and `RunFinished` last, exactly once each; exactly one
+    `StageFinished` per stage; attempts numbered 1, 2, ... with `StageRetrying`
+    between them and at most ``retries + 1``; logs only from a running stage; a stage
+    starts only after every upstream SUCCEEDED; BLOCKED only downstream of a FAILED
+    stage named by `blocked_by`; at most `max_parallel` attempts running; the counts
+    in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
+    matches the events; `undelivered` is empty when the run is CLOSED.
+    """
+    sinks: list[RecordingSink] = [r for r in recorded if isinstance(r, RecordingSink)]
+    if sinks and len(sinks) != len(recorded):
+        raise TypeError("pass either a sequence of events or a sequence of RecordingSinks")
+    if sinks:
+        healthy_events = _check_sinks(sinks, result, lossless=lossless)
+        if healthy_events is None:  # every sink raised: only the result is left to check
+            _check_result([], pipeline, result, complete=False)
+            return
+        events = healthy_events
+    else:
+        events = [e for e in recorded if not isinstance(e, RecordingSink)]
+    if events and not isinstance(events[0], RunStarted):
+        raise _fail("RunStarted first", f"first event is {events[0]!r}")
+    complete = bool(events) and isinstance(events[-1], RunFinished)
+    if lossless or complete:
+        _check_complete(events)
+    _check_sequence(events, pipeline, result, max_parallel=max_parallel, keep_going=keep_going)
+    _check_result(events, pipeline, result, complete=complete)
+
+
+def _check_sinks(
+    sinks: list[RecordingSink], result: RunResult, *, lossless: bool
+) -> list[Event] | None:
+    """Check the sinks against each other; return the longest healthy sequence."""
+    for sink in sinks:
+        if sink.raised is not None and sink not in result.sink_errors:
+            raise _fail("a sink that raised is reported", f"{sink!r} raised {sink.raised!r}")
+        if (
+            sink in result.sink_errors
+            and sink.raised is not None
+            and result.sink_errors[sink] is not sink.raised
+        ):
+            raise _fail(
+                "sink_errors holds the sink's own exception",
+                f"{sink!r}: {result.sink_errors[sink]!r} is not {sink.raised!r}",
+            )
+    healthy = [sink for sink in sinks if sink not in result.sink_errors]
+    for stalled in result.undelivered:
+        if stalled not in healthy:
+            raise _fail("undelivered names only healthy sinks", repr(stalled))
+    longest = _check_healthy(healthy, result, lossless=lossless)
+    # Checked last: a dropped event says more about what went wrong than a missing aclose.
+    for sink in sinks:
+        if sink.aclose_calls != 1:
+            raise _fail("every sink is closed exactly once", f"{sink!r}: {sink.aclose_calls}")
+    return longest
+
+
+def _check_healthy(
+    healthy: list[RecordingSink], result: RunResult, *, lossless: bool
+) -> list[Event] | None:
+    if not healthy:
+        return None
+    longest = max(healthy, key=lambda sink: len(sink.events)).events
+    totals: set[int] = set()
+    for sink in healthy:
+        got = sink.events
+        if got != longest[: len(got)]:
+            raise _fail(
+                "every healthy sink received the identical sequence",
+                f"{sink!r} differs from the longest healthy sequence",
+            )
+        missing = result.undelivered.get(sink, 0)
+        if lossless and missing:
+            raise _fail("no event is lost", f"{sink!r} missed {missing} events")
+        if lossless and len(got) != len(longest):
+            raise _fail(
+                "every healthy sink received the identical sequence",
+                f"{sink!r} got {len(got)} of {len(longest)} events",
+            )
+        totals.add(len(got) + missing)
+    if len(totals) > 1:
+        raise _fail("received + undelivered is the same total for every healthy sink", str(totals))
+    if (not longest or not isinstance(longest[-1], RunFinished)) and totals == {len(longest)}:
+        raise _fail(
+            "lost events are reported in undelivered",
+            f"no healthy sink got RunFinished, yet none reports a shortfall ({len(longest)})",
+        )
+    if longest and isinstance(longest[-1], RunFinished) and totals != {longest[-1].seq + 1}:
+        raise _fail(
+            "received + undelivered counts every event",
+            f"totals {totals}, RunFinished.seq={longest[-1].seq}",
+        )
+    return longest
+
+
+def _check_complete(events: Sequence[Event]) -> None:
+    if not events or not isinstance(events[0], RunStarted):
+        raise _fail("RunStarted first", f"first event is {events[0] if events else 'missing'}")
+    if not isinstance(events[-1], RunFinished):
+        raise _fail("RunFinished last", f"last event is {events[-1]!r}")
+    if sum(isinstance(e, RunFinished) for e in events) != 1:
+        raise _fail("RunFinished exactly once", "more than one RunFinished")
+
+
+def _check_sequence(
+    events: Sequence[Event],
+    pipeline: Pipeline,
+    result: RunResult,
+    *,
+    max_parallel: int | None,
+    keep_going: bool | None,
+) -> None:
+    stages = pipeline.stages
+    status: dict[str, StageStatus] = {}  # terminal statuses seen so far
+    attempts: dict[str, int] = {}
+    running: set[str] = set()
+    failed_at: int | None = None
+    last_time = -math.inf
+    for index, event in enumerate(events):
+        if event.seq != index:
+            raise _fail("seq contiguous from 0", f"event #{index} has seq={event.seq}")
+        if event.run_id != result.run_id:
+            raise _fail("one run id", f"{event!r} vs result.run_id={result.run_id}")
+        if event.time < last_time:
+            raise _fail("time never goes backwards", repr(event))
+        last_time = event.time
+        if isinstance(event, RunStarted):
+            if index != 0:
+                raise _fail("RunStarted first and exactly once", f"at seq={event.seq}")
+            if event.stages != tuple(stages):
+                raise _fail("RunStarted lists the stages", f"{event.stages} vs {tuple(stages)}")
+            continue
+        if isinstance(event, RunFinished):
+            if index != len(events) - 1:
+                raise _fail("RunFinished last", f"at seq={event.seq} of {len(events)}")
+            if len(status) != len(stages):
+                raise _fail(
+                    "exactly one StageFinished per stage",
+                    f"unfinished at RunFinished: {sorted(set(stages) - set(status))}",
+                )
+            continue
+        name = event.stage
+        if name not in stages:
+            raise _fail("events name only stages of the pipeline", repr(event))
+        if name in status:
+            kind = type(event).__name__
+            raise _fail(
+                "exactly one StageFinished per stage"
+                if isinstance(event, StageFinished)
+                else "nothing happens to a stage after its StageFinished",
+                f"{kind} seq={event.seq} for {name!r}, already {status[name]}",
+            )
+        if isinstance(event, StageStarted):
+            if name in running:
+                raise _fail("one attempt of a stage at a time", repr(event))
+            attempts[name] = attempts.get(name, 0) + 1
+            if event.attempt != attempts[name]:
+                raise _fail("attempts numbered 1, 2, ...", repr(event))
+            if event.attempt > stages[name].retries + 1:
+                raise _fail("at most retries + 1 attempts", repr(event))
+            for up in stages[name].after:
+                if status.get(up) is not StageStatus.SUCCEEDED:
+                    raise _fail(
+                        "a stage starts only after every upstream SUCCEEDED",
+                        f"{name!r} started while {up!r} is {status.get(up, 'unfinished')}",
+                    )
+            if keep_going is False and failed_at is not None:
+                raise _fail(
+                    "fail-fast: no stage starts after a failure",
+                    f"{name!r} started at seq={event.seq}, failure at seq={failed_at}",
+                )
+            running.add(name)
+            if max_parallel is not None and len(running) > max_parallel:
+                raise _fail(
+                    "running stages never exceed max_parallel",
+                    f"{len(running)} > {max_parallel} at seq={event.seq}: {sorted(running)}",
+                )
+        elif isinstance(event, StageRetrying):
+            if name not in running or event.attempt != attempts.get(name):
+                raise _fail("StageRetrying ends the running attempt", repr(event))
+            running.discard(name)
+        elif isinstance(event, StageLog):
+            if name not in running:
+                raise _fail("logs come only from a running stage", repr(event))
+        else:
+            _check_finished(event, status, attempts, running, pipeline)
+            status[name] = event.status
+            running.discard(name)
+            if event.status is StageStatus.FAILED and failed_at is None:
+                failed_at = event.seq
+
+
+def _check_finished(
+    event: StageFinished,
+    status: dict[str, StageStatus],
+    attempts: dict[str, int],
+    running: set[str],
+    pipeline: Pipeline,
+) -> None:
+    name = event.stage
+    if not event.status.is_terminal:
+        raise _fail("StageFinished carries a terminal status", repr(event))
+    if event.attempt != attempts.get(name, 0):
+        raise _fail("StageFinished.attempt counts the StageStarted events", repr(event))
+    started = name in attempts
+    if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
+        raise _fail("StageStarted before its StageFinished", repr(event))
+    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started:
+        raise _fail(f"a {event.status} stage never started", repr(event))
+    if (event.status is StageStatus.FAILED) != (event.error is not None):
+        raise _fail("StageFinished.error is set exactly for FAILED", repr(event))
+    if event.status is StageStatus.BLOCKED:
+        culprit = event.blocked_by
+        if culprit is None or status.get(culprit) is not StageStatus.FAILED:
+            raise _fail(
+                "BLOCKED names an already FAILED stage in blocked_by",
+                f"{name!r} blocked_by={culprit!r} ({status.get(culprit or '', 'unfinished')})",
+            )
+        if culprit not in _upstream_closure(pipeline, name):
+            raise _fail("BLOCKED only downstream of a FAILED stage", f"{culprit!r} -> {name!r}")
+    elif event.blocked_by is not None:
+        raise _fail("blocked_by is set only for BLOCKED", repr(event))
+
+
+def _upstream_closure(pipeline: Pipeline, name: str) -> set[str]:
+    stages = pipeline.stages
+    seen: set[str] = set()
+    stack = list(stages[name].after)
+    while stack:
+        up = stack.pop()
+        if up not in seen:
+            seen.add(up)
+            stack.extend(stages[up].after)
+    return seen
+
+
+def _check_result(
+    events: Sequence[Event], pipeline: Pipeline, result: RunResult, *, complete: bool
+) -> None:
+    if list(result.stages) != list(pipeline.stages):
+        raise _fail("result.stages lists every stage in order", str(list(result.stages)))
+    if result.state not in (RunState.CLOSED, RunState.CANCELLED):
+        raise _fail("a finished run is CLOSED or CANCELLED", str(result.state))
+    if result.state is RunState.CLOSED and result.undelivered:
+        raise _fail("undelivered is empty when the run is CLOSED", str(dict(result.undelivered)))
+    for sink, missing in result.undelivered.items():
+        if missing <= 0:
+            raise _fail("undelivered counts are positive", f"{sink!r}: {missing}")
+    expected = count_statuses(outcome.status for outcome in result.stages.values())
+    if dict(result.counts) != expected:
+        raise _fail("result.counts matches result.stages", f"{result.counts} vs {expected}")
+    finished = {e.stage: e for e in events if isinstance(e, StageFinished)}
+    for name, event in finished.items():
+        outcome = result.stages[name]
+        got = (outcome.status, outcome.attempts, outcome.blocked_by)
+        want = (event.status, event.attempt, event.blocked_by)
+        if got != want:
+            raise _fail("result.stages matches the StageFinished events", f"{name}: {got} {want}")
+        if (outcome.error is not None) != (outcome.status is StageStatus.FAILED):
+            raise _fail("StageOutcome.error is set exactly for FAILED", f"{name}: {outcome}")
+    if not complete:
+        return
+    last = events[-1]
+    assert isinstance(last, RunFinished)
+    from_events = count_statuses(e.status for e in finished.values())
+    if dict(last.counts) != from_events:
+        raise _fail("RunFinished.counts matches the events", f"{last.counts} vs {from_events}")
+    if dict(result.counts) != from_events:
+        raise _fail("result.counts matches the events", f"{result.counts} vs {from_events}")
+    if last.state not in (RunState.CLOSED, RunState.CANCELLED):
+        raise _fail("RunFinished.state is CLOSED or CANCELLED", str(last.state))
+    if last.state is RunState.CANCELLED and result.state is not RunState.CANCELLED:
+        raise _fail("a run reported CANCELLED in RunFinished ends CANCELLED", str(result.state))

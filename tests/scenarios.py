@@ -1,0 +1,328 @@
+"""Randomized run scenarios for the property tests, the teeth and `tests.stress`.
+
+A `Scenario` is plain data drawn by Hypothesis: a DAG (edges i -> j with i < j, so
+acyclic), per-stage behaviour for each attempt (succeed, fail, hang) with retries and
+timeouts, sinks (some faulty), options, a control action (request_close, cancel, or
+outer cancellation) at a drawn time, and a chaos tape. `run_scenario` runs it in a
+fresh `trio.run` on a MockClock and checks every invariant with `check_run`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+import trio.testing
+from hypothesis import event
+from hypothesis import strategies as st
+
+import trio_pipeline as tp
+from trio_pipeline.testing import (
+    ChaosTape,
+    HungSink,
+    RaisingSink,
+    RecordingSink,
+    SlowSink,
+    TaskTracker,
+    TornSink,
+    check_run,
+)
+
+# Mock-clock seconds. A drain deadline this long is never legitimately reached,
+# so runs with it must deliver every event.
+LONG_DRAIN = 10_000.0
+# "Hang" for a stage without a timeout: long, but finite, so the run still ends.
+LONG_HANG = 600.0
+# A deadlock jumps straight to this deadline instead of hanging the test.
+FAIL_AFTER = 1_000_000.0
+
+Behaviour = Literal["ok", "fail", "hang"]
+Control = Literal["none", "close", "cancel", "outer"]
+SinkKind = Literal["record", "slow", "raise", "hung", "torn"]
+FAULTY_SINKS: tuple[SinkKind, ...] = ("slow", "raise", "hung", "torn")
+OpenRun = Callable[..., AbstractAsyncContextManager[tp.RunHandle]]
+
+
+class StageBoom(Exception):
+    """What a failing stage raises."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    attempts: tuple[tuple[Behaviour, float], ...]  # the last one repeats
+    retries: int
+    retry_delay: float
+    timeout: float | None
+    logs: int
+
+    def behaviour(self, attempt: int) -> tuple[Behaviour, float]:
+        return self.attempts[min(attempt, len(self.attempts)) - 1]
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    kind: SinkKind
+    param: float
+
+
+@dataclass(frozen=True)
+class Scenario:
+    stages: tuple[StageSpec, ...]
+    edges: tuple[tuple[int, int], ...]
+    max_parallel: int | None
+    keep_going: bool
+    sinks: tuple[SinkSpec, ...]
+    drain_timeout: float
+    control: Control
+    control_at: float
+    tape: tuple[int, ...]
+
+    @property
+    def lossless(self) -> bool:
+        """Whether every healthy sink must receive every event."""
+        return self.drain_timeout >= LONG_DRAIN and all(s.kind != "hung" for s in self.sinks)
+
+
+# -- strategies -------------------------------------------------------------------------
+
+_DURATIONS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0])
+
+
+@st.composite
+def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
+    kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"]
+    if hangs:
+        kinds.append("hang")
+    attempts = draw(st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3))
+    return StageSpec(
+        attempts=tuple(attempts),
+        retries=draw(st.integers(0, 2)),
+        retry_delay=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        timeout=draw(st.sampled_from([None, None, 1.5, 3.0])),
+        logs=draw(st.integers(0, 2)),
+    )
+
+
+def sink_specs(kinds: Sequence[SinkKind]) -> st.SearchStrategy[SinkSpec]:
+    def param(kind: SinkKind) -> st.SearchStrategy[float]:
+        if kind in ("slow", "torn"):
+            return st.sampled_from([0.25, 1.0, 3.0])
+        if kind in ("raise", "hung"):
+            # -1: fail or hang in aclose instead of at an event.
+            return st.integers(-1, 12).map(float)
+        return st.just(0.0)
+
+    return st.sampled_from(list(kinds)).flatmap(
+        lambda kind: param(kind).map(lambda p: SinkSpec(kind, p))
+    )
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn,
+    *,
+    max_stages: int = 6,
+    sink_kinds: Sequence[SinkKind] = ("record", "record", "record", *FAULTY_SINKS),
+    drain_timeouts: Sequence[float] = (LONG_DRAIN, LONG_DRAIN, LONG_DRAIN, 0.0, 0.5, 3.0),
+    controls: Sequence[Control] = ("none", "none", "close", "cancel", "outer"),
+    hangs: bool = True,
+    tape_size: int = 48,
+) -> Scenario:
+    k = draw(st.integers(1, max_stages))
+    pairs = [(i, j) for j in range(k) for i in range(j)]
+    chosen = draw(st.lists(st.booleans(), min_size=len(pairs), max_size=len(pairs)))
+    return Scenario(
+        stages=tuple(draw(stage_specs(hangs=hangs)) for _ in range(k)),
+        edges=tuple(pair for pair, on in zip(pairs, chosen, strict=True) if on),
+        max_parallel=draw(st.sampled_from([None, None, 1, 2, 3])),
+        keep_going=draw(st.booleans()),
+        sinks=tuple(draw(st.lists(sink_specs(sink_kinds), min_size=1, max_size=3))),
+        drain_timeout=draw(st.sampled_from(list(drain_timeouts))),
+        control=draw(st.sampled_from(list(controls))),
+        control_at=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0])),
+        tape=tuple(draw(st.lists(st.integers(0, 6), max_size=tape_size))),
+    )
+
+
+# -- running ----------------------------------------------------------------------------
+
+
+def _value(name: str, attempt: int) -> str:
+    return f"{name}#{attempt}"
+
+
+def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
+    """The scenario's pipeline; stages append to `problems` what they saw go wrong."""
+    pipe = tp.Pipeline("scenario")
+    upstream: dict[int, list[int]] = {j: [] for j in range(len(sc.stages))}
+    for i, j in sc.edges:
+        upstream[j].append(i)
+    for j, spec in enumerate(sc.stages):
+        name = f"s{j}"
+        after = [f"s{i}" for i in upstream[j]]
+
+        async def fn(ctx: tp.StageContext, spec: StageSpec = spec, after: list[str] = after) -> str:
+            if set(ctx.inputs) != set(after):
+                problems.append(f"{ctx.name}: inputs {sorted(ctx.inputs)} != {after}")
+            for up, value in ctx.inputs.items():
+                if not (isinstance(value, str) and value.startswith(f"{up}#")):
+                    problems.append(f"{ctx.name}: input {up}={value!r}")
+            behaviour, duration = spec.behaviour(ctx.attempt)
+            if spec.logs:
+                ctx.log("begin")
+            if behaviour == "hang":
+                if spec.timeout is not None:
+                    await trio.sleep_forever()
+                await trio.sleep(LONG_HANG)
+            elif duration:
+                await trio.sleep(duration)
+            if spec.logs > 1:
+                ctx.log("end")
+            if behaviour == "ok":
+                return _value(ctx.name, ctx.attempt)
+            raise StageBoom(f"{ctx.name} attempt {ctx.attempt}")
+
+        pipe.add_stage(
+            name,
+            fn,
+            after=after,
+            retries=spec.retries,
+            retry_delay=spec.retry_delay,
+            timeout=spec.timeout,
+        )
+    return pipe
+
+
+def build_sink(spec: SinkSpec) -> RecordingSink:
+    if spec.kind == "slow":
+        return SlowSink(spec.param)
+    if spec.kind == "torn":
+        return TornSink(spec.param)
+    k = None if spec.param < 0 else int(spec.param)
+    if spec.kind == "raise":
+        return RaisingSink(k)
+    if spec.kind == "hung":
+        return HungSink(k)
+    return RecordingSink()
+
+
+class ScenarioFailure(AssertionError):
+    """An invariant broke (or the run deadlocked) in a scenario."""
+
+
+@dataclass
+class Tally:
+    """Examples run so far in this process (`tests.stress` reports it)."""
+
+    examples: int = 0
+
+
+TALLY = Tally()
+
+
+def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
+    """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
+    TALLY.examples += 1
+    problems: list[str] = []
+    pipeline = build_pipeline(sc, problems)
+    sinks = [build_sink(spec) for spec in sc.sinks]
+    tape = ChaosTape(sc.tape)
+    tracker = TaskTracker()
+    handles: list[tp.RunHandle] = []
+
+    async def main() -> None:
+        with trio.fail_after(FAIL_AFTER):
+            with tracker.installed():
+                deadline = sc.control_at if sc.control == "outer" else math.inf
+                with trio.move_on_after(deadline):
+                    async with open_run(
+                        pipeline,
+                        sinks=sinks,
+                        keep_going=sc.keep_going,
+                        max_parallel=sc.max_parallel,
+                        drain_timeout=sc.drain_timeout,
+                    ) as handle:
+                        handles.append(handle)
+                        if sc.control in ("close", "cancel"):
+                            await trio.sleep(sc.control_at)
+                            if sc.control == "close":
+                                handle.request_close()
+                            else:
+                                handle.cancel()
+            tracker.check_all_exited()
+
+    try:
+        with tape.installed():
+            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except trio.TooSlowError as exc:
+        raise ScenarioFailure("invariant broken: every run finishes: it deadlocked") from exc
+    result = handles[0].result
+    note_statistics(sc, result, tape)
+    check_scenario(sc, pipeline, sinks, result, problems)
+
+
+def note_statistics(sc: Scenario, result: tp.RunResult, tape: ChaosTape) -> None:
+    """What the example exercised (`pytest --hypothesis-show-statistics`)."""
+    event(f"run {result.state}, control {sc.control}")
+    event("events undelivered" if result.undelivered else "all delivered")
+    if result.sink_errors:
+        event("sink errors")
+    for status, n in result.counts.items():
+        if n:
+            event(f"some stage {status}")
+    for name in tape.visits:
+        event(f"chaos point {name}")
+
+
+def check_scenario(
+    sc: Scenario,
+    pipeline: tp.Pipeline,
+    sinks: list[RecordingSink],
+    result: tp.RunResult,
+    problems: list[str],
+) -> None:
+    """`check_run`, plus what this scenario's spec says about the outcome."""
+    check_run(
+        sinks,
+        pipeline,
+        result,
+        max_parallel=sc.max_parallel,
+        keep_going=sc.keep_going,
+        lossless=sc.lossless,
+    )
+    if problems:
+        raise ScenarioFailure(f"invariant broken: stages get their upstream values: {problems}")
+    statuses = {name: outcome.status for name, outcome in result.stages.items()}
+    failed = tp.StageStatus.FAILED in statuses.values()
+    stopped = sc.control != "none" or (failed and not sc.keep_going)
+    if tp.StageStatus.CANCELLED in statuses.values() and not stopped:
+        raise ScenarioFailure(
+            f"invariant broken: stages end CANCELLED only when the run is stopped: {statuses}"
+        )
+    if sc.control in ("none", "close") and sc.lossless and result.state is not tp.RunState.CLOSED:
+        # `lossless` rules out hung sinks, so nothing may overrun the drain deadline.
+        raise ScenarioFailure(
+            f"invariant broken: a run nobody cancelled ends CLOSED: {result.state}"
+        )
+    for j, spec in enumerate(sc.stages):
+        outcome = result.stages[f"s{j}"]
+        if outcome.status is tp.StageStatus.SUCCEEDED:
+            expected: Any = _value(f"s{j}", outcome.attempts)
+            if spec.behaviour(outcome.attempts)[0] != "ok" or outcome.value != expected:
+                raise ScenarioFailure(
+                    f"invariant broken: SUCCEEDED only from a succeeding attempt: s{j} {outcome}"
+                )
+        if outcome.status is tp.StageStatus.FAILED:
+            behaviour = spec.behaviour(outcome.attempts)[0]
+            timed_out = isinstance(outcome.error, tp.StageTimeout)
+            if not (
+                (behaviour != "ok" and isinstance(outcome.error, StageBoom))
+                or (timed_out and spec.timeout is not None)
+            ):
+                raise ScenarioFailure(
+                    f"invariant broken: FAILED only from a failing attempt: s{j} {outcome}"
+                )

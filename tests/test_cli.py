@@ -1,0 +1,676 @@
+"""The `trio-pipeline` command, run for real in a subprocess (and under a pty for the live view).
+
+Signal tests synchronise on what the child prints (a stage logs "ready"; the CLI
+announces each interrupt), never on sleeps; timeouts only bound a failing test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.terminal import assert_display_ended
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+TIMEOUT = 30.0  # bounds a hung child; a passing test takes well under a second
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CI", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["COLUMNS"] = "100"
+    env.update(extra)
+    return env
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trio_pipeline", *args]
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(*args),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=child_env(**env),
+        cwd=ROOT,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+def normalise(text: str) -> list[str]:
+    """Output lines with durations replaced, so they compare exactly."""
+    return re.sub(r"\d+\.\d\ds", "T", text).splitlines()
+
+
+def write_file(tmp_path: Path, name: str, source: str) -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return str(path)
+
+
+# -- running the examples -----------------------------------------------------------
+
+
+def test_files_example_succeeds(tmp_path: Path) -> None:
+    done = cli("run", "examples/files.py", TRIO_PIPELINE_DEMO_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = normalise(done.stdout)
+    finished = sorted(line for line in lines if ": succeeded (T)" in line)
+    stages = ["archive", "checksums", "index", "make_inputs", "normalise", "report", "word_counts"]
+    assert finished == [f"{name}: succeeded (T)" for name in stages]
+    assert lines[-1] == "Summary: 7 succeeded in T"
+    assert "report | 12 files, " in done.stdout
+    index = json.loads((tmp_path / "output" / "index.json").read_text())
+    assert len(index) == 12
+    assert all(len(row["sha256"]) == 64 for row in index.values())
+    assert (tmp_path / "output" / "normalised.zip").stat().st_size > 0
+    assert done.stderr == ""
+
+
+KEEP_GOING_LINES = {
+    "checkout | at commit 3f2a9c1",
+    "checkout: succeeded (T)",
+    "lint: succeeded (T)",
+    "unit_tests | 128 passed",
+    "unit_tests: succeeded (T)",
+    "docs: succeeded (T)",
+    "fetch_mirror: failed (ConnectionError: mirror.invalid is unreachable"
+    " (attempt 2; on purpose); 2 attempts)",
+    "package: blocked (upstream 'fetch_mirror' failed)",
+    "publish: blocked (upstream 'fetch_mirror' failed)",
+}
+
+
+def test_keep_going_example_exit_1_with_one_traceback() -> None:
+    done = cli("run", "examples/keep_going.py", "--keep-going")
+    assert done.returncode == 1
+    lines = normalise(done.stdout)
+    assert lines[-1] == "Summary: 4 succeeded, 1 failed, 2 blocked in T"
+    assert set(lines[:-1]) == KEEP_GOING_LINES
+    assert len(lines) == len(KEEP_GOING_LINES) + 1
+    # The failure's traceback: once, at the end, starting in the stage's own code.
+    assert done.stderr.count("Traceback (most recent call last)") == 1
+    assert done.stderr.startswith("\n--- stage 'fetch_mirror' failed (last of 2 attempts) ---\n")
+    assert 'keep_going.py", line' in done.stderr
+    assert "_engine.py" not in done.stderr
+    assert done.stderr.rstrip().endswith(
+        "ConnectionError: mirror.invalid is unreachable (attempt 2; on purpose)"
+    )
+
+
+def test_fail_fast_cancels_the_rest() -> None:
+    done = cli("run", "examples/keep_going.py")
+    assert done.returncode == 1
+    lines = normalise(done.stdout)
+    # fetch_mirror fails (twice) while unit_tests runs; docs waits for unit_tests.
+    assert {"unit_tests: cancelled", "docs: cancelled"} <= set(lines)
+    assert re.fullmatch(
+        r"Summary: [12] succeeded, 1 failed, 2 blocked, [23] cancelled in T", lines[-1]
+    )
+
+
+def test_quiet_prints_only_the_summary_and_errors() -> None:
+    done = cli("run", "examples/keep_going.py", "-k", "--quiet")
+    assert done.returncode == 1
+    assert normalise(done.stdout) == ["Summary: 4 succeeded, 1 failed, 2 blocked in T"]
+    assert done.stderr.count("Traceback (most recent call last)") == 1
+
+
+def test_jsonl_file_is_complete(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    done = cli("run", "examples/keep_going.py", "-k", "--jsonl", str(path))
+    assert done.returncode == 1
+    rows = check_jsonl(path, stages=7)
+    assert rows[-1]["state"] == "closed"
+    assert rows[-1]["counts"] == {
+        "succeeded": 4,
+        "failed": 1,
+        "blocked": 2,
+        "skipped": 0,
+        "cancelled": 0,
+    }
+    assert [r["stage"] for r in rows if r["type"] == "StageRetrying"] == ["fetch_mirror"]
+
+
+def check_jsonl(path: Path, *, stages: int) -> list[dict[str, object]]:
+    """Every event once, in order: RunStarted first, RunFinished last, one StageFinished each."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["seq"] for row in rows] == list(range(len(rows)))
+    assert rows[0]["type"] == "RunStarted"
+    assert rows[-1]["type"] == "RunFinished"
+    assert len({row["run_id"] for row in rows}) == 1
+    finished = [row["stage"] for row in rows if row["type"] == "StageFinished"]
+    assert len(finished) == len(set(finished)) == stages
+    return rows
+
+
+# -- list, dry run, graph ---------------------------------------------------------------
+
+FILES_ORDER = """\
+pipeline 'files': 7 stages in start order
+  1. make_inputs
+  2. word_counts  after make_inputs
+  3. checksums    after make_inputs
+  4. normalise    after make_inputs
+  5. archive      after normalise
+  6. index        after word_counts, checksums
+  7. report       after index, archive
+"""
+
+
+def test_dry_run_prints_start_order_and_runs_nothing(tmp_path: Path) -> None:
+    done = cli("run", "examples/files.py", "--dry-run", TRIO_PIPELINE_DEMO_DIR=str(tmp_path))
+    assert (done.returncode, done.stdout, done.stderr) == (0, FILES_ORDER, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list(tmp_path: Path) -> None:
+    assert cli("list", "examples/files.py").stdout == FILES_ORDER
+    two = write_file(tmp_path, "two.py", TWO_PIPELINES)
+    done = cli("list", two)
+    assert done.returncode == 0
+    assert done.stdout == (
+        "pipeline 'build': 1 stage in start order\n"
+        "  1. compile\n"
+        "\n"
+        "pipeline 'deploy': 3 stages in start order\n"
+        "  1. upload\n"
+        '  2. say "hi"  after upload\n'
+        '  3. notify    after upload, say "hi"\n'
+    )
+    assert cli("list", f"{two}:build").stdout == (
+        "pipeline 'build': 1 stage in start order\n  1. compile\n"
+    )
+
+
+TWO_PIPELINES = """\
+import trio_pipeline as tp
+
+build = tp.Pipeline("build")
+deploy = tp.Pipeline("deploy")
+same_as_build = build
+
+async def step(ctx):
+    return None
+
+def helper():
+    pass
+
+build.add_stage("compile", step)
+deploy.add_stage("notify", step, after=["upload", 'say "hi"'])
+deploy.add_stage("upload", step)
+deploy.add_stage('say "hi"', step, after="upload")
+"""
+
+
+def test_graph_mermaid_and_dot(tmp_path: Path) -> None:
+    two = write_file(tmp_path, "two.py", TWO_PIPELINES)
+    mermaid = cli("graph", f"{two}:deploy")
+    assert mermaid.returncode == 0
+    assert mermaid.stdout == (
+        "flowchart TD\n"
+        '    s0["notify"]\n'
+        '    s1["upload"]\n'
+        '    s2["say #quot;hi#quot;"]\n'
+        "    s1 --> s0\n"
+        "    s2 --> s0\n"
+        "    s1 --> s2\n"
+    )
+    dot = cli("graph", f"{two}:deploy", "--format", "dot")
+    assert dot.returncode == 0
+    assert dot.stdout == (
+        'digraph "deploy" {\n'
+        "    rankdir=TB;\n"
+        '    "notify";\n'
+        '    "upload";\n'
+        '    "say \\"hi\\"";\n'
+        '    "upload" -> "notify";\n'
+        '    "say \\"hi\\"" -> "notify";\n'
+        '    "upload" -> "say \\"hi\\"";\n'
+        "}\n"
+    )
+
+
+# -- exit code 2 ----------------------------------------------------------------------
+
+BAD_PIPELINES = {
+    "cycle.py": (
+        """\
+        import trio_pipeline as tp
+        pipe = tp.Pipeline("cyc")
+        async def f(ctx): pass
+        pipe.add_stage("a", f, after="c")
+        pipe.add_stage("b", f, after="a")
+        pipe.add_stage("c", f, after="b")
+        """,
+        "invalid pipeline: pipeline 'cyc' in {path}: dependency cycle: a -> b -> c -> a",
+    ),
+    "unknown.py": (
+        """\
+        import trio_pipeline as tp
+        pipe = tp.Pipeline("unk")
+        async def f(ctx): pass
+        pipe.add_stage("fetch", f)
+        pipe.add_stage("parse", f, after="fetc")
+        """,
+        "invalid pipeline: pipeline 'unk' in {path}: stage 'parse' depends on unknown stage"
+        " 'fetc' (did you mean 'fetch'?)",
+    ),
+    "duplicate.py": (
+        """\
+        import trio_pipeline as tp
+        pipe = tp.Pipeline("dup")
+        async def f(ctx): pass
+        pipe.add_stage("fetch", f)
+        pipe.add_stage("fetch", f)
+        """,
+        "invalid pipeline: {path}:5: stage 'fetch' is already defined in pipeline 'dup'",
+    ),
+    "none.py": (
+        "x = 1\n",
+        "{path} defines no trio_pipeline.Pipeline at module level"
+        " (e.g. pipe = trio_pipeline.Pipeline('name'))",
+    ),
+    "two.py": (
+        TWO_PIPELINES,
+        "{path} defines 2 pipelines (build, deploy); choose one with {path}:NAME",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PIPELINES))
+@pytest.mark.parametrize("subcommand", ["run", "graph"])
+def test_invalid_pipeline_exit_2_names_the_culprit(
+    tmp_path: Path, name: str, subcommand: str
+) -> None:
+    source, message = BAD_PIPELINES[name]
+    path = write_file(tmp_path, name, source)
+    done = cli(subcommand, path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"trio-pipeline: error: {message.format(path=path)}\n"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("{two}:nope", "{two} has no attribute 'nope'; its pipelines: build, deploy"),
+        ("{two}:biuld", "{two} has no attribute 'biuld' (did you mean 'build'?);"),
+        ("{two}:helper", "{two}:helper is a function, not a trio_pipeline.Pipeline;"),
+        ("{tmp}/missing.py", "{tmp}/missing.py: no such file"),
+    ],
+)
+def test_bad_target_exit_2(tmp_path: Path, target: str, message: str) -> None:
+    two = write_file(tmp_path, "two.py", TWO_PIPELINES)
+    fill = {"two": two, "tmp": str(tmp_path)}
+    done = cli("run", target.format(**fill))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"trio-pipeline: error: {message.format(**fill)}")
+    assert "Traceback" not in done.stderr
+
+
+def test_selecting_one_of_several_pipelines(tmp_path: Path) -> None:
+    two = write_file(tmp_path, "two.py", TWO_PIPELINES)
+    done = cli("run", f"{two}:deploy")
+    assert done.returncode == 0
+    assert normalise(done.stdout)[-1] == "Summary: 3 succeeded in T"
+
+
+def test_file_raising_while_loading_shows_its_traceback(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "raises.py", "import trio\nraise RuntimeError('at import')\n")
+    done = cli("run", path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"trio-pipeline: error: {path} raised RuntimeError while loading\n"
+        "Traceback (most recent call last):\n"
+        f'  File "{path}", line 2, in <module>\n'
+        "    raise RuntimeError('at import')\n"
+        "RuntimeError: at import\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "examples/files.py", "-j", "0"],
+        ["run", "examples/files.py", "--grace", "-1"],
+        ["graph", "examples/files.py", "--format", "png"],
+        ["run"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    done = cli(*args)
+    assert done.returncode == 2
+    assert "usage: trio-pipeline" in done.stderr
+
+
+def test_unwritable_jsonl_path_exit_2(tmp_path: Path) -> None:
+    done = cli("run", "examples/keep_going.py", "--jsonl", str(tmp_path / "no" / "x.jsonl"))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"trio-pipeline: error: --jsonl {tmp_path}/no/x.jsonl: ")
+    assert done.stdout == ""
+
+
+MARKUP = """\
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("markup")
+
+@pipe.stage
+async def shout(ctx):
+    ctx.log("[bold]not bold[/bold]")
+    raise ValueError("[red]not red[/red] [link=x]")
+"""
+
+
+def test_failure_text_is_printed_verbatim(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "markup.py", MARKUP)
+    done = cli("run", path)
+    assert done.returncode == 1
+    assert normalise(done.stdout) == [
+        "shout | [bold]not bold[/bold]",
+        "shout: failed (ValueError: [red]not red[/red] [link=x])",
+        "Summary: 1 failed in T",
+    ]
+    assert done.stderr.rstrip().endswith("ValueError: [red]not red[/red] [link=x]")
+
+
+# -- signals ------------------------------------------------------------------------
+
+SIGNALLED = """\
+import os
+
+import trio
+
+import trio_pipeline as tp
+
+MODE = os.environ["SIG_MODE"]
+pipe = tp.Pipeline("sig")
+
+@pipe.stage
+async def quick(ctx):
+    return 0
+
+@pipe.stage(after=quick)
+async def work(ctx):
+    ctx.log("ready")
+    if MODE == "release":  # finishes when the test writes a line to stdin
+        async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
+            await stdin.receive_some()
+    elif MODE == "forever":
+        await trio.sleep_forever()
+    else:  # "stubborn": ignores cancellation
+        with trio.CancelScope(shield=True):
+            await trio.sleep_forever()
+    return 1
+
+@pipe.stage(after=work)
+async def later(ctx):
+    return 2
+"""
+
+
+class Child:
+    """A CLI child process whose stdout and stderr are read line by line by two threads."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            command(*args),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        self.lines: dict[str, list[str]] = {"out": [], "err": []}
+        self._queues: dict[str, queue.Queue[str | None]] = {
+            "out": queue.Queue(),
+            "err": queue.Queue(),
+        }
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._threads = [
+            threading.Thread(target=self._pump, args=(stream, key), daemon=True)
+            for key, stream in (("out", self.proc.stdout), ("err", self.proc.stderr))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, stream: IO[str], key: str) -> None:
+        for line in stream:
+            self._queues[key].put(line.rstrip("\n"))
+        self._queues[key].put(None)
+
+    def wait_for(self, key: str, needle: str) -> str:
+        """Block until a line of `key` ("out"/"err") contains `needle`; return it."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            line = self._queues[key].get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                pytest.fail(f"{key} ended without {needle!r}: {self.lines[key]}")
+            self.lines[key].append(line)
+            if needle in line:
+                return line
+
+    def finish(self) -> int:
+        code = self.proc.wait(timeout=TIMEOUT)
+        for key, q in self._queues.items():
+            while (line := q.get(timeout=TIMEOUT)) is not None:
+                self.lines[key].append(line)
+        return code
+
+    def close(self) -> None:
+        """Kill the child if it still runs, then release its pipes and reader threads."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=TIMEOUT)
+        for thread in self._threads:
+            thread.join(timeout=TIMEOUT)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+Spawn = Callable[..., "Child"]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    children: list[Child] = []
+    path = write_file(tmp_path, "sig.py", SIGNALLED)
+
+    def start(mode: str, *extra: str) -> Child:
+        jsonl = str(tmp_path / "events.jsonl")
+        child = Child(["run", path, "--jsonl", jsonl, *extra], env=child_env(SIG_MODE=mode))
+        children.append(child)
+        child.wait_for("out", "work | ready")
+        return child
+
+    yield start
+    for child in children:
+        child.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_one_signal_closes_gracefully(spawn: Spawn, tmp_path: Path, signum: int) -> None:
+    child: Child = spawn("release")
+    child.proc.send_signal(signum)
+    what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    notice = child.wait_for("err", "closing")
+    assert notice == (
+        f"trio-pipeline: {what}: closing: no new stage will start; waiting for"
+        " 1 running stage (work). Press Ctrl-C again to cancel them."
+    )
+    child.wait_for("out", "later: cancelled")  # never started
+    assert child.proc.stdin is not None
+    child.proc.stdin.write("go\n")
+    child.proc.stdin.flush()
+    assert child.finish() == 130
+    assert normalise("\n".join(child.lines["out"]))[-3:] == [
+        "later: cancelled",
+        "work: succeeded (T)",  # the running stage was allowed to finish
+        "Summary: 2 succeeded, 1 cancelled in T",
+    ]
+    rows = check_jsonl(tmp_path / "events.jsonl", stages=3)
+    assert rows[-1]["state"] == "closed"
+
+
+def test_two_signals_cancel(spawn: Spawn, tmp_path: Path) -> None:
+    child: Child = spawn("forever")
+    child.proc.send_signal(signal.SIGINT)
+    child.wait_for("err", "closing")
+    # Trio coalesces a signal still pending, so the second waits for the first's notice.
+    child.proc.send_signal(signal.SIGINT)
+    notice = child.wait_for("err", "cancelling")
+    assert notice == (
+        "trio-pipeline: Ctrl-C again: cancelling 1 running stage (work); exiting within 5s"
+        " even if a stage ignores cancellation. Press Ctrl-C again to exit now."
+    )
+    assert child.finish() == 130
+    assert normalise("\n".join(child.lines["out"]))[-3:] == [
+        "later: cancelled",
+        "work: cancelled",
+        "Summary: 1 succeeded, 2 cancelled in T",
+    ]
+    assert child.lines["err"] == [child.lines["err"][0], notice]
+    rows = check_jsonl(tmp_path / "events.jsonl", stages=3)
+    assert rows[-1]["state"] == "cancelled"
+
+
+def test_stage_ignoring_cancellation_cannot_outlive_the_grace_period(spawn: Spawn) -> None:
+    child: Child = spawn("stubborn", "--grace", "0.2")
+    child.proc.send_signal(signal.SIGINT)
+    child.wait_for("err", "closing")
+    child.proc.send_signal(signal.SIGINT)
+    child.wait_for("err", "cancelling")
+    assert child.finish() == 130
+    assert child.lines["err"][-1] == (
+        "trio-pipeline: stages still running 0.2s after cancellation; still running: work."
+        " The run did not finish: no RunFinished event"
+    )
+    assert normalise(child.lines["out"][-1]) == [
+        "Summary: 1 succeeded, 1 cancelled, 1 still running in T (forced exit)"
+    ]
+
+
+def test_third_signal_exits_at_once(spawn: Spawn) -> None:
+    child: Child = spawn("stubborn", "--grace", "600")
+    for needle in ("closing", "cancelling"):
+        child.proc.send_signal(signal.SIGINT)
+        child.wait_for("err", needle)
+    child.proc.send_signal(signal.SIGINT)
+    assert child.finish() == 130
+    assert child.lines["err"][-1].startswith(
+        "trio-pipeline: Ctrl-C a third time: exiting now; still running: work."
+    )
+
+
+# -- the live view, under a pseudo-terminal ------------------------------------------
+
+
+def run_in_pty(
+    args: list[str],
+    *,
+    env: dict[str, str],
+    on_output: Callable[[subprocess.Popen[bytes], str], None] | None = None,
+) -> tuple[int, str]:
+    """Run the CLI with stdout and stderr on a pty; return its exit code and raw output.
+
+    `on_output(proc, text_so_far)` is called after each read (to send signals).
+    """
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        command(*args), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, cwd=ROOT
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: every writer has exited
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+                if on_output is not None:
+                    on_output(proc, b"".join(chunks).decode(errors="replace"))
+            elif proc.poll() is not None:
+                break
+        code = proc.wait(timeout=TIMEOUT)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return code, b"".join(chunks).decode()
+
+
+def test_live_view_on_a_terminal_ends_cleanly() -> None:
+    code, raw = run_in_pty(["run", "examples/keep_going.py", "-k"], env=child_env())
+    assert code == 1
+    # unit_tests runs for longer than two repaints: its row shows its elapsed time.
+    uncoloured = re.sub(r"\x1b\[[0-9;]*m", "", raw)
+    assert re.search(r"unit_tests +\d\.\ds", uncoloured)
+    assert re.search(r"\d/7 pending \d · running [1-9] · done \d", uncoloured)
+    lines = normalise("\n".join(assert_display_ended(raw)))
+    assert lines[0] == "Running 'release': 7 stages"
+    assert "✓ checkout: succeeded (T)" in lines
+    assert "⊘ publish: blocked (upstream 'fetch_mirror' failed)" in lines
+    assert "↻ fetch_mirror: attempt 1 failed (ConnectionError: mirror.invalid is unreachable" in (
+        "\n".join(lines)
+    )
+    summary = lines.index("Summary: 4 succeeded, 1 failed, 2 blocked in T")
+    assert lines[summary + 2] == "--- stage 'fetch_mirror' failed (last of 2 attempts) ---"
+    assert lines[-1] == "ConnectionError: mirror.invalid is unreachable (attempt 2; on purpose)"
+
+
+def test_live_view_ends_cleanly_after_two_ctrl_c(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "sig.py", SIGNALLED)
+    sent: list[str] = []
+
+    def interrupt(proc: subprocess.Popen[bytes], text: str) -> None:
+        # Second Ctrl-C only once the first was announced (trio coalesces pending signals).
+        for trigger in ("work | ready", "again to cancel"):
+            if trigger in text and trigger not in sent:
+                sent.append(trigger)
+                proc.send_signal(signal.SIGINT)
+
+    code, raw = run_in_pty(["run", path], env=child_env(SIG_MODE="forever"), on_output=interrupt)
+    assert code == 130
+    lines = normalise("\n".join(assert_display_ended(raw)))
+    assert lines[-1] == "Summary: 1 succeeded, 2 cancelled in T"
+    assert "■ work: cancelled" in lines
+    assert any("Ctrl-C again: cancelling 1 running stage (work)" in line for line in lines)
+
+
+@pytest.mark.parametrize(("flag", "env"), [("--plain", {}), ("-k", {"CI": "true"})])
+def test_plain_output_on_a_terminal(flag: str, env: dict[str, str]) -> None:
+    code, raw = run_in_pty(["run", "examples/keep_going.py", "-k", flag], env=child_env(**env))
+    assert code == 1
+    assert "\x1b[" not in raw
+    assert "Summary: 4 succeeded, 1 failed, 2 blocked in" in raw

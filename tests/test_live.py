@@ -1,0 +1,181 @@
+"""The rich live view, in-process on a fake terminal (a StringIO console with force_terminal)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import trio
+import trio.testing
+from rich.console import Console
+
+import trio_pipeline as tp
+from tests.terminal import assert_display_ended, screen
+from trio_pipeline._live import RunTracker, open_live_sink
+from trio_pipeline._render import render_dot, render_graph, render_mermaid, render_order
+
+
+def fake_terminal() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, force_terminal=True, width=80, color_system=None), buffer
+
+
+def demo_pipeline() -> tp.Pipeline:
+    pipe = tp.Pipeline("demo")
+
+    @pipe.stage
+    async def first(ctx: tp.StageContext) -> int:
+        await trio.sleep(1)
+        ctx.log("[bold]literal[/bold]")
+        return 1
+
+    @pipe.stage(after=first)
+    async def slow(ctx: tp.StageContext) -> int:
+        await trio.sleep(2)
+        return 2
+
+    @pipe.stage(after=first)
+    async def broken(ctx: tp.StageContext) -> int:
+        await trio.sleep(0.5)
+        raise ValueError("[red]no markup[/red]")
+
+    @pipe.stage(after=broken)
+    async def downstream(ctx: tp.StageContext) -> None:
+        pass
+
+    return pipe
+
+
+async def test_live_view_prints_stage_lines_and_erases_its_area(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    console, buffer = fake_terminal()
+    async with open_live_sink(console) as sink:
+        result = await tp.run(demo_pipeline(), sinks=[sink], keep_going=True)
+    assert result.counts[tp.StageStatus.FAILED] == 1
+    raw = buffer.getvalue()
+    # While it ran, the area showed the running stages with their elapsed time and counts.
+    assert "slow 1.0s" in raw
+    assert "3/4 pending 0 · running 1 · done 3" in raw
+    assert assert_display_ended(raw) == [
+        "Running 'demo': 4 stages",
+        "  first | [bold]literal[/bold]",
+        "✓ first: succeeded (1.00s)",
+        "✗ broken: failed (ValueError: [red]no markup[/red])",
+        "⊘ downstream: blocked (upstream 'broken' failed)",
+        "✓ slow: succeeded (2.00s)",
+        "Summary: 2 succeeded, 1 failed, 1 blocked in 3.00s",
+    ]
+
+
+async def test_live_view_ends_cleanly_when_the_block_raises(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    console, buffer = fake_terminal()
+    with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="boom"), flatten_subgroups=True):
+        async with (
+            open_live_sink(console) as sink,
+            tp.open_run(demo_pipeline(), sinks=[sink]),
+        ):
+            await trio.sleep(1.25)  # "slow" and "broken" are running
+            raise RuntimeError("boom")
+    raw = buffer.getvalue()
+    assert "pending 1 · running 2 · done 1" in raw
+    lines = assert_display_ended(raw)
+    assert lines[-1] == "Summary: 1 succeeded, 3 cancelled in 1.25s"
+
+
+async def test_live_view_ends_cleanly_when_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    console, buffer = fake_terminal()
+    with trio.move_on_after(1.25):
+        async with open_live_sink(console) as sink:
+            await tp.run(demo_pipeline(), sinks=[sink])
+    lines = assert_display_ended(buffer.getvalue())
+    assert lines[-1] == "Summary: 1 succeeded, 3 cancelled in 1.25s"
+
+
+async def test_tracker_counts_and_partial_summary(autojump_clock: trio.testing.MockClock) -> None:
+    tracker = RunTracker()
+    seen: list[tuple[int, int, int]] = []
+
+    class Probe:
+        async def handle(self, event: tp.Event, /) -> None:
+            seen.append((tracker.pending, len(tracker.running), len(tracker.done)))
+
+        async def aclose(self) -> None:
+            pass
+
+    async with tp.open_run(demo_pipeline(), sinks=[tracker, Probe()], keep_going=True) as handle:
+        await trio.sleep(1.75)
+        assert tracker.running.keys() == {"slow"}
+        assert tracker.partial_summary(trio.current_time()) == (
+            "Summary: 1 succeeded, 1 failed, 1 blocked, 1 still running in 1.75s (forced exit)"
+        )
+        await handle.wait_finished()
+    assert seen[0] == (4, 0, 0)
+    assert seen[-1] == (0, 0, 4)
+    assert tracker.finished is not None
+
+
+def test_screen_emulator_applies_erase_and_cursor_up() -> None:
+    # The test helper itself: a bar drawn, erased and overwritten leaves only the text.
+    raw = "a\nbar\r\x1b[2K\x1b[1A\x1b[2Kb\nc\x1b[1A\rd"
+    assert screen(raw) == ["d", "c"]
+
+
+def test_renderings_of_an_empty_and_a_small_plan() -> None:
+    empty = tp.Pipeline("empty").compile()
+    assert render_order(empty, []) == "pipeline 'empty': 0 stages in start order\n"
+    assert render_mermaid(empty) == "flowchart TD\n"
+    assert render_dot(empty) == 'digraph "empty" {\n    rankdir=TB;\n}\n'
+    pipe = tp.Pipeline("p")
+
+    async def f(ctx: tp.StageContext) -> None:
+        pass
+
+    pipe.add_stage("a<b>&", f)
+    pipe.add_stage("back\\slash", f, after="a<b>&")
+    plan = pipe.compile()
+    assert render_graph(plan, "mermaid") == (
+        'flowchart TD\n    s0["a#lt;b#gt;#amp;"]\n    s1["back\\slash"]\n    s0 --> s1\n'
+    )
+    assert '"back\\\\slash";' in render_graph(plan, "dot")
+    with pytest.raises(ValueError, match="unknown graph format 'png'"):
+        render_graph(plan, "png")
+
+
+async def test_live_area_is_erased_even_if_no_run_closes_the_sink(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    console, buffer = fake_terminal()
+    with pytest.RaisesGroup(KeyError, flatten_subgroups=True):
+        async with open_live_sink(console) as sink:
+            await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ("a", "b")))
+            await sink.handle(tp.StageStarted("r", 1, 0.0, "a", 1))
+            await trio.sleep(1)
+            raise KeyError("escaped")
+    raw = buffer.getvalue()
+    assert "a 0.9s" in raw
+    assert assert_display_ended(raw) == ["Running 'p': 2 stages"]
+
+
+async def test_events_are_rendered_in_batches_not_one_by_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A render per event made a 5,000-stage run take minutes: handle() only records.
+    console, buffer = fake_terminal()
+    names = tuple(f"s{i}" for i in range(1000))
+    async with open_live_sink(console) as sink:
+        before = len(buffer.getvalue())
+        await sink.handle(tp.RunStarted("r", 0, 0.0, "p", names))
+        for i, name in enumerate(names):
+            await sink.handle(tp.StageStarted("r", 1 + i, 0.0, name, 1))
+        assert len(buffer.getvalue()) == before
+        sink.refresh()
+        shown = buffer.getvalue()[before:]
+        assert shown.count("Running 'p': 1000 stages") == 1
+        assert "... and 988 more" in shown
+        assert "0/1000 pending 0 · running 1000 · done 0" in shown
+    assert assert_display_ended(buffer.getvalue()) == ["Running 'p': 1000 stages"]

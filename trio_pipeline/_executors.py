@@ -1,0 +1,412 @@
+"""Executors: where a sync stage function runs.
+
+A stage defined with ``executor=`` is a plain function ``f(snapshot) -> value``. At
+definition time it is wrapped in `ExecutorStage`, an async callable, so the engine
+runs it like any other stage: the attempt's cancel scope (timeout, cancellation)
+and the retry policy apply unchanged. The executor only decides where the function
+runs and what cancelling the attempt does to it:
+
+- `ThreadExecutor`: a worker thread; on cancel the thread is abandoned and the
+  stage ends at once (the thread runs on until the function returns).
+- `ProcessExecutor`: a trio-parallel worker process; on cancel the worker is killed.
+- `DaskExecutor`: a task on a ``distributed`` cluster; on cancel the future is
+  cancelled on the cluster.
+
+Executors hold no task of their own: each call runs inside the stage's attempt
+task, which the run's nursery owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import pickle
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checkable
+
+import trio
+
+from ._context import StageContext
+
+logger = logging.getLogger("trio_pipeline")
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+# The parts of untyped optional dependencies this module uses, imported lazily.
+
+
+class _Dumps(Protocol):
+    def __call__(self, obj: object, /, protocol: int) -> bytes: ...
+
+
+class _ProcessRunSync(Protocol):
+    async def __call__(
+        self,
+        fn: Callable[[bytes], bytes],
+        payload: bytes,
+        /,
+        *,
+        kill_on_cancel: bool,
+        limiter: trio.CapacityLimiter,
+    ) -> bytes: ...
+
+
+class _DaskFuture(Protocol):
+    def add_done_callback(self, fn: Callable[[object], None], /) -> None: ...
+    def cancel(self) -> object: ...
+    def result(self) -> bytes: ...
+
+
+class _DaskClient(Protocol):
+    def submit(
+        self, fn: Callable[[bytes], bytes], payload: bytes, /, *, key: str, pure: bool
+    ) -> _DaskFuture: ...
+    def close(self) -> object: ...
+
+
+SyncStageFunction: TypeAlias = Callable[["StageSnapshot"], Any]
+"""A ``def f(snapshot: StageSnapshot) -> value`` run by an executor."""
+
+
+def _copied_log(message: str) -> None:
+    raise RuntimeError("this StageSnapshot is a copy; only the one a stage receives can log")
+
+
+@dataclass(frozen=True, slots=True)
+class StageSnapshot:
+    """What a sync stage function receives: a picklable copy of its `StageContext`.
+
+    Attributes:
+        name: The stage's name.
+        inputs: Each direct upstream stage's name mapped to its result.
+        attempt: 1 on the first attempt, 2 on the first retry, and so on.
+        run_id: The id of the run.
+    """
+
+    name: str
+    inputs: Mapping[str, Any]
+    attempt: int
+    run_id: str
+    _emit: Callable[[str], None] = field(default=_copied_log, repr=False, compare=False)
+
+    def log(self, message: str) -> None:
+        """Emit a `StageLog` event for this stage.
+
+        In a thread the event is emitted at once (the call waits for the Trio
+        thread). In a worker process or on Dask, messages are collected and emitted,
+        in order, when the attempt returns or raises; those of a killed or cancelled
+        attempt are lost.
+
+        Raises:
+            RuntimeError: the stage has finished (an abandoned thread logging after
+                its stage was cancelled), or this snapshot is a copy.
+        """
+        self._emit(str(message))
+
+    def __reduce__(self) -> tuple[type[StageSnapshot], tuple[str, dict[str, Any], int, str]]:
+        # The log callback belongs to one process; a copy cannot log.
+        return (type(self), (self.name, dict(self.inputs), self.attempt, self.run_id))
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs a sync stage function for one attempt. `name` is shown in reprs and the CLI."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
+        """Run ``fn(snapshot)`` and return its value or raise its exception.
+
+        Called in the stage's attempt task; when that task is cancelled the call
+        must stop waiting (what happens to the work is the executor's contract).
+        """
+        ...
+
+
+class ExecutorStage:
+    """The async stage function that runs `function` in `executor` (made by `Pipeline`)."""
+
+    __slots__ = ("__wrapped__", "executor", "function")
+
+    def __init__(self, function: SyncStageFunction, executor: Executor) -> None:
+        self.function = function
+        self.executor = executor
+        self.__wrapped__ = function
+
+    async def __call__(self, ctx: StageContext) -> Any:
+        return await self.executor.run(self.function, ctx)
+
+    def __repr__(self) -> str:
+        return f"<ExecutorStage {self.function!r} in {self.executor!r}>"
+
+
+class SerializationError(pickle.PicklingError):
+    """A stage's function, inputs or result could not be pickled for another process.
+
+    Attributes:
+        stage: The stage's name.
+        what: ``"function"``, ``"inputs"``, ``"result"`` or ``"exception"``.
+    """
+
+    def __init__(self, stage: str, what: str, detail: str) -> None:
+        super().__init__(
+            f"stage {stage!r}: its {what} cannot be pickled to cross a process boundary ({detail})"
+        )
+        self.stage = stage
+        self.what = what
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str, str]]:
+        return (type(self), (self.stage, self.what, self.detail))
+
+
+def _check_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    return limit
+
+
+class _PerRunLimiter:
+    """One CapacityLimiter per Trio run, so an executor can serve many `trio.run` calls."""
+
+    __slots__ = ("_limit", "_var")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._var: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("limiter")
+
+    def get(self) -> trio.CapacityLimiter:
+        try:
+            return self._var.get()
+        except LookupError:
+            limiter = trio.CapacityLimiter(self._limit)
+            self._var.set(limiter)
+            return limiter
+
+
+class ThreadExecutor:
+    """Runs sync stage functions in Trio's worker threads, at most `limit` at once.
+
+    Cancellation (timeout, fail-fast, `RunHandle.cancel`): the thread is abandoned
+    and the stage ends at once; the function keeps running in its thread until it
+    returns, and its result is discarded. An abandoned thread keeps its slot of
+    `limit` until it returns, so functions that hang can use up the executor.
+    `StageSnapshot.log` raises RuntimeError in an abandoned thread, which ends a
+    function that logs as it goes. The limit is per Trio run (default 8).
+    """
+
+    name = "thread"
+
+    def __init__(self, *, limit: int = 8) -> None:
+        self.limit = _check_limit(limit)
+        self._limiter = _PerRunLimiter(self.limit)
+
+    async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
+        def emit(message: str) -> None:
+            trio.from_thread.run_sync(ctx.log, message)
+
+        snapshot = StageSnapshot(ctx.name, ctx.inputs, ctx.attempt, ctx.run_id, emit)
+        return await trio.to_thread.run_sync(
+            fn, snapshot, abandon_on_cancel=True, limiter=self._limiter.get()
+        )
+
+    def __repr__(self) -> str:
+        return f"ThreadExecutor(limit={self.limit})"
+
+
+# -- crossing a process boundary -------------------------------------------------------
+
+
+def _dumps(obj: object) -> bytes:
+    # cloudpickle (a dependency of distributed, used by trio-parallel when present)
+    # also pickles lambdas and closures; imported lazily to keep `import` light.
+    try:
+        dumps = cast(_Dumps, importlib.import_module("cloudpickle").dumps)
+    except ImportError:  # pragma: no cover - exercised only without the extras
+        dumps = pickle.dumps
+    return dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _pack_call(fn: SyncStageFunction, ctx: StageContext) -> bytes:
+    """Pickle one call, saying which part does not pickle. Runs in the Trio thread."""
+    try:
+        fn_bytes = _dumps(fn)
+    except Exception as exc:
+        raise SerializationError(ctx.name, "function", _describe(exc)) from exc
+    try:
+        inputs_bytes = _dumps(dict(ctx.inputs))
+    except Exception as exc:
+        raise SerializationError(ctx.name, "inputs", _describe(exc)) from exc
+    return pickle.dumps(
+        (fn_bytes, inputs_bytes, ctx.name, ctx.attempt, ctx.run_id),
+        protocol=pickle.HIGHEST_PROTOCOL,
+    )
+
+
+def _call_packed(payload: bytes) -> bytes:
+    """Run a packed call in a worker; return ``(logs, ok, value_or_exception)`` pickled.
+
+    Never raises for the function's own errors, so collected logs come back too.
+    """
+    fn_bytes, inputs_bytes, name, attempt, run_id = pickle.loads(payload)
+    fn: SyncStageFunction = pickle.loads(fn_bytes)
+    logs: list[str] = []
+    snapshot = StageSnapshot(name, pickle.loads(inputs_bytes), attempt, run_id, logs.append)
+    try:
+        value = fn(snapshot)
+    except Exception as exc:
+        exc.add_note("Traceback in the worker:\n" + "".join(traceback.format_exc()))
+        try:
+            return _dumps((logs, False, exc))
+        except Exception as pickle_exc:
+            error = SerializationError(name, "exception", f"{_describe(exc)}; {pickle_exc}")
+            return _dumps((logs, False, error))
+    try:
+        return _dumps((logs, True, value))
+    except Exception as exc:
+        return _dumps((logs, False, SerializationError(name, "result", _describe(exc))))
+
+
+def _unpack_outcome(envelope: bytes, ctx: StageContext) -> Any:
+    try:
+        logs, ok, value = pickle.loads(envelope)
+    except Exception as exc:  # e.g. an exception class whose __init__ rejects its args
+        raise SerializationError(ctx.name, "result", f"unpickling failed: {exc}") from exc
+    for message in logs:
+        ctx.log(message)
+    if not ok:
+        raise value
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class ProcessExecutor:
+    """Runs sync, picklable stage functions in trio-parallel worker processes.
+
+    At most `limit` run at once (default: the number of CPUs). Workers come from
+    trio-parallel's default context: started on demand, reused across stages and
+    runs, shut down at interpreter exit. The function, its inputs and its result
+    are pickled (with cloudpickle when installed, else pickle); one that does not
+    pickle fails the stage with `SerializationError` naming the stage and the part.
+
+    Cancellation: the worker process is killed (SIGKILL) and the stage ends once it
+    has exited. Needs the ``trio-pipeline[process]`` extra.
+    """
+
+    name = "process"
+
+    def __init__(self, *, limit: int | None = None) -> None:
+        self.limit = _check_limit((os.cpu_count() or 1) if limit is None else limit)
+        self._limiter = _PerRunLimiter(self.limit)
+
+    async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
+        run_sync = cast(_ProcessRunSync, importlib.import_module("trio_parallel").run_sync)
+        payload = _pack_call(fn, ctx)
+        envelope = await run_sync(
+            _call_packed, payload, kill_on_cancel=True, limiter=self._limiter.get()
+        )
+        return _unpack_outcome(envelope, ctx)
+
+    def __repr__(self) -> str:
+        return f"ProcessExecutor(limit={self.limit})"
+
+
+class DaskExecutor:
+    """Submits sync, picklable stage functions to a ``distributed`` cluster.
+
+    Pass a scheduler address (the executor then opens its own synchronous
+    `distributed.Client` on first use, in a worker thread, and closes it in
+    `close`) or a synchronous `Client` you own. Workers need trio-pipeline
+    installed. Values cross the network pickled, as with `ProcessExecutor`.
+
+    The stage waits on the future without a thread or polling: the future's done
+    callback wakes the Trio task. Cancellation (timeout, fail-fast,
+    `RunHandle.cancel`): the stage sends the cancellation to the scheduler (taking at
+    most `cancel_timeout` seconds) and ends; the scheduler then releases the task. A
+    task already running on a worker runs to completion there (Dask does not
+    interrupt running Python code) and its result is dropped. Needs the
+    ``trio-pipeline[dask]`` extra.
+    """
+
+    name = "dask"
+
+    def __init__(self, address_or_client: str | Client, *, cancel_timeout: float = 5.0) -> None:
+        if not isinstance(cancel_timeout, int | float) or not cancel_timeout > 0:
+            raise ValueError(f"cancel_timeout must be a number > 0, got {cancel_timeout!r}")
+        self.cancel_timeout = float(cancel_timeout)
+        self._lock = threading.Lock()
+        self.address: str | None
+        if isinstance(address_or_client, str):
+            self.address = address_or_client
+            self._client: _DaskClient | None = None
+            self._owns_client = True
+        else:
+            self.address = None
+            self._client = cast(_DaskClient, address_or_client)
+            self._owns_client = False
+
+    def _connect(self) -> _DaskClient:
+        with self._lock:
+            if self._client is None:
+                client_class = importlib.import_module("distributed").Client
+                self._client = cast(_DaskClient, client_class(self.address, set_as_default=False))
+            return self._client
+
+    async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
+        client = self._client
+        if client is None:
+            client = await trio.to_thread.run_sync(self._connect, abandon_on_cancel=True)
+        payload = _pack_call(fn, ctx)
+        key = f"{ctx.name}-{ctx.run_id}-{ctx.attempt}-{uuid.uuid4().hex[:8]}"
+        future = client.submit(_call_packed, payload, key=key, pure=False)
+        done = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def wake(_: object) -> None:
+            # Runs in a distributed thread, possibly after this Trio run has ended.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except BaseException:
+            with trio.move_on_after(self.cancel_timeout, shield=True):
+                try:
+                    await trio.to_thread.run_sync(future.cancel, abandon_on_cancel=True)
+                except Exception:
+                    # The stage ends cancelled anyway; say why the cluster may not know.
+                    logger.warning("stage %r: could not cancel %s", ctx.name, key, exc_info=True)
+            raise
+        envelope = await trio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        return _unpack_outcome(envelope, ctx)
+
+    def close(self) -> None:
+        """Close the client this executor opened (not one it was given). Blocks."""
+        if not self._owns_client:
+            return
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> DaskExecutor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.address if self.address is not None else self._client
+        return f"DaskExecutor({where!r})"

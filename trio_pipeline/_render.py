@@ -1,0 +1,79 @@
+"""Text renderings of a validated pipeline: start order, Mermaid and Graphviz dot. Pure.
+
+All three take a `Plan` (so the graph was validated) and return text with a trailing
+newline; the CLI only prints it.
+"""
+
+from __future__ import annotations
+
+from ._graph import Plan
+
+FORMATS = ("mermaid", "dot")
+
+
+def render_order(plan: Plan, order: list[str]) -> str:
+    """The stages in start order, one per line, each with the stages it waits for.
+
+    Example::
+
+        pipeline 'demo': 3 stages in start order
+          1. fetch
+          2. parse  after fetch
+    """
+    deps = {stage.name: stage.after for stage in plan.stages}
+    noun = "stage" if len(order) == 1 else "stages"
+    lines = [f"pipeline {plan.name!r}: {len(order)} {noun} in start order"]
+    width = max((len(name) for name in order), default=0)
+    digits = len(str(len(order)))
+    for n, name in enumerate(order, 1):
+        after = deps[name]
+        line = f"  {n:>{digits}}. {name:<{width}}"
+        if after:
+            line += "  after " + ", ".join(after)
+        lines.append(line.rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def render_graph(plan: Plan, fmt: str) -> str:
+    """The graph as Mermaid (``flowchart TD``) or Graphviz ``digraph`` text."""
+    if fmt == "mermaid":
+        return render_mermaid(plan)
+    if fmt == "dot":
+        return render_dot(plan)
+    raise ValueError(f"unknown graph format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def render_mermaid(plan: Plan) -> str:
+    """Mermaid flowchart. Node ids are ``s0, s1, ...`` (definition order); labels are quoted.
+
+    Stage names may hold any character, so the label escapes what Mermaid would
+    parse (quotes and angle brackets as HTML entities, which Mermaid renders back).
+    """
+    lines = ["flowchart TD"]
+    lines += [f'    s{i}["{_mermaid_label(stage.name)}"]' for i, stage in enumerate(plan.stages)]
+    lines += [f"    s{j} --> s{i}" for i, ups in enumerate(plan.upstream) for j in ups]
+    return "\n".join(lines) + "\n"
+
+
+def render_dot(plan: Plan) -> str:
+    """Graphviz digraph, edges pointing downstream (from a stage to those that wait for it)."""
+    lines = [f"digraph {_dot_id(plan.name)} {{", "    rankdir=TB;"]
+    lines += [f"    {_dot_id(stage.name)};" for stage in plan.stages]
+    names = [stage.name for stage in plan.stages]
+    lines += [
+        f"    {_dot_id(names[j])} -> {_dot_id(names[i])};"
+        for i, ups in enumerate(plan.upstream)
+        for j in ups
+    ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_label(name: str) -> str:
+    table = {"&": "#amp;", '"': "#quot;", "<": "#lt;", ">": "#gt;"}
+    return "".join(table.get(ch, ch) for ch in name)
+
+
+def _dot_id(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
