@@ -21,7 +21,8 @@ from ._sinks import Sink
 
 logger = logging.getLogger("trio_pipeline")
 
-_YIELD_EVERY = 64  # events delivered between forced checkpoints
+_YIELD_EVERY = 64  # events delivered between looks at the clock
+_YIELD_AFTER = 0.001  # seconds of delivering without a checkpoint that force one
 
 
 class Dispatcher:
@@ -72,26 +73,34 @@ class Dispatcher:
     async def _deliver_all(self) -> None:
         receive = self._receive
         sinks = self.sinks
+        now = trio.lowlevel.current_clock().current_time
         unyielded = 0
+        yielded_at = now()
         while True:
             # Take what is buffered without a scheduler round-trip; block only when empty.
             try:
                 event = receive.receive_nowait()
             except trio.WouldBlock:
-                unyielded = 0
                 try:
                     event = await receive.receive()
                 except trio.EndOfChannel:
                     return
+                unyielded = 0
+                yielded_at = now()
             except trio.EndOfChannel:
                 return
             unyielded += 1
             if unyielded == _YIELD_EVERY:
                 # Sinks need not await, so a long backlog could otherwise be drained
                 # without a checkpoint: stages would starve, and the drain deadline,
-                # which trio only delivers at a checkpoint, would go unnoticed.
+                # which trio only delivers at a checkpoint, would go unnoticed. Not
+                # every 64 events, though: then a dispatcher woken once per scheduler
+                # batch falls behind stages that emit more than that per batch, and
+                # the backlog (every event a live object) is what the GC walks.
                 unyielded = 0
-                await trio.lowlevel.checkpoint()
+                if now() - yielded_at >= _YIELD_AFTER:
+                    await trio.lowlevel.checkpoint()
+                    yielded_at = now()
             if _chaos.hook is not None:
                 await _chaos.hook("dispatch")
             for i, sink in enumerate(sinks):
