@@ -54,7 +54,7 @@ def _pipeline(shape: str, n: int) -> tp.Pipeline:
 
 
 class _Counter:
-    """Counts events of one stage-count-independent `CountingSink` run."""
+    """A trace function counting engine lines and all calls, and a sink counting events."""
 
     def __init__(self) -> None:
         self.engine_lines = 0
