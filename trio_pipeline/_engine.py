@@ -131,9 +131,10 @@ class _Run:
         self._by_name = {rec.stage.name: rec for rec in self.records}
         self._unfinished = len(self.records)
         self._ready: list[int] = []  # heap of stage indices: definition order wins
-        # A plain counter, not a CapacityLimiter: slots are taken and given back only
-        # synchronously by the engine, and the limiter's bookkeeping cost ~1.3 us a stage.
-        self._free_slots: float = math.inf if max_parallel is None else max_parallel
+        # Slots are taken and given back synchronously (never waited for), but through
+        # a CapacityLimiter with the stage's record as borrower: it refuses a second
+        # slot for one stage or a release without a slot, which a counter would not.
+        self._limiter = trio.CapacityLimiter(math.inf if max_parallel is None else max_parallel)
         self._send, receive = trio.open_memory_channel[Event](math.inf)
         self._seq = 0
         self._events_closed = False
@@ -272,10 +273,10 @@ class _Run:
         """Start ready stages while slots are free, lowest definition index first."""
         if self.machine.state is not RunState.RUNNING:
             return
-        ready, records = self._ready, self.records
-        while ready and self._free_slots >= 1:
+        ready, records, limiter = self._ready, self.records, self._limiter
+        while ready and limiter.available_tokens >= 1:
             rec = records[heapq.heappop(ready)]
-            self._free_slots -= 1
+            limiter.acquire_on_behalf_of_nowait(rec)
             self._start_attempt(rec)
 
     def _start_attempt(self, rec: _StageRecord) -> None:
@@ -349,7 +350,7 @@ class _Run:
 
     def _release(self, rec: _StageRecord) -> None:
         rec.scope = None
-        self._free_slots += 1
+        self._limiter.release_on_behalf_of(rec)
 
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
