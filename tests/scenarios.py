@@ -58,6 +58,9 @@ class StageSpec:
     retry_delay: float
     timeout: float | None
     logs: int
+    # Waits in a child task of a nursery of its own, so cancelling it raises a
+    # group of Cancelled rather than a bare Cancelled.
+    nested: bool = False
 
     def behaviour(self, attempt: int) -> tuple[Behaviour, float]:
         return self.attempts[min(attempt, len(self.attempts)) - 1]
@@ -104,6 +107,7 @@ def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
         retry_delay=draw(st.sampled_from([0.0, 0.5, 1.0])),
         timeout=draw(st.sampled_from([None, None, 1.5, 3.0])),
         logs=draw(st.integers(0, 2)),
+        nested=draw(st.booleans()),
     )
 
 
@@ -174,12 +178,20 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
             behaviour, duration = spec.behaviour(ctx.attempt)
             if spec.logs:
                 ctx.log("begin")
-            if behaviour == "hang":
-                if spec.timeout is not None:
-                    await trio.sleep_forever()
-                await trio.sleep(LONG_HANG)
-            elif duration:
-                await trio.sleep(duration)
+
+            async def wait() -> None:
+                if behaviour == "hang":
+                    if spec.timeout is not None:
+                        await trio.sleep_forever()
+                    await trio.sleep(LONG_HANG)
+                elif duration:
+                    await trio.sleep(duration)
+
+            if spec.nested:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(wait)
+            else:
+                await wait()
             if spec.logs > 1:
                 ctx.log("end")
             if behaviour == "ok":

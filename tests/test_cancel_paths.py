@@ -81,3 +81,29 @@ async def test_cancel_reaches_a_stage_spawned_but_not_yet_run(autojump_clock: An
     assert {o.status for o in result.stages.values()} == {S.CANCELLED}
     assert result.state is tp.RunState.CANCELLED
     assert trio.current_time() == 0
+
+
+async def _with_own_nursery(ctx: tp.StageContext) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 50)
+        await trio.sleep(50)
+
+
+async def test_fail_fast_cancelling_a_stage_with_its_own_nursery_closes(
+    autojump_clock: Any,
+) -> None:
+    # Regression: such a stage is cancelled with a group of Cancelled, not a bare
+    # Cancelled, and was taken for an outer cancellation: the run ended CANCELLED.
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("nursery", _with_own_nursery)
+    pipe.add_stage("bad", _bad_after_2s)
+    sink = _Recorder()
+    result = await tp.run(pipe, sinks=[sink])
+    assert result.state is tp.RunState.CLOSED
+    assert {name: o.status for name, o in result.stages.items()} == {
+        "nursery": S.CANCELLED,
+        "bad": S.FAILED,
+    }
+    last = sink.events[-1]
+    assert isinstance(last, tp.RunFinished)
+    assert last.state is tp.RunState.CLOSED

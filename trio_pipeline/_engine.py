@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -327,7 +327,7 @@ class _Run:
         except BaseException as exc:
             self._release(rec)
             self._terminate(rec, StageStatus.CANCELLED)
-            if rec.cancel_requested and isinstance(exc, trio.Cancelled):
+            if rec.cancel_requested and _is_cancellation(exc):
                 # The engine cancelled the stages' nursery (fail-fast or RunHandle.cancel).
                 self._pump()
             else:
@@ -455,6 +455,14 @@ class _Run:
                 rec.blocked_by,
             )
         )
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """True for `Cancelled`, or a group of nothing else (a stage's own nursery raises that)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = cast(BaseExceptionGroup[BaseException], exc).split(trio.Cancelled)[1]
+        return rest is None
+    return isinstance(exc, trio.Cancelled)
 
 
 class RunHandle:
