@@ -94,48 +94,49 @@ class SlowSink(RecordingSink):
         self.events.append(event)
 
 
-class RaisingSink(RecordingSink):
+class _FaultAtSink(RecordingSink):
+    """Records events 0 .. k-1, then `_fault` on the event at index `k`.
+
+    With ``k=None`` it records every event and faults in `aclose` instead.
+    """
+
+    def __init__(self, k: int | None) -> None:
+        super().__init__()
+        self.k = k
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.k is None:
+            await self._fault("while closing")
+
+    async def handle(self, event: Event, /) -> None:
+        if len(self.events) == self.k:
+            await self._fault(f"at event #{self.k} (seq={event.seq})")
+        self.events.append(event)
+
+    async def _fault(self, where: str) -> None:
+        raise NotImplementedError
+
+
+class RaisingSink(_FaultAtSink):
     """Records events 0 .. k-1, then raises `SinkFault` on the event at index `k`.
 
     With ``k=None`` it records every event and raises from `aclose` instead.
     """
 
-    def __init__(self, k: int | None) -> None:
-        super().__init__()
-        self.k = k
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self.k is None:
-            self.raised = SinkFault("sink fault while closing")
-            raise self.raised
-
-    async def handle(self, event: Event, /) -> None:
-        if len(self.events) == self.k:
-            self.raised = SinkFault(f"sink fault at event #{self.k} (seq={event.seq})")
-            raise self.raised
-        self.events.append(event)
+    async def _fault(self, where: str) -> None:
+        self.raised = SinkFault(f"sink fault {where}")
+        raise self.raised
 
 
-class HungSink(RecordingSink):
+class HungSink(_FaultAtSink):
     """Records events 0 .. k-1, then never returns from `handle` (until cancelled).
 
     With ``k=None`` it records every event and hangs in `aclose` instead.
     """
 
-    def __init__(self, k: int | None) -> None:
-        super().__init__()
-        self.k = k
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        if self.k is None:
-            await trio.sleep_forever()
-
-    async def handle(self, event: Event, /) -> None:
-        if len(self.events) == self.k:
-            await trio.sleep_forever()
-        self.events.append(event)
+    async def _fault(self, where: str) -> None:
+        await trio.sleep_forever()
 
 
 class TornSink(SlowSink):
