@@ -255,3 +255,11 @@ def _root() -> str:
     import pathlib
 
     return str(pathlib.Path(__file__).resolve().parents[1])
+
+
+def test_stage_can_be_called_with_the_function_by_keyword() -> None:
+    pipe = tp.Pipeline("p")
+    stage = pipe.stage(fn=noop, name="kw", retries=1)
+    assert stage.name == "kw"
+    assert stage.retries == 1
+    assert pipe.stage(noop, name="positional").name == "positional"

@@ -82,13 +82,22 @@ class Pipeline:
         self._names_by_fn: dict[int, list[str]] = {}
 
     @overload
-    def stage(self, fn: StageFunction, /) -> Stage: ...
+    def stage(
+        self,
+        fn: StageFunction | SyncStageFunction,
+        *,
+        name: str | None = None,
+        after: Iterable[StageRef] | StageRef = (),
+        retries: int = 0,
+        retry_delay: float = 0.0,
+        timeout: float | None = None,
+        executor: Executor | None = None,
+    ) -> Stage: ...
 
     @overload
     def stage(
         self,
         fn: None = None,
-        /,
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
@@ -100,8 +109,7 @@ class Pipeline:
 
     def stage(
         self,
-        fn: StageFunction | None = None,
-        /,
+        fn: StageFunction | SyncStageFunction | None = None,
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
@@ -112,8 +120,9 @@ class Pipeline:
     ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
-        Use bare (``@pipe.stage``) or with options (``@pipe.stage(after=[first])``).
-        Options are those of `add_stage`.
+        Use bare (``@pipe.stage``), with options (``@pipe.stage(after=[first])``), or
+        call it with the function (``pipe.stage(fn, retries=2)``). Options are those of
+        `add_stage`.
         """
 
         def decorate(function: StageFunction | SyncStageFunction) -> Stage:

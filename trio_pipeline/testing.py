@@ -257,7 +257,7 @@ def _fail(invariant: str, detail: str) -> AssertionError:
 
 
 def check_run(
-    recorded: Sequence[Event] | Sequence[RecordingSink],
+    events: Sequence[Event] | Sequence[RecordingSink],
     pipeline: Pipeline,
     result: RunResult,
     *,
@@ -268,7 +268,7 @@ def check_run(
     """Assert every invariant of a finished run; AssertionError names the broken one.
 
     Args:
-        recorded: The events one sink received, or the `RecordingSink` objects
+        events: The events one sink received, or the `RecordingSink` objects
             passed as the run's sinks (then each is checked: healthy ones, those not
             in `result.sink_errors`, must have received identical sequences; a sink
             that raised must appear in `sink_errors`; every sink closed once).
@@ -293,8 +293,8 @@ def check_run(
     in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
     matches the events; `undelivered` is empty when the run is CLOSED.
     """
-    sinks: list[RecordingSink] = [r for r in recorded if isinstance(r, RecordingSink)]
-    if sinks and len(sinks) != len(recorded):
+    sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
+    if sinks and len(sinks) != len(events):
         raise TypeError("pass either a sequence of events or a sequence of RecordingSinks")
     if sinks:
         healthy_events = _check_sinks(sinks, result, lossless=lossless)
@@ -303,7 +303,7 @@ def check_run(
             return
         events = healthy_events
     else:
-        events = [e for e in recorded if not isinstance(e, RecordingSink)]
+        events = [e for e in events if not isinstance(e, RecordingSink)]
     if events and not isinstance(events[0], RunStarted):
         raise _fail("RunStarted first", f"first event is {events[0]!r}")
     complete = bool(events) and isinstance(events[-1], RunFinished)
