@@ -19,7 +19,6 @@ from trio_pipeline import _chaos
 from trio_pipeline._dispatch import Dispatcher
 from trio_pipeline._engine import RunHandle, _Run
 from trio_pipeline._events import Event
-from trio_pipeline._graph import Plan
 from trio_pipeline._sinks import Sink
 
 
@@ -36,29 +35,6 @@ class UnshieldedDispatcher(Dispatcher):
 
 class _DrainRaceRun(_Run):
     dispatcher_type = UnshieldedDispatcher
-
-    def __init__(
-        self,
-        plan: Plan,
-        *,
-        sinks: Sequence[Sink],
-        keep_going: bool,
-        max_parallel: int | None,
-        drain_timeout: float,
-    ) -> None:
-        super().__init__(
-            plan,
-            sinks=sinks,
-            keep_going=keep_going,
-            max_parallel=max_parallel,
-            drain_timeout=drain_timeout,
-        )
-        self.stages_done = trio.Event()
-
-    def _check_done(self) -> None:
-        super()._check_done()
-        if self._events_closed:
-            self.stages_done.set()
 
 
 @asynccontextmanager
@@ -85,7 +61,7 @@ async def open_run_drain_race(
         run.begin(nursery)
         try:
             yield handle
-            await run.stages_done.wait()
+            await run._stages_done.wait()  # set when the channel closes
         except BaseException:
             run.abort()
             raise
