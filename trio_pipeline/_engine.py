@@ -48,9 +48,11 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._items import stream_plan
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
+from ._streams import GroupRun, ItemCounts
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -66,6 +68,7 @@ class _StageRecord:
         "attempt",
         "blocked_by",
         "cancel_requested",
+        "counts",
         "error",
         "finished_at",
         "index",
@@ -92,9 +95,24 @@ class _StageRecord:
         self.value: Any = None
         self.error: BaseException | None = None
         self.blocked_by: str | None = None
+        self.counts: ItemCounts | None = None  # final item counts of an item stage
 
     def outcome(self) -> StageOutcome:
         started, finished = self.started_at, self.finished_at
+        counts = self.counts
+        if counts is not None:
+            return StageOutcome(
+                self.machine.state,
+                self.value,
+                self.error if self.machine.state is StageStatus.FAILED else None,
+                self.attempt,
+                0.0 if started is None or finished is None else finished - started,
+                self.blocked_by,
+                counts.items_in,
+                counts.items_out,
+                counts.items_failed,
+                counts.items_cancelled,
+            )
         return StageOutcome(
             status=self.machine.state,
             value=self.value,
@@ -119,6 +137,7 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        progress_interval: float = 0.1,
     ) -> None:
         self.plan = plan
         self.run_id = uuid.uuid4().hex[:12]
@@ -129,6 +148,17 @@ class _Run:
             _StageRecord(i, stage, len(plan.upstream[i])) for i, stage in enumerate(plan.stages)
         ]
         self._by_name = {rec.stage.name: rec for rec in self.records}
+        # Stream groups are scheduling units: ready when all their outside
+        # dependencies succeeded; `_gates[i]` lists the groups stage i holds back.
+        self.streams = streams = stream_plan(plan)
+        self.progress_interval = progress_interval
+        self._group_waiting = [len(group.external) for group in streams.groups]
+        self._gates: dict[int, list[int]] = {}
+        for g, group in enumerate(streams.groups):
+            for j in group.external:
+                self._gates.setdefault(j, []).append(g)
+        self._group_runs: dict[int, GroupRun] = {}  # running groups by their first member
+        self._group_cancel_requested = False
         self._unfinished = len(self.records)
         self._ready: list[int] = []  # heap of stage indices: definition order wins
         # Slots are taken and given back synchronously (never waited for), but through
@@ -182,7 +212,13 @@ class _Run:
             RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names)
         )
         # Ascending indices already form a valid heap.
-        self._ready = [rec.index for rec in self.records if rec.waiting == 0]
+        group_of = self.streams.group_of
+        self._ready = [
+            rec.index for rec in self.records if rec.waiting == 0 and rec.index not in group_of
+        ]
+        for g, group in enumerate(self.streams.groups):
+            if not group.external:
+                heapq.heappush(self._ready, group.members[0])
         self._pump()
         self._check_done()
 
@@ -201,6 +237,11 @@ class _Run:
     def _stop(self, target: RunState, *, cancel_running: bool) -> None:
         self.machine.advance(target)
         self._ready.clear()
+        for group_run in self._group_runs.values():
+            if cancel_running:
+                self._group_cancel_requested = True
+            else:
+                group_run.request_close()
         for rec in self.records:
             state = rec.machine.state
             if state is _RUNNING:
@@ -276,8 +317,101 @@ class _Run:
         ready, records, limiter = self._ready, self.records, self._limiter
         while ready and limiter.available_tokens >= 1:
             rec = records[heapq.heappop(ready)]
+            if rec.index in self.streams.group_of:
+                self._start_group(rec)
+                continue
             limiter.acquire_on_behalf_of_nowait(rec)
             self._start_attempt(rec)
+
+    # -- stream groups (the `StreamHost` the group runtime calls) -------------------
+
+    def _start_group(self, first: _StageRecord) -> None:
+        assert self._nursery is not None
+        streams = self.streams
+        group = streams.groups[streams.group_of[first.index]]
+        group_run = GroupRun(
+            self, self.plan.stages, streams, group, progress_interval=self.progress_interval
+        )
+        self._limiter.acquire_on_behalf_of_nowait(group_run)
+        self._group_runs[first.index] = group_run
+        self._nursery.start_soon(self._run_group, first.index, group_run)
+
+    async def _run_group(self, key: int, group_run: GroupRun) -> None:
+        try:
+            await group_run.run()
+        except BaseException as exc:
+            del self._group_runs[key]
+            self._limiter.release_on_behalf_of(group_run)
+            if self._group_cancel_requested and _is_cancellation(exc):
+                self._pump()
+            else:
+                self.abort()
+            self._check_done()
+            raise
+        del self._group_runs[key]
+        self._limiter.release_on_behalf_of(group_run)
+        self._pump()
+        self._check_done()
+
+    def now(self) -> float:
+        return self._now()
+
+    def next_seq(self) -> int:
+        return self._next_seq()
+
+    def send_event(self, event: Event) -> None:
+        self._send.send_nowait(event)
+
+    def log(self, stage: str, message: str) -> None:
+        self._log(stage, message)
+
+    def inputs_of(self, index: int) -> Mapping[str, Any]:
+        return self.records[index].inputs
+
+    def member_started(self, index: int) -> None:
+        rec = self.records[index]
+        rec.machine.advance(_RUNNING)
+        rec.attempt = 1
+        rec.started_at = now = self._now()
+        stream_input = self.streams.stream_input.get(index)
+        ups = [j for j in self.plan.upstream[index] if j != stream_input]
+        if ups:
+            records = self.records
+            rec.inputs = MappingProxyType({records[j].stage.name: records[j].value for j in ups})
+        self._send.send_nowait(
+            StageStarted(self.run_id, self._next_seq(), now, rec.stage.name, rec.attempt)
+        )
+
+    def member_finished(
+        self,
+        index: int,
+        status: StageStatus,
+        *,
+        value: Any,
+        error: BaseException | None,
+        blocked_by: str | None,
+        reason: str | None,
+        counts: ItemCounts,
+    ) -> None:
+        rec = self.records[index]
+        rec.counts = counts
+        if status is StageStatus.SUCCEEDED:
+            self._succeeded(rec, value)
+        elif status is StageStatus.FAILED:
+            assert isinstance(error, Exception)
+            rec.error = error
+            self._failed(rec, error)
+        elif status is StageStatus.BLOCKED:
+            rec.blocked_by = blocked_by
+            self._terminate(rec, status)
+            assert blocked_by is not None
+            self._block_downstream(rec, blocked_by)
+            self._pump()
+            self._check_done()
+        else:
+            self._terminate(rec, status)
+            self._pump()
+            self._check_done()
 
     def _start_attempt(self, rec: _StageRecord) -> None:
         assert self._nursery is not None
@@ -404,33 +538,46 @@ class _Run:
         rec.value = value
         self._terminate(rec, StageStatus.SUCCEEDED)
         records, ready = self.records, self._ready
+        group_of = self.streams.group_of
         for j in self.plan.downstream[rec.index]:
+            if group_of and j in group_of:
+                continue  # counted per group below
             down = records[j]
             down.waiting -= 1
             if down.waiting == 0 and down.machine.state is _PENDING:
                 heapq.heappush(ready, j)
+        for g in self._gates.get(rec.index, ()):
+            self._group_waiting[g] -= 1
+            if self._group_waiting[g] == 0:
+                first = self.streams.groups[g].members[0]
+                if records[first].machine.state is _PENDING:
+                    heapq.heappush(ready, first)
         self._pump()
         self._check_done()
 
     def _failed(self, rec: _StageRecord, exc: Exception) -> None:
         self._terminate(rec, StageStatus.FAILED, error=exc)
-        self._block_downstream(rec)
+        self._block_downstream(rec, rec.stage.name)
         if not self.keep_going and self.machine.state is RunState.RUNNING:
             self._stop(RunState.CLOSING, cancel_running=True)
         self._pump()
         self._check_done()
 
-    def _block_downstream(self, failed: _StageRecord) -> None:
+    def _block_downstream(self, failed: _StageRecord, root: str) -> None:
         records, downstream = self.records, self.plan.downstream
+        streams = self.streams
         stack = list(downstream[failed.index])
         while stack:
             down = records[stack.pop()]
             # Only never-started stages can sit downstream of a failure; terminal
             # ones were blocked or cancelled together with their own downstream.
             if down.machine.state is _PENDING:
-                down.blocked_by = failed.stage.name
+                down.blocked_by = root
                 self._terminate(down, StageStatus.BLOCKED)
                 stack.extend(downstream[down.index])
+                g = streams.group_of.get(down.index)
+                if g is not None:  # a stream group starts as one: it is blocked as one
+                    stack.extend(streams.groups[g].members)
 
     def _terminate(
         self, rec: _StageRecord, status: StageStatus, *, error: BaseException | None = None
@@ -442,6 +589,7 @@ class _Run:
         self._unfinished -= 1
         now = rec.finished_at = self._now()
         started = rec.started_at
+        counts = rec.counts
         self._send.send_nowait(
             StageFinished(
                 self.run_id,
@@ -453,6 +601,22 @@ class _Run:
                 0.0 if started is None else now - started,
                 None if error is None else describe_error(error),
                 rec.blocked_by,
+            )
+            if counts is None
+            else StageFinished(
+                self.run_id,
+                self._next_seq(),
+                now,
+                rec.stage.name,
+                status,
+                rec.attempt,
+                0.0 if started is None else now - started,
+                None if error is None else describe_error(error),
+                rec.blocked_by,
+                counts.items_in,
+                counts.items_out,
+                counts.items_failed,
+                counts.items_cancelled,
             )
         )
 
@@ -517,7 +681,12 @@ class RunHandle:
         return f"<RunHandle {self._run.plan.name!r} run={self.run_id} {self.state}>"
 
 
-def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
+def _check_options(
+    sinks: Sequence[Sink],
+    max_parallel: int | None,
+    drain_timeout: float,
+    progress_interval: float = 0.1,
+) -> None:
     if max_parallel is not None and (
         isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
     ):
@@ -529,6 +698,12 @@ def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeou
         or drain_timeout < 0
     ):
         raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
+    if (
+        isinstance(progress_interval, bool)
+        or not isinstance(progress_interval, int | float)
+        or not progress_interval > 0
+    ):
+        raise ValueError(f"progress_interval must be a number > 0, got {progress_interval!r}")
     for sink in sinks:
         if not isinstance(sink, Sink):
             raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
@@ -544,6 +719,7 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    progress_interval: float = 0.1,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -559,19 +735,22 @@ async def open_run(
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
             remaining events; after that the run ends CANCELLED and reports the
             undelivered counts.
+        progress_interval: Seconds (trio clock) between two `StageProgress` events of
+            one item stage (math.inf: none).
 
     Raises:
         PipelineError: the pipeline is invalid; raised before anything starts.
     """
     plan = pipeline.compile()
     sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout)
+    _check_options(sinks, max_parallel, drain_timeout, progress_interval)
     run = _Run(
         plan,
         sinks=sinks,
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        progress_interval=progress_interval,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
@@ -595,6 +774,7 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    progress_interval: float = 0.1,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -609,6 +789,7 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        progress_interval=progress_interval,
     ) as handle:
         pass
     return handle.result

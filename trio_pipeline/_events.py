@@ -73,7 +73,8 @@ class StageFinished:
     `attempt` is the number of attempts started (0 if the stage never started),
     `duration` the seconds from its first start to now (0.0 if never started),
     `error` the failure as ``"Type: message"`` text, `blocked_by` the failed stage
-    that blocked it.
+    that blocked it. The item counts are None for a task stage; for an item stage
+    ``items_in == items_ok + items_failed + items_cancelled`` (see `StageProgress`).
     """
 
     run_id: str
@@ -85,6 +86,40 @@ class StageFinished:
     duration: float
     error: str | None
     blocked_by: str | None
+    items_in: int | None = None
+    items_out: int | None = None
+    items_failed: int | None = None
+    items_cancelled: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageProgress:
+    """Item counts of a running item stage, at most one per `progress_interval` per stage.
+
+    `items_in` counts items the stage took from its input, `items_out` items it
+    emitted, `items_failed` items whose call failed after its retries.
+    """
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    items_in: int
+    items_out: int
+    items_failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailed:
+    """Item `index` (0-based, in the stage's input order) of an ``on_item_error="skip"``
+    stage failed after its retries with `error` (text); the stage went on without it."""
+
+    run_id: str
+    seq: int
+    time: float
+    stage: str
+    index: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +134,16 @@ class RunFinished:
     duration: float
 
 
-Event = RunStarted | StageStarted | StageLog | StageRetrying | StageFinished | RunFinished
+Event = (
+    RunStarted
+    | StageStarted
+    | StageLog
+    | StageRetrying
+    | StageFinished
+    | StageProgress
+    | ItemFailed
+    | RunFinished
+)
 """Any event a run emits."""
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -108,6 +152,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StageLog,
     StageRetrying,
     StageFinished,
+    StageProgress,
+    ItemFailed,
     RunFinished,
 )
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from ._context import StageContext
 from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
+from ._items import ItemOptions, OnItemError, check_streams, item_options
 
 if TYPE_CHECKING:
     from ._executors import Executor, SyncStageFunction
@@ -44,9 +45,11 @@ class Stage:
     retry_delay: float
     timeout: float | None
     executor: Executor | None = None
+    items: ItemOptions | None = None  # None for a task stage; see `_items`
 
-    def __call__(self, ctx: StageContext) -> Awaitable[Any]:
-        return self.fn(ctx)
+    def __call__(self, ctx: StageContext, *item: Any) -> Any:
+        # An each= stage's function also takes the item (a consumes= one, the items).
+        return self.fn(ctx, *item)  # type: ignore[call-arg]
 
     def __repr__(self) -> str:
         where = "" if self.executor is None else f" executor={self.executor!r}"
@@ -92,6 +95,12 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        each: StageRef | None = None,
+        consumes: StageRef | None = None,
+        workers: int | None = None,
+        buffer: int | None = None,
+        ordered: bool | None = None,
+        on_item_error: OnItemError | None = None,
     ) -> Stage: ...
 
     @overload
@@ -105,6 +114,12 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        each: StageRef | None = None,
+        consumes: StageRef | None = None,
+        workers: int | None = None,
+        buffer: int | None = None,
+        ordered: bool | None = None,
+        on_item_error: OnItemError | None = None,
     ) -> Callable[[StageFunction | SyncStageFunction], Stage]: ...
 
     def stage(
@@ -117,6 +132,12 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        each: StageRef | None = None,
+        consumes: StageRef | None = None,
+        workers: int | None = None,
+        buffer: int | None = None,
+        ordered: bool | None = None,
+        on_item_error: OnItemError | None = None,
     ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
@@ -139,6 +160,12 @@ class Pipeline:
                 retry_delay=retry_delay,
                 timeout=timeout,
                 executor=executor,
+                each=each,
+                consumes=consumes,
+                workers=workers,
+                buffer=buffer,
+                ordered=ordered,
+                on_item_error=on_item_error,
             )
 
         if fn is not None:
@@ -155,6 +182,12 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        each: StageRef | None = None,
+        consumes: StageRef | None = None,
+        workers: int | None = None,
+        buffer: int | None = None,
+        ordered: bool | None = None,
+        on_item_error: OnItemError | None = None,
     ) -> Stage:
         """Define a stage.
 
@@ -170,6 +203,15 @@ class Pipeline:
             timeout: Seconds allowed per attempt, or None for no limit.
             executor: Where a sync `fn` runs (`ThreadExecutor`, `ProcessExecutor`,
                 `DaskExecutor`); None runs an async `fn` in its own Trio task.
+            each: Make this an item stage calling ``fn(ctx, item)`` once per item
+                of that stage (see the README's streaming section); `retries` and
+                `timeout` then apply per item call.
+            consumes: Make this a stage called once as ``fn(ctx, items)`` with an
+                async iterator over that stage's items.
+            workers: Item calls of an `each` stage running at once (default 1).
+            buffer: Items the stream into this stage may hold (default `workers`).
+            ordered: Emit an `each` stage's results in input order.
+            on_item_error: ``"fail"`` (default) or ``"skip"`` a failing item.
 
         Raises:
             DuplicateStageError: `name` is taken.
@@ -180,8 +222,22 @@ class Pipeline:
             raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
+        items = item_options(
+            name,
+            fn,
+            each=None if each is None else self._resolve_one(name, "each", each),
+            consumes=None if consumes is None else self._resolve_one(name, "consumes", consumes),
+            workers=workers,
+            buffer=buffer,
+            ordered=ordered,
+            on_item_error=on_item_error,
+            has_executor=executor is not None,
+            retries=_check_retries(name, retries),
+        )
         run_fn: StageFunction
-        if executor is None:
+        if items is not None:
+            run_fn = fn  # type: ignore[assignment]  # `_streams` calls it per item or once
+        elif executor is None:
             if not _is_async_callable(fn):
                 raise StageDefinitionError(
                     f"stage {name!r}: function must be an async function (async def f(ctx))"
@@ -193,11 +249,12 @@ class Pipeline:
         stage = Stage(
             name=name,
             fn=run_fn,
-            after=self._resolve_after(name, after),
+            after=self._resolve_after(name, after, items),
             retries=_check_retries(name, retries),
             retry_delay=_check_retry_delay(name, retry_delay),
             timeout=_check_timeout(name, timeout),
             executor=executor,
+            items=items,
         )
         self._stages[name] = stage
         self._names_by_fn.setdefault(id(fn), []).append(name)
@@ -310,7 +367,9 @@ class Pipeline:
         cycle = _find_cycle(upstream)
         if cycle is not None:
             raise CycleError([stages[i].name for i in cycle])
-        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
+        plan = Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
+        check_streams(plan)
+        return plan
 
     def start_order(self) -> list[str]:
         """Stage names in the order an unlimited, failure-free run would start them.
@@ -330,11 +389,21 @@ class Pipeline:
                     heapq.heappush(ready, j)
         return order
 
-    def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
+    def _resolve_one(self, name: str, keyword: str, ref: StageRef) -> str:
+        if not (isinstance(ref, str | Stage) or callable(ref)):
+            raise StageDefinitionError(
+                f"stage {name!r}: {keyword}= takes one stage (a name, Stage or function), got {ref!r}"
+            )
+        return self._resolve_after(name, ref)[0]
+
+    def _resolve_after(
+        self, name: str, after: Iterable[StageRef] | StageRef, items: ItemOptions | None = None
+    ) -> tuple[str, ...]:
         refs: Iterable[StageRef] = (
             (after,) if isinstance(after, str | Stage) or callable(after) else after
         )
-        names: list[str] = []
+        # A stage depends on its stream input first (each=/consumes=), then on after=.
+        names: list[str] = [] if items is None or items.reads is None else [items.reads]
         for ref in refs:
             if isinstance(ref, str):
                 dep = ref

@@ -1,0 +1,428 @@
+"""Item stages: their options, stream groups and the rule that keeps streams deadlock-free.
+
+Pure: no trio import. The engine-side runtime is `_streams`.
+
+Theory of operation
+-------------------
+A stage can produce *items* instead of (or as well as) one value:
+
+- a **source** is an async generator function ``f(ctx)``; each ``yield`` is one item;
+- an **each** stage (``each=X``) calls ``f(ctx, item)`` once per item of X, at most
+  ``workers`` at a time; ``f`` returns one result (map) or is an async generator
+  yielding any number (flat map). Its results are its items;
+- a **consumes** stage (``consumes=X``) makes one call ``f(ctx, items)``; if ``f`` is
+  an async generator its yields are items, otherwise its return value is its value.
+
+X is the stage's *stream input*. When X produces items (a source, an each stage, a
+consumes generator), X -> stage is a **stream edge**: items flow while both run.
+When X is an ordinary stage, its value must be iterable and the stage maps over it
+once X succeeded (a dynamic map); that is an ordinary dependency.
+
+Stages joined by stream edges form a **stream group**. Each stage has at most one
+stream input, so a group is a tree whose root is a source or a dynamic map. A group
+is one scheduling unit: it becomes ready when every dependency of every member that
+lies outside the group has succeeded, it takes one ``max_parallel`` slot, and all
+its members start together. Members finish one by one; a member's ordinary
+downstream may start as soon as that member succeeded.
+
+The rule (checked by `check_streams` before anything runs)
+-----------------------------------------------------------
+1. Inside a group the only dependencies are the stream edges: a member may not
+   wait (``after=``) for another member of its own group, which would need the
+   whole stream to end before the stream can flow.
+2. Contract every group to one node: the graph of groups and task stages must be
+   acyclic (the issue's example: ``b`` with ``each=src`` and ``after=[c]``, ``c``
+   after ``src``; ``c`` needs all of ``src``, ``src`` waits for ``b``'s buffer, ``b``
+   waits for ``c``).
+
+Why that is enough, under any ``max_parallel``, pools and ``exclusive``: the
+scheduling units then form a DAG in which a unit never waits for anything once it
+started (it holds its slot until its members end, and nothing it waits on needs a
+slot: per-item pool slots are taken for one call at a time, all at once, and given
+back before the result is emitted, so an item call never holds a slot while it
+waits). Inside a started group the streams form a tree of bounded buffers whose
+readers always read to the end of their input (a reader that fails stops reading
+and closes its input, so its producer drops it), so items always move towards the
+leaves, and leaves always make progress.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+from ._errors import StageDefinitionError
+from ._events import describe_error
+
+if TYPE_CHECKING:
+    from ._graph import Plan, Stage
+
+ItemKind: TypeAlias = Literal["source", "each", "consumes"]
+OnItemError: TypeAlias = Literal["fail", "skip"]
+_ON_ITEM_ERROR: tuple[OnItemError, ...] = ("fail", "skip")
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOptions:
+    """How an item stage reads and writes items (`Stage.items`; None for a task stage).
+
+    Attributes:
+        kind: ``"source"``, ``"each"`` or ``"consumes"``.
+        reads: The stage named by ``each=`` / ``consumes=`` (None for a source).
+        workers: Item calls of an each stage running at once (1 for the others).
+        buffer: Items the stream edge into this stage holds beyond those in the
+            workers' hands (0: a rendezvous).
+        ordered: An each stage emits results in input order (else completion order).
+        on_item_error: ``"fail"``: an item failing after its retries fails the stage;
+            ``"skip"``: it is counted, reported with `ItemFailed`, and left out.
+        emits: The function is an async generator: its yields are the stage's items.
+    """
+
+    kind: ItemKind
+    reads: str | None = None
+    workers: int = 1
+    buffer: int = 1
+    ordered: bool = False
+    on_item_error: OnItemError = "fail"
+    emits: bool = False
+
+    @property
+    def produces(self) -> bool:
+        """Whether the stage's output is a stream of items (sources and each stages always)."""
+        return self.kind != "consumes" or self.emits
+
+
+def is_async_generator_function(fn: object) -> bool:
+    """True for ``async def`` with ``yield`` (or an instance whose ``__call__`` is one)."""
+    if inspect.isasyncgenfunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async-gen __call__
+    return not inspect.isroutine(fn) and inspect.isasyncgenfunction(call)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
+
+
+def _takes_positional(fn: object, n: int) -> bool:
+    try:
+        signature = inspect.signature(fn)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return True
+    try:
+        signature.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def item_options(
+    name: str,
+    fn: object,
+    *,
+    each: str | None,
+    consumes: str | None,
+    workers: int | None,
+    buffer: int | None,
+    ordered: bool | None,
+    on_item_error: str | None,
+    has_executor: bool,
+    retries: int,
+) -> ItemOptions | None:
+    """Check a stage's item keywords against its function; None for a task stage.
+
+    `each` and `consumes` are already resolved to stage names. Keywords left None
+    were not given.
+
+    Raises:
+        StageDefinitionError: a keyword does not fit the function or the other keywords.
+    """
+    if each is not None and consumes is not None:
+        raise StageDefinitionError(
+            f"stage {name!r}: each= and consumes= exclude each other (a stage has one stream input)"
+        )
+    generator = is_async_generator_function(fn)
+    per_item = ("workers", workers), ("ordered", ordered), ("on_item_error", on_item_error)
+    if each is None and consumes is None:
+        given = [k for k, v in (*per_item, ("buffer", buffer)) if v is not None]
+        if given:
+            raise StageDefinitionError(
+                f"stage {name!r}: {', '.join(given)} only apply to each=/consumes= stages"
+            )
+        if not generator:
+            return None
+        if has_executor:
+            raise StageDefinitionError(
+                f"stage {name!r}: a source (async generator) runs in its Trio task;"
+                " executor= applies to per-item functions of each= stages"
+            )
+        _check_once(name, "a source", retries)
+        _check_arity(name, fn, 1, "async def f(ctx): ... yield item")
+        return ItemOptions(kind="source", emits=True)
+    if consumes is not None:
+        given = [k for k, v in per_item if v is not None]
+        if given:
+            raise StageDefinitionError(
+                f"stage {name!r}: {', '.join(given)} apply to each= stages;"
+                " a consumes= stage makes one call that reads the whole stream"
+            )
+        if has_executor:
+            raise StageDefinitionError(
+                f"stage {name!r}: a consumes= stage runs in its Trio task; executor= is for each="
+            )
+        if not (generator or _is_coroutine_function(fn)):
+            raise StageDefinitionError(
+                f"stage {name!r}: consumes= needs an async function async def f(ctx, items),"
+                f" got {fn!r}"
+            )
+        _check_once(name, "a consumes= stage", retries)
+        _check_arity(name, fn, 2, "async def f(ctx, items)")
+        return ItemOptions(
+            kind="consumes",
+            reads=consumes,
+            buffer=_check_count(name, "buffer", 1 if buffer is None else buffer, minimum=0),
+            emits=generator,
+        )
+    assert each is not None
+    if has_executor:
+        if generator or _is_coroutine_function(fn) or not callable(fn):
+            raise StageDefinitionError(
+                f"stage {name!r}: with executor= the per-item function must be a plain"
+                f" def f(snapshot, item), got {fn!r}"
+            )
+        _check_arity(name, fn, 2, "def f(snapshot, item)")
+    else:
+        if not (generator or _is_coroutine_function(fn)):
+            raise StageDefinitionError(
+                f"stage {name!r}: each= needs an async function async def f(ctx, item)"
+                f" (or an async generator, or a sync function with executor=), got {fn!r}"
+            )
+        _check_arity(name, fn, 2, "async def f(ctx, item)")
+    n_workers = _check_count(name, "workers", 1 if workers is None else workers, minimum=1)
+    if ordered is not None and not isinstance(ordered, bool):
+        raise StageDefinitionError(f"stage {name!r}: ordered must be a bool, got {ordered!r}")
+    if on_item_error is not None and on_item_error not in _ON_ITEM_ERROR:
+        raise StageDefinitionError(
+            f"stage {name!r}: on_item_error must be 'fail' or 'skip', got {on_item_error!r}"
+        )
+    return ItemOptions(
+        kind="each",
+        reads=each,
+        workers=n_workers,
+        buffer=_check_count(name, "buffer", n_workers if buffer is None else buffer, minimum=0),
+        ordered=bool(ordered),
+        on_item_error="skip" if on_item_error == "skip" else "fail",
+        emits=generator,
+    )
+
+
+def _check_count(name: str, what: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StageDefinitionError(
+            f"stage {name!r}: {what} must be an int >= {minimum}, got {value!r}"
+        )
+    return value
+
+
+def _check_once(name: str, what: str, retries: int) -> None:
+    if retries:
+        raise StageDefinitionError(
+            f"stage {name!r}: {what} runs once (its items cannot be taken back), so retries="
+            " does not apply; retries apply per item call of each= stages"
+        )
+
+
+def _check_arity(name: str, fn: object, n: int, shape: str) -> None:
+    if not _takes_positional(fn, n):
+        raise StageDefinitionError(f"stage {name!r}: the function must look like {shape}")
+
+
+class ItemError(Exception):
+    """The error of an each= stage failed by one item (``on_item_error="fail"``).
+
+    Attributes:
+        stage: The stage's name.
+        index: The item's 0-based index in the stage's input (as in `ItemFailed`).
+        error: What the item's last call raised (also ``__cause__``).
+    """
+
+    def __init__(self, stage: str, index: int, error: BaseException) -> None:
+        super().__init__(f"item {index} of stage {stage!r} failed: {describe_error(error)}")
+        self.stage = stage
+        self.index = index
+        self.error = error
+        self.__cause__ = error
+
+    def __reduce__(self) -> tuple[type[ItemError], tuple[str, int, BaseException]]:
+        return (type(self), (self.stage, self.index, self.error))
+
+
+# -- stream groups ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGroup:
+    """Stages joined by stream edges: one scheduling unit.
+
+    Attributes:
+        members: Stage indices, in definition order (the first stands for the group
+            in the ready queue).
+        external: Indices of the stages outside the group that some member depends on.
+    """
+
+    members: tuple[int, ...]
+    external: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """The item structure of a `Plan` (empty when no stage deals in items).
+
+    Attributes:
+        groups: Every stream group, ordered by root index.
+        group_of: Stage index -> index into `groups`, for item stages only.
+        readers: Producer index -> indices of the stages reading its stream.
+        stream_input: Reader index -> the producer it reads (stream edges only).
+        collects: Producers whose items are kept as their value, because an
+            ordinary dependent receives them as a list.
+    """
+
+    groups: tuple[StreamGroup, ...]
+    group_of: Mapping[int, int]
+    readers: Mapping[int, tuple[int, ...]]
+    stream_input: Mapping[int, int]
+    collects: frozenset[int]
+
+
+EMPTY_STREAM_PLAN = StreamPlan((), MappingProxyType({}), MappingProxyType({}), {}, frozenset())
+
+
+def stream_plan(plan: Plan) -> StreamPlan:
+    """Stream groups of `plan`, checked against the rule in this module's docstring.
+
+    Raises:
+        StageDefinitionError: a definition that could deadlock, naming its stages.
+    """
+    stages = plan.stages
+    item_stages = [i for i, stage in enumerate(stages) if stage.items is not None]
+    if not item_stages:
+        return EMPTY_STREAM_PLAN
+    index = {stage.name: i for i, stage in enumerate(stages)}
+    stream_input: dict[int, int] = {}
+    readers: dict[int, list[int]] = {}
+    for i in item_stages:
+        options = stages[i].items
+        assert options is not None
+        if options.reads is None:
+            continue
+        j = index[options.reads]
+        producer = stages[j].items
+        if producer is not None and producer.produces:
+            stream_input[i] = j
+            readers.setdefault(j, []).append(i)
+    # Each stage has at most one stream input, so following it reaches the group's root.
+    root_of: dict[int, int] = {}
+    for i in item_stages:
+        chain = [i]
+        while chain[-1] in stream_input and chain[-1] not in root_of:
+            chain.append(stream_input[chain[-1]])
+        root = root_of.get(chain[-1], chain[-1])
+        for k in chain:
+            root_of[k] = root
+    members_by_root: dict[int, list[int]] = {}
+    for i in item_stages:
+        members_by_root.setdefault(root_of[i], []).append(i)
+    groups: list[StreamGroup] = []
+    group_of: dict[int, int] = {}
+    collects: set[int] = set()
+    for root in sorted(members_by_root):
+        members = members_by_root[root]
+        member_set = set(members)
+        external: list[int] = []
+        for m in members:
+            for j in plan.upstream[m]:
+                if j in member_set:
+                    if stream_input.get(m) != j:
+                        _refuse_inner_wait(stages, m, j, members)
+                elif j not in external:
+                    external.append(j)
+        for m in members:
+            group_of[m] = len(groups)
+        groups.append(StreamGroup(tuple(members), tuple(external)))
+    for i, ups in enumerate(plan.upstream):
+        for j in ups:
+            if stream_input.get(i) != j and j in group_of:
+                producer = stages[j].items
+                assert producer is not None
+                if producer.produces:
+                    collects.add(j)
+    _check_units_acyclic(plan, groups, group_of)
+    return StreamPlan(
+        groups=tuple(groups),
+        group_of=MappingProxyType(group_of),
+        readers=MappingProxyType({j: tuple(rs) for j, rs in readers.items()}),
+        stream_input=MappingProxyType(stream_input),
+        collects=frozenset(collects),
+    )
+
+
+def check_streams(plan: Plan) -> None:
+    """`stream_plan` for its checks only (what `Pipeline.compile` calls)."""
+    stream_plan(plan)
+
+
+def _group_names(stages: Sequence[Stage], members: Sequence[int]) -> str:
+    return "[" + ", ".join(repr(stages[m].name) for m in members) + "]"
+
+
+def _refuse_inner_wait(stages: Sequence[Stage], m: int, j: int, members: Sequence[int]) -> None:
+    raise StageDefinitionError(
+        f"stage {stages[m].name!r} waits for {stages[j].name!r} to finish, but both are in"
+        f" stream group {_group_names(stages, members)}, whose stages start together and"
+        f" stream into each other: {stages[j].name!r} cannot finish while"
+        f" {stages[m].name!r} has not started (this could deadlock)"
+    )
+
+
+def _check_units_acyclic(
+    plan: Plan, groups: Sequence[StreamGroup], group_of: Mapping[int, int]
+) -> None:
+    """Contract each group to one node and refuse a cycle, naming the stages on it."""
+    from ._graph import _find_cycle  # pure; imported late because _graph imports this module
+
+    if not groups:
+        return
+    n_stages = len(plan.stages)
+    # Unit ids: a task stage keeps its index; group g becomes n_stages + g.
+    unit: Callable[[int], int] = lambda i: n_stages + group_of[i] if i in group_of else i  # noqa: E731
+    upstream: list[list[int]] = [[] for _ in range(n_stages + len(groups))]
+    # One witness stage edge (from, to) per unit edge, to explain a cycle in stage terms.
+    witness: dict[tuple[int, int], tuple[int, int]] = {}
+    for i, ups in enumerate(plan.upstream):
+        u = unit(i)
+        for j in ups:
+            v = unit(j)
+            if v != u and (v, u) not in witness:
+                witness[(v, u)] = (j, i)
+                upstream[u].append(v)
+    cycle = _find_cycle([tuple(ups) for ups in upstream])
+    if cycle is None:
+        return
+    stages = plan.stages
+    steps: list[str] = []
+    for v, u in zip(cycle, cycle[1:], strict=False):
+        j, i = witness[(v, u)]
+        steps.append(f"{stages[i].name!r} waits for {stages[j].name!r}")
+    group = next(groups[c - n_stages] for c in cycle if c >= n_stages)
+    raise StageDefinitionError(
+        f"stream group {_group_names(stages, group.members)} could deadlock: its stages start"
+        f" together and stream into each other, but {'; '.join(steps)}"
+        " (a stage streaming into the group cannot also wait, directly or through other"
+        " stages, for a stage of the group to finish)"
+    )
