@@ -16,10 +16,12 @@ from ._errors import (
 )
 from ._events import (
     Event,
+    ItemFailed,
     RunFinished,
     RunStarted,
     StageFinished,
     StageLog,
+    StageProgress,
     StageRetrying,
     StageStarted,
 )
@@ -33,6 +35,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._items import ItemError, ItemOptions
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -48,6 +51,9 @@ __all__ = [
     "DuplicateStageError",
     "Event",
     "Executor",
+    "ItemError",
+    "ItemFailed",
+    "ItemOptions",
     "JsonlSink",
     "Pipeline",
     "PipelineError",
@@ -66,6 +72,7 @@ __all__ = [
     "StageFunction",
     "StageLog",
     "StageOutcome",
+    "StageProgress",
     "StageRetrying",
     "StageSnapshot",
     "StageStarted",
