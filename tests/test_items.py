@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import trio_pipeline as tp
-from tests.items_support import check_items
 from trio_pipeline._items import stream_plan
-from trio_pipeline.testing import RecordingSink
+from trio_pipeline.testing import RecordingSink, check_run
 
 
 async def _src(ctx: tp.StageContext) -> AsyncIterator[int]:
@@ -279,4 +278,4 @@ def test_every_accepted_definition_runs_to_the_end(
     assert result.ok, statuses
     items = sum(o.items_out or 0 for o in result.stages.values())
     event(f"accepted, {len(stream_plan(pipe.compile()).groups)} groups, items: {items > 0}")
-    check_items(sink.events, pipe, max_parallel=max_parallel)
+    check_run([sink], pipe, result, max_parallel=max_parallel, keep_going=False)

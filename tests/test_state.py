@@ -28,6 +28,7 @@ LEGAL_STAGE_MOVES = {
     (S.RUNNING, S.FAILED),
     (S.RUNNING, S.CANCELLED),
     (S.RUNNING, S.PENDING),  # waiting out a retry delay
+    (S.RUNNING, S.BLOCKED),  # a stream reader whose producer failed
 }
 
 LEGAL_RUN_MOVES = {

@@ -74,7 +74,8 @@ TERMINAL_STATUSES: frozenset[StageStatus] = frozenset(
 _S = StageStatus
 STAGE_TRANSITIONS: Mapping[StageStatus, frozenset[StageStatus]] = {
     _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED}),
-    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PENDING}),
+    # RUNNING -> BLOCKED: a stream reader finishes what a failed producer sent it.
+    _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PENDING, _S.BLOCKED}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.BLOCKED: frozenset(),

@@ -126,6 +126,7 @@ class _Member:
         "name",
         "next_turn",
         "options",
+        "orphaned",
         "outputs",
         "readers",
         "reported",
@@ -157,6 +158,7 @@ class _Member:
         self.failure: BaseException | None = None
         self.blocked_by: str | None = None
         self.closed_early = False
+        self.orphaned = False
         self.done = False
         self.value: Any = None
         self.scope = trio.CancelScope()
@@ -241,7 +243,7 @@ class GroupRun:
         except Exception as exc:
             # The source or consumes= function raised (each= items are handled per item).
             if m.failure is None:
-                m.failure = exc
+                m.failure = _unwrap(exc)
         except BaseException:
             m.items_cancelled += m.in_hand
             m.in_hand = 0
@@ -256,6 +258,8 @@ class GroupRun:
             self._finish(m, StageStatus.FAILED)
         elif m.blocked_by is not None:
             self._finish(m, StageStatus.BLOCKED, reason=f"upstream {m.blocked_by!r} failed")
+        elif m.orphaned:
+            self._finish(m, StageStatus.CANCELLED, reason="every reader stopped")
         elif m.closed_early:
             self._finish(m, StageStatus.CANCELLED, reason="close requested")
         else:
@@ -330,17 +334,26 @@ class GroupRun:
                 await outputs[0].send(pair)
             except trio.BrokenResourceError:
                 outputs.clear()  # the only reader stopped (it failed)
+                self._orphaned(m)
             return
         for send in tuple(outputs):
             try:
                 await send.send(pair)
             except trio.BrokenResourceError:
                 outputs.remove(send)
+        if not outputs:
+            self._orphaned(m)
+
+    def _orphaned(self, m: _Member) -> None:
+        """Every reader stopped: without a collector, producing more is pointless."""
+        if m.collect is None:
+            m.orphaned = True
+            m.scope.cancel()
 
     async def _source(self, m: _Member) -> None:
         agen = m.stage.fn(self._context(m, 1))
         try:
-            while not self.closing:
+            while not (self.closing or m.orphaned):
                 try:
                     item = await agen.__anext__()  # type: ignore[attr-defined]
                 except StopAsyncIteration:
@@ -348,7 +361,7 @@ class GroupRun:
                 if self.closing:
                     break  # yielded as the close came: not counted, not delivered
                 await self._emit(m, item)
-            m.closed_early = True
+            m.closed_early = not m.orphaned
         finally:
             with trio.CancelScope(shield=True):
                 await agen.aclose()  # type: ignore[attr-defined]
@@ -633,6 +646,13 @@ class GroupRun:
                     # Nothing flows: park until an item moves, so an idle run's clock stays put.
                     wake = self._wake = trio.Event()
                     await wake.wait()
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The one error inside the member's own nursery groups, else the group itself."""
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = cast(Exception, exc.exceptions[0])
+    return exc
 
 
 async def _drain(receive: trio.MemoryReceiveChannel[_Pair]) -> Any:

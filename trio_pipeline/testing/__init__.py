@@ -14,6 +14,7 @@ Nothing here is imported by the engine; Hypothesis is not required.
 
 from ._chaos import ChaosTape
 from ._invariants import check_run
+from ._items import check_items
 from ._sinks import HungSink, RaisingSink, RecordingSink, SinkFault, SlowSink, TornSink
 from ._tracking import TaskTracker
 
@@ -26,6 +27,7 @@ __all__ = [
     "SlowSink",
     "TaskTracker",
     "TornSink",
+    "check_items",
     "check_run",
 ]
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 
 from .._events import (
+    ItemFailed,
+    StageProgress,
     Event,
     RunFinished,
     RunStarted,
@@ -17,6 +19,7 @@ from .._events import (
 from .._graph import Pipeline
 from .._result import RunResult, count_statuses
 from .._state import RunState, StageStatus
+from ._items import check_items, stream_units
 from ._sinks import RecordingSink
 
 
@@ -32,6 +35,7 @@ def check_run(
     max_parallel: int | None = None,
     keep_going: bool | None = None,
     lossless: bool = True,
+    progress_interval: float = 0.1,
 ) -> None:
     """Assert every invariant of a finished run; AssertionError names the broken one.
 
@@ -51,6 +55,7 @@ def check_run(
             then each healthy sink must have a prefix of the run's events, its
             shortfall must equal `result.undelivered`, and a shortfall requires the
             run to end CANCELLED.
+        progress_interval: The run's option (item stages' `StageProgress` spacing).
 
     Invariants: `seq` contiguous from 0; one run id; times never go backwards;
     `RunStarted` first and `RunFinished` last, exactly once each; exactly one
@@ -59,7 +64,9 @@ def check_run(
     starts only after every upstream SUCCEEDED; BLOCKED only downstream of a FAILED
     stage named by `blocked_by`; at most `max_parallel` attempts running; the counts
     in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
-    matches the events; `undelivered` is empty when the run is CLOSED.
+    matches the events; `undelivered` is empty when the run is CLOSED. With item
+    stages, a stream group counts as one for `max_parallel`, its readers start
+    with the stream they read, and `check_items` checks the item accounting.
     """
     sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
     if sinks and len(sinks) != len(events):
@@ -79,6 +86,10 @@ def check_run(
         _check_complete(events)
     _check_sequence(events, pipeline, result, max_parallel=max_parallel, keep_going=keep_going)
     _check_result(events, pipeline, result, complete=complete)
+    if any(stage.items is not None for stage in pipeline.stages.values()):
+        check_items(
+            events, pipeline, max_parallel=max_parallel, progress_interval=progress_interval
+        )
 
 
 def _check_sinks(
@@ -165,6 +176,8 @@ def _check_sequence(
     keep_going: bool | None,
 ) -> None:
     stages = pipeline.stages
+    # A stream group is one scheduling unit; its readers start with what they read.
+    units, stream_inputs = stream_units(pipeline)
     status: dict[str, StageStatus] = {}  # terminal statuses seen so far
     attempts: dict[str, int] = {}
     running: set[str] = set()
@@ -213,6 +226,8 @@ def _check_sequence(
             if event.attempt > stages[name].retries + 1:
                 raise _fail("at most retries + 1 attempts", repr(event))
             for up in stages[name].after:
+                if stream_inputs.get(name) == up:
+                    continue
                 if status.get(up) is not StageStatus.SUCCEEDED:
                     raise _fail(
                         "a stage starts only after every upstream SUCCEEDED",
@@ -224,7 +239,7 @@ def _check_sequence(
                     f"{name!r} started at seq={event.seq}, failure at seq={failed_at}",
                 )
             running.add(name)
-            if max_parallel is not None and len(running) > max_parallel:
+            if max_parallel is not None and len({units.get(n, n) for n in running}) > max_parallel:
                 raise _fail(
                     "running stages never exceed max_parallel",
                     f"{len(running)} > {max_parallel} at seq={event.seq}: {sorted(running)}",
@@ -233,11 +248,11 @@ def _check_sequence(
             if name not in running or event.attempt != attempts.get(name):
                 raise _fail("StageRetrying ends the running attempt", repr(event))
             running.discard(name)
-        elif isinstance(event, StageLog):
+        elif isinstance(event, StageLog | StageProgress | ItemFailed):
             if name not in running:
-                raise _fail("logs come only from a running stage", repr(event))
+                raise _fail("logs and item events come only from a running stage", repr(event))
         else:
-            _check_finished(event, status, attempts, running, pipeline)
+            _check_finished(event, status, attempts, running, pipeline, units, stream_inputs)
             status[name] = event.status
             running.discard(name)
             if event.status is StageStatus.FAILED and failed_at is None:
@@ -250,6 +265,8 @@ def _check_finished(
     attempts: dict[str, int],
     running: set[str],
     pipeline: Pipeline,
+    units: dict[str, str],
+    stream_inputs: dict[str, str],
 ) -> None:
     name = event.stage
     if not event.status.is_terminal:
@@ -259,7 +276,9 @@ def _check_finished(
     started = name in attempts
     if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
         raise _fail("StageStarted before its StageFinished", repr(event))
-    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started:
+    reader_blocked = event.status is StageStatus.BLOCKED and name in stream_inputs
+    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started and not reader_blocked:
+        # A stream reader ends BLOCKED after finishing what a failed producer sent it.
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
         raise _fail("StageFinished.error is set exactly for FAILED", repr(event))
@@ -270,7 +289,10 @@ def _check_finished(
                 "BLOCKED names an already FAILED stage in blocked_by",
                 f"{name!r} blocked_by={culprit!r} ({status.get(culprit or '', 'unfinished')})",
             )
-        if culprit not in _upstream_closure(pipeline, name):
+        unit = units.get(name)
+        members = [n for n, u in units.items() if u == unit] if unit is not None else [name]
+        # A stream group starts as one, so it is blocked as one.
+        if not any(culprit in _upstream_closure(pipeline, m) for m in members):
             raise _fail("BLOCKED only downstream of a FAILED stage", f"{culprit!r} -> {name!r}")
     elif event.blocked_by is not None:
         raise _fail("blocked_by is set only for BLOCKED", repr(event))

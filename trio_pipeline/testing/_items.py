@@ -1,7 +1,7 @@
 """Item accounting checked from a run's events, by its own logic (not the runtime's).
 
-Moves to `trio_pipeline.testing` (as `check_items`, called by `check_run`) once that
-package exists.
+`check_run` calls `check_items` for a pipeline with item stages; `stream_units` tells
+it which stages start together as one stream group.
 """
 
 from __future__ import annotations
@@ -9,9 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import trio_pipeline as tp
-from trio_pipeline._items import stream_plan
+from trio_pipeline._items import StreamPlan, stream_plan
 
 _STOPPED = (tp.StageStatus.CANCELLED, tp.StageStatus.BLOCKED, tp.StageStatus.FAILED)
+
+
+def stream_units(pipeline: tp.Pipeline) -> tuple[dict[str, str], dict[str, str]]:
+    """(unit, stream input) by stage name, for the item stages of `pipeline`.
+
+    A stream group's unit is the name of its first member; a stage reading a stream
+    maps to the producer it reads. Task stages and dynamic maps' inputs are absent.
+    """
+    plan = pipeline.compile()
+    streams = stream_plan(plan)
+    names = [stage.name for stage in plan.stages]
+    units = {
+        names[m]: names[group.members[0]] for group in streams.groups for m in group.members
+    }
+    inputs = {names[r]: names[p] for r, p in streams.stream_input.items()}
+    return units, inputs
 
 
 def check_items(
@@ -21,7 +37,18 @@ def check_items(
     max_parallel: int | None = None,
     progress_interval: float = 0.1,
 ) -> None:
-    """Raise AssertionError naming the first broken item rule in `events`."""
+    """Raise AssertionError naming the first broken item rule in `events`.
+
+    Rules: task stages carry no item counts; for an item stage ``items_in ==
+    items_ok + items_failed + items_cancelled`` with ``items_ok >= 0``, a map emits one
+    result per finished item, a SUCCEEDED each= stage cancelled nothing (and failed
+    nothing unless it skips); one `ItemFailed` per failed item of a skipping stage and
+    none otherwise; on every stream edge the reader received exactly what the producer
+    emitted unless it ended CANCELLED, BLOCKED or FAILED (then at most that); ordinary
+    dependencies succeeded before a stage started; `StageProgress` only while the stage
+    runs, never going back, at least `progress_interval` apart and only when items
+    moved; at most `max_parallel` scheduling units (a stream group is one) running.
+    """
     plan = pipeline.compile()
     streams = stream_plan(plan)
     names = [stage.name for stage in plan.stages]
@@ -83,8 +110,6 @@ def check_items(
 
 def _check_dependencies(events: Sequence[tp.Event], plan: object, streams: object) -> None:
     """Every dependency but a stream input SUCCEEDED before the stage started."""
-    from trio_pipeline._items import StreamPlan
-
     assert isinstance(streams, StreamPlan)
     stages = plan.stages  # type: ignore[attr-defined]
     upstream = plan.upstream  # type: ignore[attr-defined]
@@ -140,8 +165,6 @@ def _check_progress(events: Sequence[tp.Event], interval: float) -> None:
 def _check_units_parallel(
     events: Sequence[tp.Event], plan: object, streams: object, max_parallel: int
 ) -> None:
-    from trio_pipeline._items import StreamPlan
-
     assert isinstance(streams, StreamPlan)
     unit_of: dict[str, str] = {}
     for group in streams.groups:
