@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -206,7 +207,8 @@ async def test_a_dynamic_map_over_a_value_that_is_not_iterable_fails_naming_it(
 
     result, _ = await go(pipe)
     error = result.stages["use"].error
-    assert isinstance(error, TypeError) and "'count'" in str(error)
+    assert isinstance(error, TypeError)
+    assert "'count'" in str(error)
 
 
 async def test_items_are_kept_only_for_an_ordinary_dependent(
@@ -220,7 +222,8 @@ async def test_items_are_kept_only_for_an_ordinary_dependent(
         return 2 * item
 
     result, _ = await go(pipe)
-    assert result.stages["src"].value is None and result.stages["double"].value is None
+    assert result.stages["src"].value is None
+    assert result.stages["double"].value is None
     assert result.stages["double"].items_out == 5
 
 
@@ -272,7 +275,8 @@ async def test_per_item_timeout_is_retried_then_fails_the_stage_naming_the_item(
     result, events = await go(pipe)
     outcome = result.stages["slow"]
     assert outcome.status is S.FAILED
-    assert isinstance(outcome.error, tp.ItemError) and outcome.error.index == 2
+    assert isinstance(outcome.error, tp.ItemError)
+    assert outcome.error.index == 2
     assert isinstance(outcome.error.error, tp.StageTimeout)
     assert "item 2 of stage 'slow'" in (finished(events)["slow"].error or "")
 
@@ -316,7 +320,8 @@ async def test_fail_fast_cancels_the_readers_and_counts_their_items_cancelled(
     statuses = {name: o.status for name, o in result.stages.items()}
     assert statuses == {"src": S.CANCELLED, "work": S.FAILED, "after": S.CANCELLED}
     after_end = finished(events)["after"]
-    assert after_end.items_in and after_end.items_cancelled == after_end.items_in
+    assert after_end.items_in
+    assert after_end.items_cancelled == after_end.items_in
 
 
 async def test_keep_going_readers_finish_what_they_received_then_end_blocked(
@@ -375,7 +380,7 @@ async def test_progress_is_throttled_and_final_counts_are_on_stage_finished(
     progress = [e for e in events if isinstance(e, tp.StageProgress) and e.stage == "work"]
     # 100 items over 1.0 s: a handful of reports, not one per item.
     assert 2 <= len(progress) <= 5
-    assert all(b.time - a.time >= 0.25 for a, b in zip(progress, progress[1:], strict=False))
+    assert all(b.time - a.time >= 0.25 for a, b in itertools.pairwise(progress))
     end = finished(events)["work"]
     assert (end.items_in, end.items_out, end.items_failed) == (100, 100, 0)
 
@@ -430,7 +435,12 @@ async def test_close_stops_sources_at_their_next_yield_and_drains_the_rest(
     assert result.state is tp.RunState.CLOSED
     assert closed == [True]
     statuses = {name: o.status for name, o in result.stages.items()}
-    assert statuses == {"src": S.CANCELLED, "work": S.SUCCEEDED, "save": S.SUCCEEDED, "later": S.CANCELLED}
+    assert statuses == {
+        "src": S.CANCELLED,
+        "work": S.SUCCEEDED,
+        "save": S.SUCCEEDED,
+        "later": S.CANCELLED,
+    }
     ends = finished(events)
     assert ends["src"].items_out == ends["work"].items_in == ends["save"].items_in
     # At t=2.05 two items are done: produced = 2 + buffer 3 + workers 2 + 1 at the yield.

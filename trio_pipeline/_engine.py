@@ -216,7 +216,7 @@ class _Run:
         self._ready = [
             rec.index for rec in self.records if rec.waiting == 0 and rec.index not in group_of
         ]
-        for g, group in enumerate(self.streams.groups):
+        for group in self.streams.groups:
             if not group.external:
                 heapq.heappush(self._ready, group.members[0])
         self._pump()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from ._context import StageContext
 from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
-from ._items import ItemOptions, OnItemError, check_streams, item_options
+from ._items import ItemOptions, ItemStageFunction, OnItemError, check_streams, item_options
 
 if TYPE_CHECKING:
     from ._executors import Executor, SyncStageFunction
@@ -49,14 +49,14 @@ class Stage:
 
     def __call__(self, ctx: StageContext, *item: Any) -> Any:
         # An each= stage's function also takes the item (a consumes= one, the items).
-        return self.fn(ctx, *item)  # type: ignore[call-arg]
+        return self.fn(ctx, *item)
 
     def __repr__(self) -> str:
         where = "" if self.executor is None else f" executor={self.executor!r}"
         return f"<Stage {self.name!r} after={list(self.after)!r}{where}>"
 
 
-StageRef: TypeAlias = "str | Stage | StageFunction | SyncStageFunction"
+StageRef: TypeAlias = "str | Stage | StageFunction | SyncStageFunction | ItemStageFunction"
 """A reference to a stage in ``after=``: its name, its `Stage`, or its function."""
 
 
@@ -87,7 +87,7 @@ class Pipeline:
     @overload
     def stage(
         self,
-        fn: StageFunction | SyncStageFunction,
+        fn: StageFunction | SyncStageFunction | ItemStageFunction,
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
@@ -120,11 +120,11 @@ class Pipeline:
         buffer: int | None = None,
         ordered: bool | None = None,
         on_item_error: OnItemError | None = None,
-    ) -> Callable[[StageFunction | SyncStageFunction], Stage]: ...
+    ) -> Callable[[StageFunction | SyncStageFunction | ItemStageFunction], Stage]: ...
 
     def stage(
         self,
-        fn: StageFunction | SyncStageFunction | None = None,
+        fn: StageFunction | SyncStageFunction | ItemStageFunction | None = None,
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
@@ -138,7 +138,7 @@ class Pipeline:
         buffer: int | None = None,
         ordered: bool | None = None,
         on_item_error: OnItemError | None = None,
-    ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
+    ) -> Stage | Callable[[StageFunction | SyncStageFunction | ItemStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
         Use bare (``@pipe.stage``), with options (``@pipe.stage(after=[first])``), or
@@ -146,7 +146,7 @@ class Pipeline:
         `add_stage`.
         """
 
-        def decorate(function: StageFunction | SyncStageFunction) -> Stage:
+        def decorate(function: StageFunction | SyncStageFunction | ItemStageFunction) -> Stage:
             stage_name = name if name is not None else getattr(function, "__name__", None)
             if stage_name is None:
                 raise StageDefinitionError(
@@ -175,7 +175,7 @@ class Pipeline:
     def add_stage(
         self,
         name: str,
-        fn: StageFunction | SyncStageFunction,
+        fn: StageFunction | SyncStageFunction | ItemStageFunction,
         *,
         after: Iterable[StageRef] | StageRef = (),
         retries: int = 0,
@@ -392,7 +392,8 @@ class Pipeline:
     def _resolve_one(self, name: str, keyword: str, ref: StageRef) -> str:
         if not (isinstance(ref, str | Stage) or callable(ref)):
             raise StageDefinitionError(
-                f"stage {name!r}: {keyword}= takes one stage (a name, Stage or function), got {ref!r}"
+                f"stage {name!r}: {keyword}= takes one stage (a name, Stage or function),"
+                f" got {ref!r}"
             )
         return self._resolve_after(name, ref)[0]
 

@@ -49,16 +49,25 @@ leaves, and leaves always make progress.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import itertools
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from ._context import StageContext
 from ._errors import StageDefinitionError
 from ._events import describe_error
 
 if TYPE_CHECKING:
     from ._graph import Plan, Stage
+
+ItemStageFunction: TypeAlias = (
+    Callable[[StageContext], AsyncIterator[Any]] | Callable[[Any, Any], Any]
+)
+"""A source ``async def f(ctx): ... yield item``; a per-item ``f(ctx, item)`` (async, an
+async generator, or with ``executor=`` a sync ``def f(snapshot, item)``); or a consumes=
+``f(ctx, items)``."""
 
 ItemKind: TypeAlias = Literal["source", "each", "consumes"]
 OnItemError: TypeAlias = Literal["fail", "skip"]
@@ -394,7 +403,8 @@ def _check_units_acyclic(
     plan: Plan, groups: Sequence[StreamGroup], group_of: Mapping[int, int]
 ) -> None:
     """Contract each group to one node and refuse a cycle, naming the stages on it."""
-    from ._graph import _find_cycle  # pure; imported late because _graph imports this module
+    # Pure; imported late because _graph imports this module.
+    from ._graph import _find_cycle  # pyright: ignore[reportPrivateUsage]
 
     if not groups:
         return
@@ -416,7 +426,7 @@ def _check_units_acyclic(
         return
     stages = plan.stages
     steps: list[str] = []
-    for v, u in zip(cycle, cycle[1:], strict=False):
+    for v, u in itertools.pairwise(cycle):
         j, i = witness[(v, u)]
         steps.append(f"{stages[i].name!r} waits for {stages[j].name!r}")
     group = next(groups[c - n_stages] for c in cycle if c >= n_stages)

@@ -22,7 +22,16 @@ its input; its producer drops it and goes on for the others.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Protocol, cast
 
 import trio
@@ -151,7 +160,7 @@ class _Member:
         self.items_ok = 0
         self.items_failed = 0
         self.items_cancelled = 0
-        self.reported = (0, 0, 0)
+        self.reported: tuple[int, int, int] = (0, 0, 0)
         # Items taken from the input and neither finished nor failed yet: the workers'
         # (a consumes= function's) hands. Whatever is in hand when the stage stops is cancelled.
         self.in_hand = 0
@@ -203,12 +212,15 @@ class GroupRun:
                 producer.outputs.append(send)
                 producer.readers.append(member)
                 member.input = receive
-            if member.options.kind == "each" and member.options.workers > 1:
-                if not member.options.ordered:
-                    member.emit_lock = trio.Lock()
+            options = member.options
+            if options.kind == "each" and options.workers > 1 and not options.ordered:
+                # Workers take turns at the one send, so one item at most waits there.
+                member.emit_lock = trio.Lock()
         self._unfinished = len(self.members)
         self._ticker_scope = trio.CancelScope()
-        self._wake: trio.Event | None = None
+        # Set while the ticker waits for items to move; whoever moves one sets it.
+        # Set while the ticker waits for items to move; whoever moves one sets it.
+        self.ticker_wake: trio.Event | None = None
         self._chaos = _chaos.hook
 
     # -- control ----------------------------------------------------------------------
@@ -301,13 +313,15 @@ class GroupRun:
             if m.dynamic is not None:
                 send, receive = trio.open_memory_channel[_Pair](m.options.buffer)
                 m.input = receive
-                values = self.host.inputs_of(m.index)[m.dynamic]
-                if not isinstance(values, Iterable):
+                values: Any = self.host.inputs_of(m.index)[m.dynamic]
+                try:
+                    iterator: Iterator[Any] = iter(values)
+                except TypeError:
                     raise TypeError(
                         f"stage {m.name!r} maps over the value of {m.dynamic!r}, which is not"
                         f" iterable: {type(values).__name__}"
-                    )
-                nursery.start_soon(self._feed, m, send, cast(Iterable[Any], values))
+                    ) from None
+                nursery.start_soon(self._feed, m, send, iterator)
             if kind == "each":
                 for _ in range(m.options.workers):
                     nursery.start_soon(self._worker, m)
@@ -319,9 +333,9 @@ class GroupRun:
     async def _emit(self, m: _Member, item: Any) -> None:
         index = m.items_out
         m.items_out = index + 1
-        wake = self._wake
+        wake = self.ticker_wake
         if wake is not None:
-            self._wake = None
+            self.ticker_wake = None
             wake.set()
         if m.collect is not None:
             m.collect.append(item)
@@ -366,7 +380,9 @@ class GroupRun:
             with trio.CancelScope(shield=True):
                 await agen.aclose()  # type: ignore[attr-defined]
 
-    async def _feed(self, m: _Member, send: trio.MemorySendChannel[_Pair], values: Iterable[Any]) -> None:
+    async def _feed(
+        self, m: _Member, send: trio.MemorySendChannel[_Pair], values: Iterable[Any]
+    ) -> None:
         with send:
             for index, item in enumerate(values):
                 if self.closing:
@@ -394,7 +410,7 @@ class GroupRun:
         receive = m.input
         assert receive is not None
         options = m.options
-        fn = m.stage.fn
+        fn = _per_item(m.stage)
         fast = (
             not options.emits
             and not options.ordered
@@ -417,7 +433,7 @@ class GroupRun:
                 continue
             # The common case inlined: one await per item beyond the channel's.
             try:
-                result = await fn(ctx, item)  # type: ignore[call-arg]
+                result = await fn(ctx, item)
             except Exception as exc:
                 result = await self._item_error(m, index, item, exc)
                 if result is _FAILED:
@@ -438,12 +454,15 @@ class GroupRun:
             fn = cast(Callable[[Any, Any], Any], stage.fn)
             call: Awaitable[Any] = stage.executor.run(_ItemCall(fn, item), ctx)
         else:
-            call = stage.fn(ctx, item)  # type: ignore[call-arg]
+            call = _per_item(stage)(ctx, item)
         timeout = stage.timeout
+        result: Any
         if timeout is None:
-            return await call
+            result = await call
+            return result
         with trio.move_on_after(timeout):
-            return await call
+            result = await call
+            return result
         raise StageTimeout(m.name, timeout, attempt)
 
     async def _process(self, m: _Member, index: int, item: Any) -> bool:
@@ -506,7 +525,7 @@ class GroupRun:
         have_turn = not ordered
         lock = m.emit_lock
         while True:
-            agen: Any = m.stage.fn(self._context(m, attempt), item)  # type: ignore[call-arg]
+            agen = cast(AsyncGenerator[Any], _per_item(m.stage)(self._context(m, attempt), item))
             error: Exception | None = None
             try:
                 while True:
@@ -602,7 +621,7 @@ class GroupRun:
         items = _Items(m, receive, self)
         ctx = self._context(m, 1)
         if m.options.emits:
-            agen: Any = m.stage.fn(ctx, items)  # type: ignore[call-arg]
+            agen = cast(AsyncGenerator[Any], _per_item(m.stage)(ctx, items))
             try:
                 async for out in agen:
                     await self._emit(m, out)
@@ -610,7 +629,7 @@ class GroupRun:
                 with trio.CancelScope(shield=True):
                     await agen.aclose()
         else:
-            m.value = await m.stage.fn(ctx, items)  # type: ignore[call-arg]
+            m.value = await _per_item(m.stage)(ctx, items)
         if m.in_hand:
             m.in_hand = 0
             m.items_ok += 1
@@ -644,18 +663,28 @@ class GroupRun:
                         )
                 if not moved:
                     # Nothing flows: park until an item moves, so an idle run's clock stays put.
-                    wake = self._wake = trio.Event()
+                    wake = self.ticker_wake = trio.Event()
                     await wake.wait()
+
+
+def _per_item(stage: Stage) -> Callable[..., Any]:
+    """An item stage's function: ``f(ctx, item)`` or ``f(ctx, items)`` (`Stage.fn` is typed
+    for task stages)."""
+    return cast(Callable[..., Any], stage.fn)
 
 
 def _unwrap(exc: Exception) -> Exception:
     """The one error inside the member's own nursery groups, else the group itself."""
-    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-        exc = cast(Exception, exc.exceptions[0])
-    return exc
+    found = exc
+    while isinstance(found, ExceptionGroup):
+        inner: tuple[Exception, ...] = cast(ExceptionGroup[Exception], found).exceptions
+        if len(inner) != 1:
+            break
+        found = inner[0]
+    return cast(Exception, found)  # type: ignore[redundant-cast]  # pyright narrows less
 
 
-async def _drain(receive: trio.MemoryReceiveChannel[_Pair]) -> Any:
+async def _drain(receive: trio.MemoryReceiveChannel[_Pair]) -> AsyncIterator[_Pair]:
     while True:
         try:
             yield await receive.receive()
@@ -668,7 +697,9 @@ class _Items:
 
     __slots__ = ("_group", "_m", "_receive")
 
-    def __init__(self, m: _Member, receive: trio.MemoryReceiveChannel[_Pair], group: GroupRun) -> None:
+    def __init__(
+        self, m: _Member, receive: trio.MemoryReceiveChannel[_Pair], group: GroupRun
+    ) -> None:
         self._m = m
         self._receive = receive
         self._group = group
@@ -688,9 +719,9 @@ class _Items:
         m.items_in += 1
         m.in_hand = 1
         group = self._group
-        wake = group._wake
+        wake = group.ticker_wake
         if wake is not None:
-            group._wake = None
+            group.ticker_wake = None
             wake.set()
         return item
 

@@ -6,13 +6,13 @@ import math
 from collections.abc import Sequence
 
 from .._events import (
-    ItemFailed,
-    StageProgress,
     Event,
+    ItemFailed,
     RunFinished,
     RunStarted,
     StageFinished,
     StageLog,
+    StageProgress,
     StageRetrying,
     StageStarted,
 )
@@ -277,7 +277,11 @@ def _check_finished(
     if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
         raise _fail("StageStarted before its StageFinished", repr(event))
     reader_blocked = event.status is StageStatus.BLOCKED and name in stream_inputs
-    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started and not reader_blocked:
+    if (
+        event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED)
+        and started
+        and not reader_blocked
+    ):
         # A stream reader ends BLOCKED after finishing what a failed producer sent it.
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
