@@ -46,10 +46,11 @@ class ChaosTape:
 
     @contextmanager
     def installed(self) -> Generator[ChaosTape]:
-        """Make this tape the engine's chaos hook for the ``with`` block, then restore."""
-        previous = _chaos.hook
-        _chaos.hook = self.point
-        try:
+        """Make this tape the chaos hook of runs started in this context inside the block.
+
+        The hook is a context variable, not a global: runs started by other tasks (or
+        started before the block) never see the tape. Tasks spawned inside the block,
+        and `trio.run` called inside it, inherit it.
+        """
+        with _chaos.installed(self.point):
             yield self
-        finally:
-            _chaos.hook = previous
