@@ -82,3 +82,18 @@ def test_a_tape_installed_around_trio_run_reaches_the_run() -> None:
     assert result.ok
     assert tape.visits == {"stage.start": 2, "stage.end": 2, "dispatch": 6}  # no sink to close
     assert _chaos.current() is None
+
+
+async def test_a_tape_limited_to_some_points_leaves_the_others_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    tape = ChaosTape([4, 5], sleep_unit=1.0, points={"stage.start"})
+    start = trio.current_time()
+    await tape.point("dispatch")  # counted, consumes nothing
+    assert trio.current_time() == start
+    await tape.point("stage.start")  # 4: one unit
+    assert trio.current_time() == start + 1.0
+    await tape.point("dispatch")
+    await tape.point("stage.start")  # 5: two units
+    assert trio.current_time() == start + 3.0
+    assert tape.visits == {"dispatch": 2, "stage.start": 2}

@@ -46,7 +46,8 @@ def check_run(
             point of the event sequence (None: not checked).
         keep_going: The run's option; with False, also check that no stage started
             after a stage failed (None: not checked).
-        lossless: Require every healthy sink to have received every event. Pass
+        lossless: Require every healthy sink to have received every event, and a
+            run whose `RunFinished` says CLOSED to end CLOSED (no drain overrun). Pass
             False only when a sink may legitimately stall past ``drain_timeout``;
             then each healthy sink must have a prefix of the run's events, its
             shortfall must equal `result.undelivered`, and a shortfall requires the
@@ -59,7 +60,9 @@ def check_run(
     starts only after every upstream SUCCEEDED; BLOCKED only downstream of a FAILED
     stage named by `blocked_by`; at most `max_parallel` attempts running; the counts
     in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
-    matches the events; `undelivered` is empty when the run is CLOSED.
+    matches the events; `undelivered` is empty when the run is CLOSED; the result's
+    state agrees with `RunFinished.state` (CANCELLED stays CANCELLED; CLOSED stays
+    CLOSED unless the drain overran).
     """
     sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
     if sinks and len(sinks) != len(events):
@@ -67,7 +70,7 @@ def check_run(
     if sinks:
         healthy_events = _check_sinks(sinks, result, lossless=lossless)
         if healthy_events is None:  # every sink raised: only the result is left to check
-            _check_result([], pipeline, result, complete=False)
+            _check_result([], pipeline, result, complete=False, lossless=lossless)
             return
         events = healthy_events
     else:
@@ -78,7 +81,7 @@ def check_run(
     if lossless or complete:
         _check_complete(events)
     _check_sequence(events, pipeline, result, max_parallel=max_parallel, keep_going=keep_going)
-    _check_result(events, pipeline, result, complete=complete)
+    _check_result(events, pipeline, result, complete=complete, lossless=lossless)
 
 
 def _check_sinks(
@@ -289,7 +292,12 @@ def _upstream_closure(pipeline: Pipeline, name: str) -> set[str]:
 
 
 def _check_result(
-    events: Sequence[Event], pipeline: Pipeline, result: RunResult, *, complete: bool
+    events: Sequence[Event],
+    pipeline: Pipeline,
+    result: RunResult,
+    *,
+    complete: bool,
+    lossless: bool,
 ) -> None:
     if list(result.stages) != list(pipeline.stages):
         raise _fail("result.stages lists every stage in order", str(list(result.stages)))
@@ -325,3 +333,11 @@ def _check_result(
         raise _fail("RunFinished.state is CLOSED or CANCELLED", str(last.state))
     if last.state is RunState.CANCELLED and result.state is not RunState.CANCELLED:
         raise _fail("a run reported CANCELLED in RunFinished ends CANCELLED", str(result.state))
+    # Once RunFinished says CLOSED only a drain overrun may end the run CANCELLED (a
+    # cancel or an outer cancellation while draining changes nothing), and a lossless
+    # run has no overrun.
+    if last.state is RunState.CLOSED and result.state is not RunState.CLOSED and lossless:
+        raise _fail(
+            "a run reported CLOSED in RunFinished ends CLOSED unless the drain overran",
+            f"{result.state}, undelivered {dict(result.undelivered)}",
+        )
