@@ -25,7 +25,7 @@ PY = sys.executable
 @pytest.mark.parametrize(
     ("argv", "options", "match"),
     [
-        ("echo hi", {}, "argv must be a non-empty sequence"),
+        ("echo hi", {}, "argv must be a sequence of strings .no shell., got the string .echo hi."),
         ([], {}, "argv must be a non-empty sequence"),
         (["echo", 1], {}, "argv entries must be str"),
         (["echo"], {"env": {"A": 1}}, "env must map str to str"),

@@ -356,14 +356,15 @@ class _Run:
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
         rec.error = exc
+        policy = stage.options.retry
         if (
-            rec.attempt > stage.retries
-            or rec.cancel_requested
+            rec.cancel_requested
             or self.machine.state is not RunState.RUNNING
+            or not policy.should_retry(exc, rec.attempt)
         ):
             self._failed(rec, exc)
             return
-        delay = stage.retry_delay * 2 ** (rec.attempt - 1)
+        delay = policy.delay_before(rec.attempt)
         rec.machine.advance(_PENDING)
         self._send.send_nowait(
             StageRetrying(
