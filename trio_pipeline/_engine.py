@@ -36,7 +36,7 @@ import trio
 from . import _chaos
 from ._context import StageContext
 from ._dispatch import Dispatcher
-from ._errors import StageTimeout
+from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
     Event,
     RunFinished,
@@ -48,6 +48,7 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._options import check_optional_int, check_seconds
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
@@ -520,22 +521,18 @@ class RunHandle:
 
 
 def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    if (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, int | float)
-        or math.isnan(drain_timeout)
-        or drain_timeout < 0
-    ):
-        raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager
