@@ -36,7 +36,7 @@ import trio
 from . import _chaos
 from ._context import StageContext
 from ._dispatch import Dispatcher
-from ._errors import StageTimeout
+from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
     Event,
     RunFinished,
@@ -49,6 +49,7 @@ from ._events import (
 )
 from ._graph import Pipeline, Plan, Stage
 from ._items import stream_plan
+from ._options import check_optional_int, check_seconds
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
@@ -175,6 +176,7 @@ class _Run:
         self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
         self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -330,10 +332,16 @@ class _Run:
         streams = self.streams
         group = streams.groups[streams.group_of[first.index]]
         group_run = GroupRun(
-            self, self.plan.stages, streams, group, progress_interval=self.progress_interval
+            self,
+            self.plan.stages,
+            streams,
+            group,
+            progress_interval=self.progress_interval,
+            chaos=self._chaos,
         )
         self._limiter.acquire_on_behalf_of_nowait(group_run)
         self._group_runs[first.index] = group_run
+        group_run.begin()
         self._nursery.start_soon(self._run_group, first.index, group_run)
 
     async def _run_group(self, key: int, group_run: GroupRun) -> None:
@@ -444,17 +452,17 @@ class _Run:
         )
         value: Any = None
         try:
-            if _chaos.hook is not None:
-                await _chaos.hook("stage.start")
+            if self._chaos is not None:
+                await self._chaos("stage.start")
             if scope is None:
                 value = await rec.stage.fn(ctx)
             else:
                 with scope:
                     value = await rec.stage.fn(ctx)
-            if _chaos.hook is not None:
+            if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
-                    await _chaos.hook("stage.end")
+                    await self._chaos("stage.end")
         except Exception as exc:
             self._release(rec)
             self._attempt_failed(rec, exc)
@@ -489,14 +497,15 @@ class _Run:
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
         rec.error = exc
+        policy = stage.options.retry
         if (
-            rec.attempt > stage.retries
-            or rec.cancel_requested
+            rec.cancel_requested
             or self.machine.state is not RunState.RUNNING
+            or not policy.should_retry(exc, rec.attempt)
         ):
             self._failed(rec, exc)
             return
-        delay = stage.retry_delay * 2 ** (rec.attempt - 1)
+        delay = policy.delay_before(rec.attempt)
         rec.machine.advance(_PENDING)
         self._send.send_nowait(
             StageRetrying(
@@ -521,8 +530,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
-            if _chaos.hook is not None:
-                await _chaos.hook("retry.wake")
+            if self._chaos is not None:
+                await self._chaos("retry.wake")
         except BaseException:
             # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
             if rec.machine.state is _PENDING:
@@ -687,28 +696,19 @@ def _check_options(
     drain_timeout: float,
     progress_interval: float = 0.1,
 ) -> None:
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    if (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, int | float)
-        or math.isnan(drain_timeout)
-        or drain_timeout < 0
-    ):
-        raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
-    if (
-        isinstance(progress_interval, bool)
-        or not isinstance(progress_interval, int | float)
-        or not progress_interval > 0
-    ):
-        raise ValueError(f"progress_interval must be a number > 0, got {progress_interval!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
+    check_seconds(progress_interval, "progress_interval", zero=False, infinite=True)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager

@@ -188,6 +188,7 @@ class GroupRun:
         group: StreamGroup,
         *,
         progress_interval: float = 0.1,
+        chaos: _chaos.Hook | None = None,
     ) -> None:
         self.host = host
         self.progress_interval = progress_interval
@@ -221,7 +222,7 @@ class GroupRun:
         # Set while the ticker waits for items to move; whoever moves one sets it.
         # Set while the ticker waits for items to move; whoever moves one sets it.
         self.ticker_wake: trio.Event | None = None
-        self._chaos = _chaos.hook
+        self._chaos = chaos  # the run's hook (tests only), awaited before each item call
 
     # -- control ----------------------------------------------------------------------
 
@@ -231,10 +232,14 @@ class GroupRun:
 
     # -- the group task ---------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Run every member to its end. Cancelling the caller cancels them all."""
+    def begin(self) -> None:
+        """Report every member started, at once: call it when the engine starts the group,
+        before `run`'s task is spawned, so start events follow the scheduler's order."""
         for member in self.members:
             self.host.member_started(member.index)
+
+    async def run(self) -> None:
+        """Run every member to its end (after `begin`). Cancelling the caller cancels them all."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
             for member in self.members:
@@ -598,18 +603,12 @@ class GroupRun:
 
     @staticmethod
     def _should_retry(stage: Stage, exc: BaseException, failed_attempt: int) -> bool:
-        options = getattr(stage, "options", None)
-        if options is not None:
-            return bool(options.retry.should_retry(exc, failed_attempt))
-        return failed_attempt <= stage.retries
+        # The stage's own policy, applied per item call (cancellation never gets here).
+        return stage.options.retry.should_retry(exc, failed_attempt)
 
     @staticmethod
     async def _sleep_before_retry(stage: Stage, failed_attempt: int) -> None:
-        options = getattr(stage, "options", None)
-        if options is not None:
-            delay = float(options.retry.delay_before(failed_attempt))
-        else:
-            delay = stage.retry_delay * 2 ** (failed_attempt - 1)
+        delay = stage.options.retry.delay_before(failed_attempt)
         if delay > 0:
             await trio.sleep(delay)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._events import (
     Event,
@@ -20,6 +20,7 @@ from .._graph import Pipeline
 from .._result import RunResult, count_statuses
 from .._state import RunState, StageStatus
 from ._items import check_items, stream_units
+from ._rules import Schedule
 from ._sinks import RecordingSink
 
 
@@ -35,6 +36,8 @@ def check_run(
     max_parallel: int | None = None,
     keep_going: bool | None = None,
     lossless: bool = True,
+    pools: Mapping[str, int] | None = None,
+    stopped: bool | None = None,
     progress_interval: float = 0.1,
 ) -> None:
     """Assert every invariant of a finished run; AssertionError names the broken one.
@@ -48,25 +51,34 @@ def check_run(
         result: What `run` returned (or `RunHandle.result`).
         max_parallel: The run's limit, checked against the stages running at each
             point of the event sequence (None: not checked).
-        keep_going: The run's option; with False, also check that no stage started
-            after a stage failed (None: not checked).
-        lossless: Require every healthy sink to have received every event. Pass
+        keep_going: The run's option; with False, a failure is a fail-fast stop:
+            afterwards only ALWAYS, ALL_DONE and ONE_FAILED stages may start (None:
+            a fail-fast stop is seen only through the cancelled stages' reasons).
+        pools: The run's ``pools=`` (None: the pipeline's `Pipeline.pools`).
+        stopped: Whether the run was stopped from outside (`request_close`,
+            `cancel`, an outer cancellation). False also checks what only holds for
+            a run nobody stopped: stages end CANCELLED only after a fail-fast stop,
+            and a failed attempt with retries left is retried unless `retry_on`
+            rejects its error (None: those are not checked).
+        lossless: Require every healthy sink to have received every event, and a
+            run whose `RunFinished` says CLOSED to end CLOSED (no drain overrun). Pass
             False only when a sink may legitimately stall past ``drain_timeout``;
             then each healthy sink must have a prefix of the run's events, its
             shortfall must equal `result.undelivered`, and a shortfall requires the
             run to end CANCELLED.
-        progress_interval: The run's option (item stages' `StageProgress` spacing).
 
     Invariants: `seq` contiguous from 0; one run id; times never go backwards;
     `RunStarted` first and `RunFinished` last, exactly once each; exactly one
     `StageFinished` per stage; attempts numbered 1, 2, ... with `StageRetrying`
-    between them and at most ``retries + 1``; logs only from a running stage; a stage
-    starts only after every upstream SUCCEEDED; BLOCKED only downstream of a FAILED
-    stage named by `blocked_by`; at most `max_parallel` attempts running; the counts
+    between them and at most ``retries + 1``; logs only from a running stage;
+    BLOCKED only downstream of a FAILED stage named by `blocked_by`; at most
+    `max_parallel` attempts running; the scheduling rules (trigger rules, SKIPPED
+    reasons, stops, teardown stages, pool and exclusive limits, priorities, retry
+    counts and delays; see `trio_pipeline.testing._rules`); the counts
     in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
-    matches the events; `undelivered` is empty when the run is CLOSED. With item
-    stages, a stream group counts as one for `max_parallel`, its readers start
-    with the stream they read, and `check_items` checks the item accounting.
+    matches the events; `undelivered` is empty when the run is CLOSED; the result's
+    state agrees with `RunFinished.state` (CANCELLED stays CANCELLED; CLOSED stays
+    CLOSED unless the drain overran).
     """
     sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
     if sinks and len(sinks) != len(events):
@@ -74,7 +86,7 @@ def check_run(
     if sinks:
         healthy_events = _check_sinks(sinks, result, lossless=lossless)
         if healthy_events is None:  # every sink raised: only the result is left to check
-            _check_result([], pipeline, result, complete=False)
+            _check_result([], pipeline, result, complete=False, lossless=lossless)
             return
         events = healthy_events
     else:
@@ -84,9 +96,11 @@ def check_run(
     complete = bool(events) and isinstance(events[-1], RunFinished)
     if lossless or complete:
         _check_complete(events)
-    _check_sequence(events, pipeline, result, max_parallel=max_parallel, keep_going=keep_going)
-    _check_result(events, pipeline, result, complete=complete)
+    schedule = Schedule(pipeline, result, keep_going=keep_going, pools=pools, stopped=stopped)
+    _check_sequence(events, pipeline, result, max_parallel=max_parallel, schedule=schedule)
+    _check_result(events, pipeline, result, complete=complete, lossless=lossless)
     if any(stage.items is not None for stage in pipeline.stages.values()):
+        # Item stages: accounting, stream edges, progress (see `check_items`).
         check_items(
             events, pipeline, max_parallel=max_parallel, progress_interval=progress_interval
         )
@@ -173,7 +187,7 @@ def _check_sequence(
     result: RunResult,
     *,
     max_parallel: int | None,
-    keep_going: bool | None,
+    schedule: Schedule,
 ) -> None:
     stages = pipeline.stages
     # A stream group is one scheduling unit; its readers start with what they read.
@@ -181,7 +195,6 @@ def _check_sequence(
     status: dict[str, StageStatus] = {}  # terminal statuses seen so far
     attempts: dict[str, int] = {}
     running: set[str] = set()
-    failed_at: int | None = None
     last_time = -math.inf
     for index, event in enumerate(events):
         if event.seq != index:
@@ -225,19 +238,7 @@ def _check_sequence(
                 raise _fail("attempts numbered 1, 2, ...", repr(event))
             if event.attempt > stages[name].retries + 1:
                 raise _fail("at most retries + 1 attempts", repr(event))
-            for up in stages[name].after:
-                if stream_inputs.get(name) == up:
-                    continue
-                if status.get(up) is not StageStatus.SUCCEEDED:
-                    raise _fail(
-                        "a stage starts only after every upstream SUCCEEDED",
-                        f"{name!r} started while {up!r} is {status.get(up, 'unfinished')}",
-                    )
-            if keep_going is False and failed_at is not None:
-                raise _fail(
-                    "fail-fast: no stage starts after a failure",
-                    f"{name!r} started at seq={event.seq}, failure at seq={failed_at}",
-                )
+            schedule.started_attempt(event)
             running.add(name)
             if max_parallel is not None and len({units.get(n, n) for n in running}) > max_parallel:
                 raise _fail(
@@ -247,16 +248,16 @@ def _check_sequence(
         elif isinstance(event, StageRetrying):
             if name not in running or event.attempt != attempts.get(name):
                 raise _fail("StageRetrying ends the running attempt", repr(event))
+            schedule.retrying(event)
             running.discard(name)
         elif isinstance(event, StageLog | StageProgress | ItemFailed):
             if name not in running:
                 raise _fail("logs and item events come only from a running stage", repr(event))
         else:
             _check_finished(event, status, attempts, running, pipeline, units, stream_inputs)
+            schedule.finished(event)
             status[name] = event.status
             running.discard(name)
-            if event.status is StageStatus.FAILED and failed_at is None:
-                failed_at = event.seq
 
 
 def _check_finished(
@@ -276,13 +277,13 @@ def _check_finished(
     started = name in attempts
     if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
         raise _fail("StageStarted before its StageFinished", repr(event))
+    # A stream reader ends BLOCKED after finishing what its failed producer sent it.
     reader_blocked = event.status is StageStatus.BLOCKED and name in stream_inputs
     if (
         event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED)
         and started
         and not reader_blocked
     ):
-        # A stream reader ends BLOCKED after finishing what a failed producer sent it.
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
         raise _fail("StageFinished.error is set exactly for FAILED", repr(event))
@@ -315,7 +316,12 @@ def _upstream_closure(pipeline: Pipeline, name: str) -> set[str]:
 
 
 def _check_result(
-    events: Sequence[Event], pipeline: Pipeline, result: RunResult, *, complete: bool
+    events: Sequence[Event],
+    pipeline: Pipeline,
+    result: RunResult,
+    *,
+    complete: bool,
+    lossless: bool,
 ) -> None:
     if list(result.stages) != list(pipeline.stages):
         raise _fail("result.stages lists every stage in order", str(list(result.stages)))
@@ -351,3 +357,11 @@ def _check_result(
         raise _fail("RunFinished.state is CLOSED or CANCELLED", str(last.state))
     if last.state is RunState.CANCELLED and result.state is not RunState.CANCELLED:
         raise _fail("a run reported CANCELLED in RunFinished ends CANCELLED", str(result.state))
+    # Once RunFinished says CLOSED only a drain overrun may end the run CANCELLED (a
+    # cancel or an outer cancellation while draining changes nothing), and a lossless
+    # run has no overrun.
+    if last.state is RunState.CLOSED and result.state is not RunState.CLOSED and lossless:
+        raise _fail(
+            "a run reported CLOSED in RunFinished ends CLOSED unless the drain overran",
+            f"{result.state}, undelivered {dict(result.undelivered)}",
+        )
