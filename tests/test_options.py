@@ -288,6 +288,29 @@ def test_a_stage_without_options_shares_the_default_options() -> None:
     assert tp.StageOptions() == DEFAULT_OPTIONS
 
 
+def test_stages_with_the_same_keywords_share_checked_options() -> None:
+    pipe = tp.Pipeline("p")
+    a = pipe.add_stage("a", noop, retries=1, timeout=2.0)
+    b = pipe.add_stage("b", noop, retries=1, timeout=2.0)
+    assert a.options is b.options
+    # Equal but differently typed values are checked on their own, never shared.
+    with pytest.raises(tp.StageDefinitionTypeError, match="retries must be a non-negative int"):
+        pipe.add_stage("c", noop, retries=True, timeout=2.0)
+    assert pipe.add_stage("d", noop, retries=1, timeout=2).options.timeout == 2.0
+    with pytest.raises(tp.StageDefinitionError, match=r"retry_delay\[0\] must be"):
+        pipe.add_stage("e", noop, retries=1, retry_delay=[-1])  # unhashable: checked every time
+    with pytest.raises(tp.StageDefinitionError, match=r"retry_delay\[0\] must be"):
+        pipe.add_stage("f", noop, retries=1, retry_delay=[-1])
+
+
+def test_reprs_show_what_differs_from_the_defaults() -> None:
+    assert repr(tp.StageOptions()) == "StageOptions()"
+    options = tp.StageOptions(tp.RetryPolicy(retries=2, delay=0.5), timeout=3, uses={"gpu": 1})
+    assert repr(options) == (
+        "StageOptions(retry=RetryPolicy(retries=2, delay=0.5), timeout=3.0, uses={'gpu': 1})"
+    )
+
+
 def test_trigger_is_a_str_enum() -> None:
     assert [t.value for t in tp.Trigger] == [
         "all_success",
