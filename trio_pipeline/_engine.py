@@ -26,7 +26,7 @@ import heapq
 import logging
 import math
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, cast
@@ -519,8 +519,15 @@ class RunHandle:
         return f"<RunHandle {self._run.plan.name!r} run={self.run_id} {self.state}>"
 
 
-def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
+def _check_options(
+    sinks: Sequence[Sink], keep_going: bool, max_parallel: int | None, drain_timeout: float
+) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
+        raise StageDefinitionTypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
+    sinks = tuple(sinks)
+    if not isinstance(keep_going, bool):
+        raise StageDefinitionTypeError(f"keep_going must be a bool, got {keep_going!r}")
     check_optional_int(max_parallel, "max_parallel", minimum=1)
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
     for sink in sinks:
@@ -532,6 +539,7 @@ def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeou
         raise StageDefinitionError(
             "the same sink was passed twice; each sink receives each event once"
         )
+    return sinks
 
 
 @asynccontextmanager
@@ -562,8 +570,7 @@ async def open_run(
         PipelineError: the pipeline is invalid; raised before anything starts.
     """
     plan = pipeline.compile()
-    sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout)
+    sinks = _check_options(sinks, keep_going, max_parallel, drain_timeout)
     run = _Run(
         plan,
         sinks=sinks,

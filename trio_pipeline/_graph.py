@@ -136,7 +136,8 @@ class Pipeline:
 
     def __init__(self, name: str, *, pools: Mapping[str, int] | None = None) -> None:
         if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"pipeline name must be a non-empty string, got {name!r}")
+            error = StageDefinitionError if isinstance(name, str) else StageDefinitionTypeError
+            raise error(f"pipeline name must be a non-empty string, got {name!r}")
         self.name = name
         self.pools: Mapping[str, int] = check_pool_map({} if pools is None else pools)
         """Read-only ``{pool name: slots}``."""
@@ -240,7 +241,8 @@ class Pipeline:
                 `StageDefinitionTypeError` (also a TypeError) for a wrong type.
         """
         if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
+            error = StageDefinitionError if isinstance(name, str) else StageDefinitionTypeError
+            raise error(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
         run_fn: StageFunction
@@ -369,9 +371,15 @@ class Pipeline:
         return order
 
     def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
-        refs: Iterable[StageRef] = (
-            (after,) if isinstance(after, str | Stage) or callable(after) else after
-        )
+        if isinstance(after, str | Stage) or callable(after):
+            refs: Iterable[StageRef] = (after,)
+        elif isinstance(after, Iterable):
+            refs = after
+        else:
+            raise StageDefinitionTypeError(
+                f"after= must be a stage, a name, or an iterable of them, got {after!r}",
+                stage=name,
+            )
         names: list[str] = []
         for ref in refs:
             if isinstance(ref, str):
@@ -383,14 +391,15 @@ class Pipeline:
                 if len(registered) != 1:
                     how = "is not a stage of" if not registered else "is several stages of"
                     raise StageDefinitionError(
-                        f"stage {name!r}: after= entry {ref!r} {how} pipeline {self.name!r};"
-                        " pass the stage's name or the Stage returned by stage()/add_stage()"
+                        f"after= entry {ref!r} {how} pipeline {self.name!r};"
+                        " pass the stage's name or the Stage returned by stage()/add_stage()",
+                        stage=name,
                     )
                 dep = registered[0]
             else:
-                raise StageDefinitionError(
-                    f"stage {name!r}: after= entries must be stage names or Stage objects,"
-                    f" got {ref!r}"
+                raise StageDefinitionTypeError(
+                    f"after= entries must be stage names or Stage objects, got {ref!r}",
+                    stage=name,
                 )
             if dep not in names:
                 names.append(dep)
