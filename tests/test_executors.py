@@ -618,6 +618,7 @@ VALUE = tp.StageDefinitionError
             VALUE,
             "cancel_timeout must be a finite number > 0, got inf",
         ),
+        (lambda: tp.DaskExecutor(""), VALUE, "DaskExecutor needs a scheduler address, got ''"),
         (
             lambda: tp.DaskExecutor(42),  # type: ignore[arg-type]
             TYPE,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checka
 import trio
 
 from ._context import StageContext
-from ._errors import StageDefinitionTypeError
+from ._errors import StageDefinitionError, StageDefinitionTypeError
 from ._graph import edge, is_async_callable
 from ._options import check_int, check_seconds
 
@@ -367,6 +367,8 @@ class DaskExecutor:
                 "DaskExecutor needs a scheduler address (str) or a distributed.Client,"
                 f" got {address_or_client!r}"
             )
+        if address_or_client == "":
+            raise StageDefinitionError("DaskExecutor needs a scheduler address, got ''")
         self._lock = threading.Lock()
         self.address: str | None
         if isinstance(address_or_client, str):
