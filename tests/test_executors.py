@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import trio_parallel
+import trio_parallel  # type: ignore[import-untyped]
 
 import trio_pipeline as tp
 from tests.support.runs import check_complete, logs_of
