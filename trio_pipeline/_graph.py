@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from ._context import StageContext
 from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
+from ._signature import check_stage_callable
 
 if TYPE_CHECKING:
     from ._executors import Executor, SyncStageFunction
@@ -180,6 +181,7 @@ class Pipeline:
             raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
+        check_stage_callable(name, fn, executor)
         run_fn: StageFunction
         if executor is None:
             if not _is_async_callable(fn):
@@ -302,7 +304,9 @@ class Pipeline:
             for dep in stage.after:
                 j = index.get(dep)
                 if j is None:
-                    close = difflib.get_close_matches(dep, index, n=2)
+                    # Never the referencing stage itself: "did you mean" must be another.
+                    others = [other for other in index if other != stage.name]
+                    close = difflib.get_close_matches(dep, others, n=2)
                     raise UnknownStageError(dep, stage.name, close)
                 ups.append(j)
                 downstream[j].append(i)
@@ -340,6 +344,11 @@ class Pipeline:
                 dep = ref
             elif isinstance(ref, Stage):
                 dep = ref.name
+                if self._stages.get(dep) is not ref:
+                    raise StageDefinitionError(
+                        f"stage {name!r}: after= entry {ref!r} is a Stage of another pipeline,"
+                        f" not of {self.name!r}"
+                    )
             elif callable(ref):
                 registered = self._names_by_fn.get(id(ref), [])
                 if len(registered) != 1:
