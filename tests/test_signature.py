@@ -65,9 +65,9 @@ def test_wrong_signature_fails_at_definition_naming_the_stage(
 def test_decorator_form_is_checked_too() -> None:
     pipe = tp.Pipeline("p")
     with pytest.raises(StageSignatureError, match="stage 'no_ctx'"):
-        pipe.stage(no_ctx)
+        pipe.stage(no_ctx)  # type: ignore[arg-type]
     with pytest.raises(StageSignatureError, match="stage 'b': executor=ThreadExecutor"):
-        pipe.stage(name="b", executor=tp.ThreadExecutor)(sync_ok)  # type: ignore[arg-type]
+        pipe.stage(name="b", executor=tp.ThreadExecutor)(sync_ok)  # type: ignore[call-overload]
 
 
 @pytest.mark.parametrize(

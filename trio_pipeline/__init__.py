@@ -26,6 +26,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -49,6 +50,7 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "MissingExtraError",
     "Pipeline",
     "PipelineError",
     "ProcessExecutor",
