@@ -26,7 +26,7 @@ import heapq
 import logging
 import math
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, cast
@@ -48,9 +48,11 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._params import NO_PARAMS, Params, check_params
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
+from ._targets import select_stages, subpipeline
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -119,8 +121,10 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        params: Params = NO_PARAMS,
     ) -> None:
         self.plan = plan
+        self.params = params
         self.run_id = uuid.uuid4().hex[:12]
         self.machine: Machine[RunState] = run_machine(self.run_id)
         self.keep_going = keep_going
@@ -179,7 +183,7 @@ class _Run:
         self.started_at = now = self._now()
         names = tuple(rec.stage.name for rec in self.records)
         self._send.send_nowait(
-            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names)
+            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names, self.params)
         )
         # Ascending indices already form a valid heap.
         self._ready = [rec.index for rec in self.records if rec.waiting == 0]
@@ -307,6 +311,7 @@ class _Run:
             attempt=rec.attempt,
             run_id=self.run_id,
             emit_log=self._log,
+            params=self.params,
         )
         value: Any = None
         try:
@@ -536,6 +541,17 @@ def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeou
         raise ValueError("the same sink was passed twice; each sink receives each event once")
 
 
+def _compile_selected(
+    pipeline: Pipeline, targets: Iterable[str | Stage] | None, *, only: bool
+) -> Plan:
+    plan = pipeline.compile()  # the whole graph is validated, targets or not
+    if targets is None:
+        if only:
+            raise ValueError("only=True needs targets: the stages to run")
+        return plan
+    return subpipeline(pipeline, select_stages(pipeline, targets, only=only)).compile()
+
+
 @asynccontextmanager
 async def open_run(
     pipeline: Pipeline,
@@ -544,6 +560,9 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -559,11 +578,21 @@ async def open_run(
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
             remaining events; after that the run ends CANCELLED and reports the
             undelivered counts.
+        params: The run's parameters, read by every stage as `StageContext.params`
+            (a read-only mapping with str keys) and carried by `RunStarted.params`.
+        targets: Run only these stages (names or `Stage` objects) and, unless
+            `only`, every stage they depend on. Other stages are not part of the run:
+            absent from `RunStarted.stages` and from the result. None: every stage.
+        only: With `targets`, just the targets: dependencies on stages that are not
+            targets are dropped (those stages' results are missing from ``inputs``).
 
     Raises:
         PipelineError: the pipeline is invalid; raised before anything starts.
+        UnknownStageError: a target is not a stage (with a did-you-mean).
+        TypeError, ValueError: an invalid option.
     """
-    plan = pipeline.compile()
+    plan = _compile_selected(pipeline, targets, only=only)
+    run_params = check_params(params)
     sinks = tuple(sinks)
     _check_options(sinks, max_parallel, drain_timeout)
     run = _Run(
@@ -572,6 +601,7 @@ async def open_run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        params=run_params,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
@@ -595,6 +625,9 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -609,6 +642,9 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        params=params,
+        targets=targets,
+        only=only,
     ) as handle:
         pass
     return handle.result

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checka
 import trio
 
 from ._context import StageContext
+from ._params import NO_PARAMS
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -90,6 +91,7 @@ class StageSnapshot:
         inputs: Each direct upstream stage's name mapped to its result.
         attempt: 1 on the first attempt, 2 on the first retry, and so on.
         run_id: The id of the run.
+        params: Read-only mapping of the run's parameters (see `StageContext.params`).
     """
 
     name: str
@@ -97,6 +99,7 @@ class StageSnapshot:
     attempt: int
     run_id: str
     _emit: Callable[[str], None] = field(default=_copied_log, repr=False, compare=False)
+    params: Mapping[str, Any] = NO_PARAMS
 
     def log(self, message: str) -> None:
         """Emit a `StageLog` event for this stage.
@@ -112,9 +115,15 @@ class StageSnapshot:
         """
         self._emit(str(message))
 
-    def __reduce__(self) -> tuple[type[StageSnapshot], tuple[str, dict[str, Any], int, str]]:
+    def __reduce__(
+        self,
+    ) -> tuple[type[StageSnapshot], tuple[str, dict[str, Any], int, str, Any, Mapping[str, Any]]]:
         # The log callback belongs to one process; a copy cannot log.
-        return (type(self), (self.name, dict(self.inputs), self.attempt, self.run_id))
+        inputs = dict(self.inputs)
+        return (
+            type(self),
+            (self.name, inputs, self.attempt, self.run_id, _copied_log, self.params),
+        )
 
 
 @runtime_checkable
@@ -155,7 +164,7 @@ class SerializationError(pickle.PicklingError):
 
     Attributes:
         stage: The stage's name.
-        what: ``"function"``, ``"inputs"``, ``"result"`` or ``"exception"``.
+        what: ``"function"``, ``"inputs"``, ``"params"``, ``"result"`` or ``"exception"``.
     """
 
     def __init__(self, stage: str, what: str, detail: str) -> None:
@@ -235,7 +244,9 @@ class ThreadExecutor:
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
         relay = _LogRelay(ctx, trio.lowlevel.current_trio_token())
-        snapshot = StageSnapshot(ctx.name, ctx.inputs, ctx.attempt, ctx.run_id, relay.emit)
+        snapshot = StageSnapshot(
+            ctx.name, ctx.inputs, ctx.attempt, ctx.run_id, relay.emit, ctx.params
+        )
         try:
             return await trio.to_thread.run_sync(
                 fn, snapshot, abandon_on_cancel=True, limiter=self._limiter.get()
@@ -329,8 +340,12 @@ def _pack_call(fn: SyncStageFunction, ctx: StageContext) -> bytes:
         inputs_bytes = _dumps(dict(ctx.inputs))
     except Exception as exc:
         raise SerializationError(ctx.name, "inputs", _describe(exc)) from exc
+    try:
+        params_bytes = _dumps(ctx.params)
+    except Exception as exc:
+        raise SerializationError(ctx.name, "params", _describe(exc)) from exc
     return pickle.dumps(
-        (fn_bytes, inputs_bytes, ctx.name, ctx.attempt, ctx.run_id),
+        (fn_bytes, inputs_bytes, params_bytes, ctx.name, ctx.attempt, ctx.run_id),
         protocol=pickle.HIGHEST_PROTOCOL,
     )
 
@@ -340,10 +355,11 @@ def _call_packed(payload: bytes) -> bytes:
 
     Never raises for the function's own errors, so collected logs come back too.
     """
-    fn_bytes, inputs_bytes, name, attempt, run_id = pickle.loads(payload)
+    fn_bytes, inputs_bytes, params_bytes, name, attempt, run_id = pickle.loads(payload)
     fn: SyncStageFunction = pickle.loads(fn_bytes)
     logs: list[str] = []
-    snapshot = StageSnapshot(name, pickle.loads(inputs_bytes), attempt, run_id, logs.append)
+    inputs, params = pickle.loads(inputs_bytes), pickle.loads(params_bytes)
+    snapshot = StageSnapshot(name, inputs, attempt, run_id, logs.append, params)
     try:
         value = fn(snapshot)
     except Exception as exc:
