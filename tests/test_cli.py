@@ -178,9 +178,22 @@ pipeline 'files': 7 stages in start order
 """
 
 
-def test_dry_run_prints_start_order_and_runs_nothing(tmp_path: Path) -> None:
+FILES_DRY_RUN = """\
+dry run of pipeline 'files': 7 stages in start order; nothing runs
+  #  stage        after                   runs in  retries  timeout  trigger      pools
+  1  make_inputs  -                       task     0        -        all_success  -
+  2  word_counts  make_inputs             task     0        -        all_success  -
+  3  checksums    make_inputs             task     0        -        all_success  -
+  4  normalise    make_inputs             task     0        -        all_success  -
+  5  archive      normalise               task     0        -        all_success  -
+  6  index        word_counts, checksums  task     0        -        all_success  -
+  7  report       index, archive          task     0        -        all_success  -
+"""
+
+
+def test_dry_run_prints_what_would_run_and_runs_nothing(tmp_path: Path) -> None:
     done = cli("run", "examples/files.py", "--dry-run", TRIO_PIPELINE_DEMO_DIR=str(tmp_path))
-    assert (done.returncode, done.stdout, done.stderr) == (0, FILES_ORDER, "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, FILES_DRY_RUN, "")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -313,8 +326,8 @@ def test_invalid_pipeline_exit_2_names_the_culprit(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("{two}:nope", "{two} has no attribute 'nope'; its pipelines: build, deploy"),
-        ("{two}:biuld", "{two} has no attribute 'biuld' (did you mean 'build'?);"),
+        ("{two}:nope", "{two} has no pipeline 'nope'; its pipelines: build, deploy\n"),
+        ("{two}:biuld", "{two} has no pipeline 'biuld' (did you mean 'build'?);"),
         ("{two}:helper", "{two}:helper is a function, not a trio_pipeline.Pipeline;"),
         ("{tmp}/missing.py", "{tmp}/missing.py: no such file"),
     ],
@@ -674,3 +687,257 @@ def test_plain_output_on_a_terminal(flag: str, env: dict[str, str]) -> None:
     assert code == 1
     assert "\x1b[" not in raw
     assert "Summary: 4 succeeded, 1 failed, 2 blocked in" in raw
+
+
+# -- what a new user hits (issue 12) ----------------------------------------------------------
+
+WORKERS = """\
+import os
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("workers")
+
+def helper(x):
+    return x * 2
+
+class Result:
+    def __init__(self, value):
+        self.value = value
+
+def crunch(snap):
+    return helper(21)
+
+def scale(snap):
+    return Result(snap.inputs["crunch"] + 1).value
+
+pipe.add_stage("crunch", crunch, executor=tp.ProcessExecutor(limit=1))
+pipe.add_stage("scale", scale, after=["crunch"], executor=tp.DaskExecutor(os.environ["DASK"]))
+
+@pipe.stage(after=["scale"])
+async def report(ctx):
+    ctx.log(f"scaled {ctx.inputs['scale']}")
+"""
+
+
+def test_process_and_dask_stages_defined_in_a_pipeline_file(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("trio_parallel")
+    path = write_file(tmp_path, "workers.py", WORKERS)
+    # Workers in this process: they cannot import the CLI's module for the file either.
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        done = cli("run", path, "--plain", DASK=cluster.scheduler_address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "report | scaled 43" in done.stdout
+    assert "Summary: 3 succeeded in" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--keep"], "unrecognized arguments: --keep"),
+        (["--dry"], "unrecognized arguments: --dry"),
+        (["--json"], "--json goes with --dry-run"),
+        (["-k", "--fail-fast"], "argument --fail-fast: not allowed with argument -k/--keep-going"),
+        (["--only"], "--only needs the STAGEs to run"),
+        (["--drain-timeout", "-1"], "expected a number of seconds >= 0"),
+        (["--param", "novalue"], "expected KEY=VALUE, got 'novalue'"),
+    ],
+)
+def test_no_abbreviations_and_bad_run_options_exit_2(args: list[str], message: str) -> None:
+    done = cli("run", "examples/keep_going.py", *args)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+NAMED = """\
+import trio_pipeline as tp
+
+build = tp.Pipeline("build-all")
+deploy = tp.Pipeline("deploy")
+
+async def step(ctx):
+    return None
+
+build.add_stage("compile", step)
+deploy.add_stage("upload", step)
+"""
+
+
+def test_file_name_takes_the_variable_or_the_pipelines_own_name(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "named.py", NAMED)
+    for name in ("build", "build-all"):
+        done = cli("run", f"{path}:{name}")
+        assert done.returncode == 0, done.stderr
+        assert normalise(done.stdout) == ["compile: succeeded (T)", "Summary: 1 succeeded in T"]
+    assert cli("list", f"{path}:build-all").stdout.startswith("pipeline 'build-all': 1 stage")
+    done = cli("run", f"{path}:build_all")
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"trio-pipeline: error: {path} has no pipeline 'build_all' (did you mean 'build-all'?);"
+        " its pipelines: build-all (variable build), deploy\n"
+    )
+
+
+def test_summary_time_is_the_wall_time_until_the_output_ends(tmp_path: Path) -> None:
+    path = write_file(
+        tmp_path,
+        "slow_load.py",
+        """\
+        import time
+        import trio_pipeline as tp
+        time.sleep(0.6)  # a slow import, as a heavy library's
+        pipe = tp.Pipeline("p")
+
+        @pipe.stage
+        async def quick(ctx):
+            return 1
+        """,
+    )
+    started = time.monotonic()
+    done = cli("run", path)
+    waited = time.monotonic() - started
+    match = re.fullmatch(r"Summary: 1 succeeded in (\d+\.\d\d)s", done.stdout.splitlines()[-1])
+    assert match is not None, done.stdout
+    assert 0.6 <= float(match[1]) <= waited
+
+
+def test_an_unwritable_jsonl_file_is_said_once_and_exits_1() -> None:
+    done = cli("run", "examples/files.py", "--jsonl", "/dev/full", "-q")
+    assert done.returncode == 1
+    assert done.stderr == (
+        "trio-pipeline: error: --jsonl /dev/full: writing failed (No space left on device);"
+        " the file is incomplete (exit code 1)\n"
+    )
+
+
+def test_help_documents_the_exit_codes() -> None:
+    for args in (["--help"], ["run", "--help"]):
+        done = cli(*args)
+        text = " ".join(done.stdout.split())
+        assert "1 a stage failed, was blocked or cancelled, or an event sink failed" in text
+        assert "130 interrupted" in text
+
+
+TARGETS = """\
+import json
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("targets")
+
+async def step(ctx):
+    ctx.log(json.dumps({"inputs": sorted(ctx.inputs), "params": dict(ctx.params)}))
+
+pipe.add_stage("a", step)
+pipe.add_stage("b", step, after=["a"])
+pipe.add_stage("c", step, after=["b"])
+pipe.add_stage("other", step)
+"""
+
+
+def test_run_only_the_named_stages_and_their_upstream(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "targets.py", TARGETS)
+    jsonl = tmp_path / "events.jsonl"
+    done = cli("run", path, "b", "--jsonl", str(jsonl), "-k", "other")
+    assert done.returncode == 0, done.stderr
+    assert normalise(done.stdout)[-1] == "Summary: 3 succeeded in T"
+    rows = check_jsonl(jsonl, stages=3)
+    assert rows[0]["stages"] == ["a", "b", "other"]
+    done = cli("run", path, "c", "--only")
+    assert done.returncode == 0, done.stderr
+    assert normalise(done.stdout) == [
+        'c | {"inputs": [], "params": {}}',
+        "c: succeeded (T)",
+        "Summary: 1 succeeded in T",
+    ]
+    done = cli("run", path, "bb")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "trio-pipeline: error: pipeline 'targets' has no stage 'bb' to run (did you mean 'b'?)\n"
+    )
+
+
+def test_params_from_the_command_line_and_a_file(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "targets.py", TARGETS)
+    (tmp_path / "params.toml").write_text('env = "prod"\nn = 1\n[db]\nport = 5432\n')
+    jsonl = tmp_path / "events.jsonl"
+    done = cli(
+        "run",
+        path,
+        "a",
+        "--params",
+        str(tmp_path / "params.toml"),
+        "--param",
+        "n=3",
+        "--param",
+        "tags=[1, 2]",
+        "--param",
+        "name=ci",
+        "--jsonl",
+        str(jsonl),
+    )
+    assert done.returncode == 0, done.stderr
+    expected = {"env": "prod", "n": 3, "db": {"port": 5432}, "tags": [1, 2], "name": "ci"}
+    logged = json.loads(normalise(done.stdout)[0].removeprefix("a | "))
+    assert logged == {"inputs": [], "params": expected}
+    assert check_jsonl(jsonl, stages=1)[0]["params"] == expected
+    bad = cli("run", path, "--params", str(tmp_path / "nope.json"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"trio-pipeline: error: --params {tmp_path}/nope.json: ")
+
+
+OPTIONS = """\
+import sys
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("opts")
+
+def parse(snap):
+    return 1
+
+@pipe.stage(retries=2, retry_delay=0.5)
+async def fetch(ctx):
+    return 1
+
+pipe.add_stage("parse", parse, after=[fetch], executor=tp.ThreadExecutor(limit=4), timeout=60)
+pipe.add_command("report", ["echo", "a b"], after=["parse"], timeout=30)
+"""
+
+
+def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None:
+    path = write_file(tmp_path, "opts.py", OPTIONS)
+    done = cli("run", path, "--dry-run", "--param", "env=ci")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        "dry run of pipeline 'opts': 3 stages in start order; nothing runs\n"
+        '  params: env="ci"\n'
+        "  #  stage   after  runs in                  retries         timeout  trigger      pools\n"
+        "  1  fetch   -      task                     2 (delay 0.5s)  -        all_success  -\n"
+        "  2  parse   fetch  ThreadExecutor(limit=4)  0               60s      all_success  -\n"
+        "  3  report  parse  command: echo 'a b'      0               30s      all_success  -\n"
+    )
+    data = json.loads(cli("run", path, "report", "--only", "--dry-run", "--json").stdout)
+    assert data["pipeline"] == "opts"
+    assert [stage["name"] for stage in data["stages"]] == ["report"]
+    report = data["stages"][0]
+    assert report["after"] == []  # --only: its upstream is not part of the run
+    assert (report["executor"], report["argv"], report["timeout"]) == (
+        "command",
+        ["echo", "a b"],
+        30.0,
+    )
+    full = json.loads(cli("run", path, "--dry-run", "--json").stdout)["stages"]
+    assert [(s["name"], s["executor"], s["retries"]) for s in full] == [
+        ("fetch", "task", 2),
+        ("parse", "thread", 0),
+        ("report", "command", 0),
+    ]
+    assert full[1]["executor_repr"] == "ThreadExecutor(limit=4)"
+    assert full[0]["retry_delay"] == 0.5
