@@ -941,3 +941,58 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None
     ]
     assert full[1]["executor_repr"] == "ThreadExecutor(limit=4)"
     assert full[0]["retry_delay"] == 0.5
+
+
+def test_a_missing_extra_is_one_line_naming_the_file_and_the_pip_command(tmp_path: Path) -> None:
+    path = write_file(
+        tmp_path,
+        "extra.py",
+        """\
+        import sys; sys.modules["trio_parallel"] = None  # as if not installed
+        import trio_pipeline as tp
+        pipe = tp.Pipeline("p")
+        def crunch(snap): return 1
+        pipe.add_stage("crunch", crunch, executor=tp.ProcessExecutor())
+        """,
+    )
+    done = cli("run", path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"trio-pipeline: error: {path}:5: ProcessExecutor needs the 'trio_parallel' package,"
+        " which is not installed: pip install 'trio-pipeline[process]'\n"
+    )
+
+
+async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import trio
+    import trio.testing
+
+    import trio_pipeline as tp
+    from trio_pipeline._cli import _Interrupts
+    from trio_pipeline._live import RunTracker
+
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def quick(ctx: tp.StageContext) -> None:
+        pass
+
+    tracker = RunTracker()
+    send, receive = trio.open_memory_channel[int](2)
+    interrupts = _Interrupts(tracker, None, grace=600, started=time.monotonic())
+    async with tp.open_run(pipe, sinks=[tracker]) as handle:
+        await handle.wait_finished()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(interrupts.watch, receive, handle, nursery)
+            for _ in range(2):
+                await send.send(signal.SIGINT)
+            send.close()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert handle.result.state is tp.RunState.CLOSED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "trio-pipeline: Ctrl-C again: every stage has finished; exiting within 600s"
+        " (delivering the last events). Press Ctrl-C again to exit now."
+    )

@@ -46,7 +46,7 @@ from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError, UnknownStageError
 from ._events import Event, RunFinished
-from ._executors import DaskExecutor
+from ._executors import DaskExecutor, MissingExtraError
 from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
 from ._params import load_params_file, parse_param
@@ -344,6 +344,11 @@ def load_file(path: str) -> ModuleType:
         frame = _last_frame_in(exc.__traceback__, file)
         where = path if frame is None else f"{path}:{frame.tb_lineno}"
         raise PipelineError(f"{where}: {exc}") from None
+    except MissingExtraError as exc:  # the message says what to install: no traceback
+        sys.modules.pop(module_name, None)
+        frame = _last_frame_in(exc.__traceback__, file)
+        where = path if frame is None else f"{path}:{frame.tb_lineno}"
+        raise UsageError(f"{where}: {exc}") from None
     except Exception as exc:
         sys.modules.pop(module_name, None)
         detail = "".join(
@@ -645,7 +650,10 @@ class _WallClockSummary:
 
     async def handle(self, event: Event, /) -> None:
         if isinstance(event, RunFinished):
-            event = dataclasses.replace(event, duration=time.monotonic() - self._started)
+            # The display's copy only. `time` = now as well, so a formatter that adds
+            # the display lag (now - time) to `duration` does not count it twice.
+            wall = time.monotonic() - self._started
+            event = dataclasses.replace(event, duration=wall, time=trio.current_time())
         await self.display.handle(event)
 
     async def aclose(self) -> None:
@@ -717,6 +725,13 @@ class _Interrupts:
                     f"{what}: closing: no new stage will start; waiting for"
                     f" {self._running()}. Press Ctrl-C again to cancel them."
                 )
+            elif self.count == 2 and self._tracker.finished is not None:
+                # Every stage is done; only the sinks are still being served.
+                _notice(
+                    f"{what} again: every stage has finished; exiting within {self._grace:g}s"
+                    " (delivering the last events). Press Ctrl-C again to exit now."
+                )
+                nursery.start_soon(self._exit_after_grace)
             elif self.count == 2:
                 handle.cancel()
                 _notice(
