@@ -100,6 +100,7 @@ def test_new_core_modules_do_not_import_trio() -> None:
         "pkg = types.ModuleType('trio_pipeline'); pkg.__path__ = ['trio_pipeline']\n"
         "sys.modules['trio_pipeline'] = pkg\n"
         "import trio_pipeline._targets, trio_pipeline._params, trio_pipeline._signature\n"
+        "import trio_pipeline._dryrun\n"
         "assert 'trio' not in sys.modules, sorted(m for m in sys.modules if 'trio' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
