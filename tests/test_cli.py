@@ -897,17 +897,21 @@ OPTIONS = """\
 import sys
 import trio_pipeline as tp
 
-pipe = tp.Pipeline("opts")
+pipe = tp.Pipeline("opts", pools={"gpu": 2})
 
 def parse(snap):
     return 1
 
-@pipe.stage(retries=2, retry_delay=0.5)
+@pipe.stage(retries=2, retry_delay=0.5, retry_on=ConnectionError)
 async def fetch(ctx):
     return 1
 
-pipe.add_stage("parse", parse, after=[fetch], executor=tp.ThreadExecutor(limit=4), timeout=60)
-pipe.add_command("report", ["echo", "a b"], after=["parse"], timeout=30)
+pipe.add_stage(
+    "parse", parse, after=[fetch], executor=tp.ThreadExecutor(limit=4), timeout=60, uses="gpu"
+)
+pipe.add_command(
+    "report", ["echo", "a b"], after=["parse"], timeout=30, trigger=tp.Trigger.ALWAYS
+)
 """
 
 
@@ -918,10 +922,11 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None
     assert done.stdout == (
         "dry run of pipeline 'opts': 3 stages in start order; nothing runs\n"
         '  params: env="ci"\n'
+        "  pools: gpu=2\n"
         "  #  stage   after  runs in                  retries         timeout  trigger      pools\n"
         "  1  fetch   -      task                     2 (delay 0.5s)  -        all_success  -\n"
-        "  2  parse   fetch  ThreadExecutor(limit=4)  0               60s      all_success  -\n"
-        "  3  report  parse  command: echo 'a b'      0               30s      all_success  -\n"
+        "  2  parse   fetch  ThreadExecutor(limit=4)  0               60s      all_success  gpu=1\n"
+        "  3  report  parse  command: echo 'a b'      0               30s      always       -\n"
     )
     data = json.loads(cli("run", path, "report", "--only", "--dry-run", "--json").stdout)
     assert data["pipeline"] == "opts"
@@ -940,7 +945,9 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None
         ("report", "command", 0),
     ]
     assert full[1]["executor_repr"] == "ThreadExecutor(limit=4)"
-    assert full[0]["retry_delay"] == 0.5
+    assert (full[0]["retry_delay"], full[0]["retry_on"]) == (0.5, "ConnectionError")
+    assert (full[1]["uses"], full[2]["trigger"]) == ({"gpu": 1}, "always")
+    assert data["pools"] == {"gpu": 2}
 
 
 def test_a_missing_extra_is_one_line_naming_the_file_and_the_pip_command(tmp_path: Path) -> None:

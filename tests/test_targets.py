@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import trio_pipeline as tp
@@ -92,15 +88,3 @@ async def test_target_errors_raise_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="only=True needs targets"):
         await tp.run(diamond(), sinks=[sink], only=True)
     assert sink.events == []
-
-
-def test_new_core_modules_do_not_import_trio() -> None:
-    code = (
-        "import importlib.util, sys, types\n"
-        "pkg = types.ModuleType('trio_pipeline'); pkg.__path__ = ['trio_pipeline']\n"
-        "sys.modules['trio_pipeline'] = pkg\n"
-        "import trio_pipeline._targets, trio_pipeline._params, trio_pipeline._signature\n"
-        "import trio_pipeline._dryrun\n"
-        "assert 'trio' not in sys.modules, sorted(m for m in sys.modules if 'trio' in m)\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

@@ -517,10 +517,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pipeline = subpipeline(pipeline, _select(pipeline, targets, only=args.only))
     if args.dry_run:
         plan = _compile(pipeline, args.target)
+        order, pools = pipeline.start_order(), pipeline.pools
         if args.json:
-            sys.stdout.write(dry_run_json(plan, pipeline.start_order(), params=params) + "\n")
+            sys.stdout.write(dry_run_json(plan, order, params=params, pools=pools) + "\n")
         else:
-            sys.stdout.write(render_dry_run(plan, pipeline.start_order(), params=params))
+            sys.stdout.write(render_dry_run(plan, order, params=params, pools=pools))
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)

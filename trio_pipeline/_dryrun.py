@@ -1,8 +1,8 @@
 """What a run would do, stage by stage, as text or JSON: ``trio-pipeline run --dry-run``. Pure.
 
 For each stage in start order: its dependencies, trigger, pools, retries, timeout and
-where it runs. Options are read from ``stage.options`` (`StageOptions`) when the
-stage has them; the run's parameters are shown too.
+where it runs. Options are read from ``stage.options`` (`StageOptions`); the run's
+parameters and the pipeline's pools are shown too.
 """
 
 from __future__ import annotations
@@ -19,26 +19,35 @@ _ARGV_WIDTH = 40
 
 def describe_stage(stage: Stage) -> dict[str, Any]:
     """One stage's plan as JSON-ready data (see `dry_run_json` for the keys)."""
-    options = getattr(stage, "options", None)
-    retry = getattr(options, "retry", None)
-    uses: Mapping[str, int] = getattr(options, "uses", None) or {}
-    trigger = getattr(options, "trigger", "all_success")
-    delay = stage.retry_delay
+    options = stage.options
+    retry = options.retry
+    delay = retry.delay
     return {
         "name": stage.name,
         "after": list(stage.after),
-        "trigger": str(getattr(trigger, "value", trigger)),
-        "uses": dict(uses),
-        "exclusive": bool(getattr(options, "exclusive", False)),
-        "priority": int(getattr(options, "priority", 0)),
-        "retries": stage.retries,
+        "trigger": options.trigger.value,
+        "uses": dict(options.uses),
+        "exclusive": options.exclusive,
+        "priority": options.priority,
+        "retries": retry.retries,
         "retry_delay": list(delay) if isinstance(delay, tuple) else delay,
-        "retry_backoff": getattr(retry, "backoff", 2.0),
-        "retry_max_delay": getattr(retry, "max_delay", None),
-        "retry_jitter": getattr(retry, "jitter", 0.0),
-        "timeout": stage.timeout,
+        "retry_backoff": retry.backoff,
+        "retry_max_delay": retry.max_delay,
+        "retry_jitter": retry.jitter,
+        "retry_on": None if retry.retry_on is None else _describe_retry_on(retry.retry_on),
+        "timeout": options.timeout,
         **_where(stage),
     }
+
+
+def _describe_retry_on(retry_on: object) -> str | list[str]:
+    if isinstance(retry_on, type):
+        return retry_on.__name__
+    if isinstance(retry_on, tuple):
+        return [
+            getattr(kind, "__name__", repr(kind)) for kind in cast(tuple[object, ...], retry_on)
+        ]
+    return getattr(retry_on, "__qualname__", None) or repr(retry_on)
 
 
 def _where(stage: Stage) -> dict[str, Any]:
@@ -53,11 +62,17 @@ def _where(stage: Stage) -> dict[str, Any]:
     return {"executor": "task", "executor_repr": None, "argv": None}
 
 
-def dry_run_json(plan: Plan, order: Sequence[str], *, params: Mapping[str, Any]) -> str:
-    """``{"pipeline", "params", "stages": [...]}``, stages in start order.
+def dry_run_json(
+    plan: Plan,
+    order: Sequence[str],
+    *,
+    params: Mapping[str, Any],
+    pools: Mapping[str, int],
+) -> str:
+    """``{"pipeline", "params", "pools", "stages": [...]}``, stages in start order.
 
     Each stage: ``name, after, trigger, uses, exclusive, priority, retries,
-    retry_delay, retry_backoff, retry_max_delay, retry_jitter, timeout, executor``
+    retry_delay, retry_backoff, retry_max_delay, retry_jitter, retry_on, timeout, executor``
     (``task``, ``thread``, ``process``, ``dask`` or ``command``), ``executor_repr``
     and ``argv`` (a command's). Values that are not JSON are shown as their repr.
     """
@@ -65,12 +80,19 @@ def dry_run_json(plan: Plan, order: Sequence[str], *, params: Mapping[str, Any])
     data = {
         "pipeline": plan.name,
         "params": dict(params),
+        "pools": dict(pools),
         "stages": [describe_stage(by_name[name]) for name in order],
     }
     return json.dumps(data, indent=2, default=repr)
 
 
-def render_dry_run(plan: Plan, order: Sequence[str], *, params: Mapping[str, Any]) -> str:
+def render_dry_run(
+    plan: Plan,
+    order: Sequence[str],
+    *,
+    params: Mapping[str, Any],
+    pools: Mapping[str, int],
+) -> str:
     """A table of what would run, one stage per row, in start order.
 
     Example::
@@ -88,6 +110,8 @@ def render_dry_run(plan: Plan, order: Sequence[str], *, params: Mapping[str, Any
             f"{key}={json.dumps(value, default=repr)}" for key, value in params.items()
         )
         lines.append(f"  params: {shown}")
+    if pools:
+        lines.append("  pools: " + ", ".join(f"{pool}={n}" for pool, n in pools.items()))
     header = ("#", "stage", "after", "runs in", "retries", "timeout", "trigger", "pools")
     rows: list[tuple[str, ...]] = [header]
     for n, name in enumerate(order, 1):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import pickle
@@ -35,6 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checka
 import trio
 
 from ._context import StageContext
+from ._errors import StageDefinitionTypeError
+from ._graph import edge, is_async_callable
+from ._options import check_int, check_seconds
 from ._params import NO_PARAMS
 
 logger = logging.getLogger("trio_pipeline")
@@ -159,6 +163,23 @@ class ExecutorStage:
         return f"<ExecutorStage {self.function!r} in {self.executor!r}>"
 
 
+def _executor_stage(fn: object, executor: object, /) -> ExecutorStage:
+    """The stage function for a sync `fn` with ``executor=`` (called by `Pipeline`)."""
+    if not isinstance(executor, Executor):
+        raise StageDefinitionTypeError(
+            f"executor must have a name and async run(fn, ctx), got {executor!r}"
+        )
+    if not callable(fn) or is_async_callable(fn) or inspect.isasyncgenfunction(fn):
+        raise StageDefinitionTypeError(
+            f"with executor={executor!r} the function must be a plain"
+            f" (sync) callable taking a StageSnapshot, got {fn!r}"
+        )
+    return ExecutorStage(fn, executor)  # pyright: ignore[reportUnknownArgumentType]
+
+
+edge.sync = _executor_stage
+
+
 class SerializationError(pickle.PicklingError):
     """A stage's function, inputs or result could not be pickled for another process.
 
@@ -201,12 +222,6 @@ def _require_extra(module: str, extra: str, executor: str) -> None:
         )
 
 
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
-    return limit
-
-
 class _PerRunLimiter:
     """One CapacityLimiter per Trio run, so an executor can serve many `trio.run` calls."""
 
@@ -239,7 +254,7 @@ class ThreadExecutor:
     name = "thread"
 
     def __init__(self, *, limit: int = 8) -> None:
-        self.limit = _check_limit(limit)
+        self.limit = check_int(limit, "limit", minimum=1)
         self._limiter = _PerRunLimiter(self.limit)
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
@@ -409,7 +424,9 @@ class ProcessExecutor:
 
     def __init__(self, *, limit: int | None = None) -> None:
         _require_extra("trio_parallel", "process", "ProcessExecutor")
-        self.limit = _check_limit((os.cpu_count() or 1) if limit is None else limit)
+        self.limit = check_int(
+            (os.cpu_count() or 1) if limit is None else limit, "limit", minimum=1
+        )
         self._limiter = _PerRunLimiter(self.limit)
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
@@ -446,9 +463,14 @@ class DaskExecutor:
 
     def __init__(self, address_or_client: str | Client, *, cancel_timeout: float = 5.0) -> None:
         _require_extra("distributed", "dask", "DaskExecutor")
-        if not isinstance(cancel_timeout, int | float) or not cancel_timeout > 0:
-            raise ValueError(f"cancel_timeout must be a number > 0, got {cancel_timeout!r}")
-        self.cancel_timeout = float(cancel_timeout)
+        self.cancel_timeout = check_seconds(cancel_timeout, "cancel_timeout", zero=False)
+        if not isinstance(address_or_client, str) and not callable(
+            getattr(address_or_client, "submit", None)
+        ):
+            raise StageDefinitionTypeError(
+                "DaskExecutor needs a scheduler address (str) or a distributed.Client,"
+                f" got {address_or_client!r}"
+            )
         self._lock = threading.Lock()
         self.address: str | None
         if isinstance(address_or_client, str):

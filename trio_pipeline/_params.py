@@ -14,6 +14,8 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
+from ._errors import StageDefinitionTypeError
+
 
 class Params(Mapping[str, Any]):
     """A read-only mapping of parameter names to values. Pickles (for worker processes).
@@ -55,17 +57,18 @@ def check_params(params: Mapping[str, Any] | None) -> Params:
     """`params` as a `Params` (a copy of the top level); None is empty.
 
     Raises:
-        TypeError: not a mapping, or a key is not a str.
+        StageDefinitionTypeError: not a mapping, or a key is not a str (a TypeError, as
+            every run option's type error).
     """
     if params is None:
         return NO_PARAMS
     if isinstance(params, Params):
         return params
     if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping of str to values, got {params!r}")
+        raise StageDefinitionTypeError(f"params must be a mapping of str to values, got {params!r}")
     bad = [key for key in params if not isinstance(key, str)]
     if bad:
-        raise TypeError(f"params keys must be str, got {bad[0]!r}")
+        raise StageDefinitionTypeError(f"params keys must be str, got {bad[0]!r}")
     return Params(params)
 
 

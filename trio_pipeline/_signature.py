@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import inspect
 
-from ._errors import StageDefinitionError
+from ._errors import StageDefinitionTypeError
 
 
-class StageSignatureError(StageDefinitionError, TypeError):
+class StageSignatureError(StageDefinitionTypeError):
     """A stage's function cannot be called with its arguments, or the executor is a class.
 
-    Both a `StageDefinitionError` and a `TypeError`.
+    A `StageDefinitionTypeError`: both a `StageDefinitionError` and a `TypeError`.
     """
 
 
@@ -33,8 +33,9 @@ def check_stage_callable(name: str, fn: object, executor: object, *, arity: int 
     """
     if isinstance(executor, type):
         raise StageSignatureError(
-            f"stage {name!r}: executor={executor.__name__} is a class;"
-            f" pass an instance, e.g. executor={executor.__name__}()"
+            f"executor={executor.__name__} is a class;"
+            f" pass an instance, e.g. executor={executor.__name__}()",
+            stage=name,
         )
     if isinstance(fn, type) or not callable(fn):
         return  # the caller's own "not a function" check explains it better
@@ -54,5 +55,5 @@ def check_stage_callable(name: str, fn: object, executor: object, *, arity: int 
             return_annotation=signature.empty,
         )
         raise StageSignatureError(
-            f"stage {name!r}: {label}{bare} must accept {wanted}, e.g. {label}{example}"
+            f"{label}{bare} must accept {wanted}, e.g. {label}{example}", stage=name
         ) from None

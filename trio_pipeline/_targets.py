@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
 
-from ._errors import UnknownStageError
+from ._errors import StageDefinitionError, StageDefinitionTypeError, UnknownStageError
 from ._graph import Pipeline, Stage
 
 
@@ -37,24 +37,29 @@ def select_stages(pipeline: Pipeline, targets: Iterable[str | Stage], *, only: b
             on, transitively.
 
     Raises:
-        TypeError: `targets` is a single str, or holds something else than names.
-        ValueError: `targets` is empty.
+        StageDefinitionTypeError: `targets` is a single str, or holds something else
+            than names (a TypeError).
+        StageDefinitionError: `targets` is empty (a ValueError).
         UnknownTargetError: a target is not a stage (with a did-you-mean).
     """
     if isinstance(targets, str | bytes):
-        raise TypeError(f"targets must be a list of stage names, not a single str: {targets!r}")
+        raise StageDefinitionTypeError(
+            f"targets must be a list of stage names, not a single str: {targets!r}"
+        )
     names: list[str] = []
     for target in targets:
         if isinstance(target, Stage):
             target = target.name
         if not isinstance(target, str):
-            raise TypeError(f"targets must be stage names or Stage objects, got {target!r}")
+            raise StageDefinitionTypeError(
+                f"targets must be stage names or Stage objects, got {target!r}"
+            )
         if target not in pipeline.stages:
             close = difflib.get_close_matches(target, list(pipeline.stages), n=2)
             raise UnknownTargetError(target, pipeline.name, close)
         names.append(target)
     if not names:
-        raise ValueError("targets is empty: pass None to run every stage")
+        raise StageDefinitionError("targets is empty: pass None to run every stage")
     selected = set(names)
     if not only:
         stack = list(names)
