@@ -822,7 +822,8 @@ def test_help_documents_the_exit_codes() -> None:
     for args in (["--help"], ["run", "--help"]):
         done = cli(*args)
         text = " ".join(done.stdout.split())
-        assert "1 a stage failed, was blocked or cancelled, or an event sink failed" in text
+        assert "1 a stage failed, was blocked or cancelled; or an event sink failed" in text
+        assert "the --jsonl file could not be written" in text
         assert "130 interrupted" in text
 
 

@@ -112,11 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- command line ---------------------------------------------------------------------
 
 
-EXIT_CODES = (
-    "exit codes: 0 all stages succeeded (or were skipped); 1 a stage failed, was blocked or"
-    " cancelled, or an event sink failed (e.g. the --jsonl file could not be written: the"
-    " log is incomplete); 2 usage error or invalid pipeline; 130 interrupted"
-)
+EXIT_CODES = """\
+exit codes:
+  0    every stage succeeded (or was skipped)
+  1    a stage failed, was blocked or cancelled; or an event sink failed or missed
+       events (e.g. the --jsonl file could not be written): a lost log is a failure
+  2    usage error, or an invalid pipeline (the message names the culprit)
+  130  interrupted (SIGINT/SIGTERM)
+"""
 _TARGET_HELP = (
     "a Python file, and the name of a Pipeline in it if it defines several (its variable"
     " name or the Pipeline's own name)"
@@ -131,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a DAG of async stages defined with trio_pipeline.",
         epilog=EXIT_CODES,
         allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
