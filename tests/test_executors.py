@@ -685,3 +685,37 @@ async def test_thread_log_lines_keep_their_order_and_precede_the_finish() -> Non
     check_complete(sink, result)
     # A blocking round-trip per line took ~50-95 us (1-2 s here); the hand-off ~1-2 us.
     assert elapsed < 0.5, f"{elapsed / lines * 1e6:.1f} us per line"
+
+
+def test_log_relay_batches_and_close_emits_the_rest_then_refuses() -> None:
+    from trio_pipeline._executors import _LogRelay
+
+    emitted: list[str] = []
+    queued: list[Callable[[], object]] = []
+
+    class Token:  # run_sync_soon queues; the test plays the Trio thread
+        def run_sync_soon(self, fn: Callable[[], object]) -> None:
+            queued.append(fn)
+
+    class Ctx:
+        name = "s"
+
+        def log(self, message: str) -> None:
+            emitted.append(message)
+
+    relay = _LogRelay(Ctx(), Token())  # type: ignore[arg-type]
+    relay.emit("a")
+    relay.emit("b")
+    assert (emitted, len(queued)) == ([], 1)  # one hand-off per batch, nothing waited
+    queued.pop()()
+    assert emitted == ["a", "b"]
+    relay.emit("c")
+    relay.emit("d")
+    assert len(queued) == 1
+    relay.close()  # the attempt ended before the Trio thread ran the batch
+    assert emitted == ["a", "b", "c", "d"]
+    queued.pop()()  # the late batch finds nothing: no line twice, none after the end
+    assert emitted == ["a", "b", "c", "d"]
+    with pytest.raises(RuntimeError, match="has finished"):
+        relay.emit("e")
+    assert not queued
