@@ -690,6 +690,33 @@ def test_plain_output_on_a_terminal(flag: str, env: dict[str, str]) -> None:
 
 
 # -- what a new user hits (issue 12) ----------------------------------------------------------
+# In process where the subprocess adds nothing (an interpreter start per call is most of
+# the time of a CLI test): `main` is called as the entry point calls it.
+
+
+@pytest.fixture
+def in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
+    from trio_pipeline._cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", [*sys.path])  # a loaded file's folder goes first on it
+
+    def call(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+InProcess = Callable[..., tuple[int, str, str]]
 
 WORKERS = """\
 import os
@@ -750,11 +777,12 @@ def test_process_and_dask_stages_defined_in_a_pipeline_file(tmp_path: Path) -> N
         (["--param", "novalue"], "expected KEY=VALUE, got 'novalue'"),
     ],
 )
-def test_no_abbreviations_and_bad_run_options_exit_2(args: list[str], message: str) -> None:
-    done = cli("run", "examples/keep_going.py", *args)
-    assert done.returncode == 2
-    assert message in done.stderr
-    assert done.stdout == ""
+def test_no_abbreviations_and_bad_run_options_exit_2(
+    in_process: InProcess, args: list[str], message: str
+) -> None:
+    code, out, err = in_process("run", "examples/keep_going.py", *args)
+    assert (code, out) == (2, "")
+    assert message in err
 
 
 NAMED = """\
@@ -771,22 +799,26 @@ deploy.add_stage("upload", step)
 """
 
 
-def test_file_name_takes_the_variable_or_the_pipelines_own_name(tmp_path: Path) -> None:
+def test_file_name_takes_the_variable_or_the_pipelines_own_name(
+    in_process: InProcess, tmp_path: Path
+) -> None:
     path = write_file(tmp_path, "named.py", NAMED)
     for name in ("build", "build-all"):
-        done = cli("run", f"{path}:{name}")
-        assert done.returncode == 0, done.stderr
-        assert normalise(done.stdout) == ["compile: succeeded (T)", "Summary: 1 succeeded in T"]
-    assert cli("list", f"{path}:build-all").stdout.startswith("pipeline 'build-all': 1 stage")
-    done = cli("run", f"{path}:build_all")
-    assert done.returncode == 2
-    assert done.stderr == (
+        code, out, err = in_process("run", f"{path}:{name}")
+        assert code == 0, err
+        assert normalise(out) == ["compile: succeeded (T)", "Summary: 1 succeeded in T"]
+    assert in_process("list", f"{path}:build-all")[1].startswith("pipeline 'build-all': 1 stage")
+    code, out, err = in_process("run", f"{path}:build_all")
+    assert code == 2
+    assert err == (
         f"trio-pipeline: error: {path} has no pipeline 'build_all' (did you mean 'build-all'?);"
         " its pipelines: build-all (variable build), deploy\n"
     )
 
 
-def test_summary_time_is_the_wall_time_until_the_output_ends(tmp_path: Path) -> None:
+def test_summary_time_is_the_wall_time_until_the_output_ends(
+    in_process: InProcess, tmp_path: Path
+) -> None:
     path = write_file(
         tmp_path,
         "slow_load.py",
@@ -802,26 +834,30 @@ def test_summary_time_is_the_wall_time_until_the_output_ends(tmp_path: Path) -> 
         """,
     )
     started = time.monotonic()
-    done = cli("run", path)
+    out = in_process("run", path)[1]
     waited = time.monotonic() - started
-    match = re.fullmatch(r"Summary: 1 succeeded in (\d+\.\d\d)s", done.stdout.splitlines()[-1])
-    assert match is not None, done.stdout
+    match = re.fullmatch(r"Summary: 1 succeeded in (\d+\.\d\d)s", out.splitlines()[-1])
+    assert match is not None, out
     assert 0.6 <= float(match[1]) <= waited
 
 
-def test_an_unwritable_jsonl_file_is_said_once_and_exits_1() -> None:
-    done = cli("run", "examples/files.py", "--jsonl", "/dev/full", "-q")
-    assert done.returncode == 1
-    assert done.stderr == (
+def test_an_unwritable_jsonl_file_is_said_once_and_exits_1(
+    in_process: InProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIO_PIPELINE_DEMO_DIR", str(tmp_path))
+    code, _, err = in_process("run", "examples/files.py", "--jsonl", "/dev/full", "-q")
+    assert code == 1
+    assert err == (
         "trio-pipeline: error: --jsonl /dev/full: writing failed (No space left on device);"
         " the file is incomplete (exit code 1)\n"
     )
 
 
-def test_help_documents_the_exit_codes() -> None:
+def test_help_documents_the_exit_codes(in_process: InProcess) -> None:
     for args in (["--help"], ["run", "--help"]):
-        done = cli(*args)
-        text = " ".join(done.stdout.split())
+        code, out, _ = in_process(*args)
+        assert code == 0
+        text = " ".join(out.split())
         assert "1 a stage failed, was blocked or cancelled; or an event sink failed" in text
         assert "the --jsonl file could not be written" in text
         assert "130 interrupted" in text
@@ -843,33 +879,35 @@ pipe.add_stage("other", step)
 """
 
 
-def test_run_only_the_named_stages_and_their_upstream(tmp_path: Path) -> None:
+def test_run_only_the_named_stages_and_their_upstream(
+    in_process: InProcess, tmp_path: Path
+) -> None:
     path = write_file(tmp_path, "targets.py", TARGETS)
     jsonl = tmp_path / "events.jsonl"
-    done = cli("run", path, "b", "--jsonl", str(jsonl), "-k", "other")
-    assert done.returncode == 0, done.stderr
-    assert normalise(done.stdout)[-1] == "Summary: 3 succeeded in T"
+    code, out, err = in_process("run", path, "b", "--jsonl", str(jsonl), "-k", "other")
+    assert code == 0, err
+    assert normalise(out)[-1] == "Summary: 3 succeeded in T"
     rows = check_jsonl(jsonl, stages=3)
     assert rows[0]["stages"] == ["a", "b", "other"]
-    done = cli("run", path, "c", "--only")
-    assert done.returncode == 0, done.stderr
-    assert normalise(done.stdout) == [
+    code, out, err = in_process("run", path, "c", "--only")
+    assert code == 0, err
+    assert normalise(out) == [
         'c | {"inputs": [], "params": {}}',
         "c: succeeded (T)",
         "Summary: 1 succeeded in T",
     ]
-    done = cli("run", path, "bb")
-    assert (done.returncode, done.stdout) == (2, "")
-    assert done.stderr == (
-        "trio-pipeline: error: pipeline 'targets' has no stage 'bb' to run (did you mean 'b'?)\n"
+    assert in_process("run", path, "bb") == (
+        2,
+        "",
+        "trio-pipeline: error: pipeline 'targets' has no stage 'bb' to run (did you mean 'b'?)\n",
     )
 
 
-def test_params_from_the_command_line_and_a_file(tmp_path: Path) -> None:
+def test_params_from_the_command_line_and_a_file(in_process: InProcess, tmp_path: Path) -> None:
     path = write_file(tmp_path, "targets.py", TARGETS)
     (tmp_path / "params.toml").write_text('env = "prod"\nn = 1\n[db]\nport = 5432\n')
     jsonl = tmp_path / "events.jsonl"
-    done = cli(
+    code, out, err = in_process(
         "run",
         path,
         "a",
@@ -884,14 +922,14 @@ def test_params_from_the_command_line_and_a_file(tmp_path: Path) -> None:
         "--jsonl",
         str(jsonl),
     )
-    assert done.returncode == 0, done.stderr
+    assert code == 0, err
     expected = {"env": "prod", "n": 3, "db": {"port": 5432}, "tags": [1, 2], "name": "ci"}
-    logged = json.loads(normalise(done.stdout)[0].removeprefix("a | "))
+    logged = json.loads(normalise(out)[0].removeprefix("a | "))
     assert logged == {"inputs": [], "params": expected}
     assert check_jsonl(jsonl, stages=1)[0]["params"] == expected
-    bad = cli("run", path, "--params", str(tmp_path / "nope.json"))
-    assert bad.returncode == 2
-    assert bad.stderr.startswith(f"trio-pipeline: error: --params {tmp_path}/nope.json: ")
+    code, _, err = in_process("run", path, "--params", str(tmp_path / "nope.json"))
+    assert code == 2
+    assert err.startswith(f"trio-pipeline: error: --params {tmp_path}/nope.json: ")
 
 
 OPTIONS = """\
@@ -916,11 +954,13 @@ pipe.add_command(
 """
 
 
-def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None:
+def test_dry_run_shows_each_stages_plan_as_text_and_json(
+    in_process: InProcess, tmp_path: Path
+) -> None:
     path = write_file(tmp_path, "opts.py", OPTIONS)
-    done = cli("run", path, "--dry-run", "--param", "env=ci")
-    assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout == (
+    code, out, err = in_process("run", path, "--dry-run", "--param", "env=ci")
+    assert (code, err) == (0, "")
+    assert out == (
         "dry run of pipeline 'opts': 3 stages in start order; nothing runs\n"
         '  params: env="ci"\n'
         "  pools: gpu=2\n"
@@ -929,7 +969,7 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None
         "  2  parse   fetch  ThreadExecutor(limit=4)  0               60s      all_success  gpu=1\n"
         "  3  report  parse  command: echo 'a b'      0               30s      always       -\n"
     )
-    data = json.loads(cli("run", path, "report", "--only", "--dry-run", "--json").stdout)
+    data = json.loads(in_process("run", path, "report", "--only", "--dry-run", "--json")[1])
     assert data["pipeline"] == "opts"
     assert [stage["name"] for stage in data["stages"]] == ["report"]
     report = data["stages"][0]
@@ -939,7 +979,7 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(tmp_path: Path) -> None
         ["echo", "a b"],
         30.0,
     )
-    full = json.loads(cli("run", path, "--dry-run", "--json").stdout)["stages"]
+    full = json.loads(in_process("run", path, "--dry-run", "--json")[1])["stages"]
     assert [(s["name"], s["executor"], s["retries"]) for s in full] == [
         ("fetch", "task", 2),
         ("parse", "thread", 0),
