@@ -838,7 +838,7 @@ def test_summary_time_is_the_wall_time_until_the_output_ends(
     waited = time.monotonic() - started
     match = re.fullmatch(r"Summary: 1 succeeded in (\d+\.\d\d)s", out.splitlines()[-1])
     assert match is not None, out
-    assert 0.6 <= float(match[1]) <= waited
+    assert 0.6 <= float(match[1]) <= waited + 0.005  # printed rounded to 0.01
 
 
 def test_an_unwritable_jsonl_file_is_said_once_and_exits_1(
