@@ -664,6 +664,12 @@ class _WallClockSummary:
     async def aclose(self) -> None:
         await self.display.aclose()
 
+    def __getattr__(self, name: str) -> Any:
+        # Sink options the dispatcher may read (say, a per-sink timeout) are the display's.
+        if name == "display":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.display, name)
+
     def __repr__(self) -> str:
         return repr(self.display)
 
