@@ -325,3 +325,27 @@ async def test_a_command_runs_in_a_session_of_its_own() -> None:
     assert group == session
     assert group != os.getpgrp()
     assert session != os.getsid(0)
+
+
+async def test_what_a_command_says_while_it_stops_is_logged() -> None:
+    pipe = tp.Pipeline("p")
+    script = "trap 'echo caught TERM; echo cleaning up >&2; exit 3' TERM; echo $$; sleep 31 & wait"
+    pipe.add_command("w", ["sh", "-c", script], timeout=0.5)
+    result, pids, sink = await run_and_watch_group(pipe, members=2)
+    assert isinstance(result.stages["w"].error, tp.StageTimeout)
+    assert logs_of(sink, "w")[1:] == ["caught TERM", "stderr: cleaning up"]
+    assert not [pid for pid in pids if alive(pid)]
+
+
+async def test_a_pipe_held_by_an_escaped_process_does_not_hold_the_stage() -> None:
+    # setsid leaves the group (so it is not stopped) and keeps stdout open for 31 s.
+    pipe = tp.Pipeline("p")
+    pipe.add_command("w", ["sh", "-c", "setsid sleep 31 & echo $!"])
+    started = time.monotonic()
+    result = await tp.run(pipe)
+    escaped = int(result.stages["w"].value)  # setsid execs in place: the sleep's own pid
+    try:
+        assert time.monotonic() - started < 10
+        assert result.stages["w"].status is tp.StageStatus.SUCCEEDED
+    finally:
+        os.kill(escaped, signal.SIGKILL)  # the test's own clean-up

@@ -72,8 +72,9 @@ class Command:
     then SIGKILL if any of it is still alive `grace_period` seconds later; the stage
     ends once none of it is left. Processes the program left behind in its group when
     it exited on its own are stopped the same way: no process outlives its stage.
-    (A process that starts a session of its own, as daemons do, leaves the group and
-    is not tracked.)
+    What the program prints while it stops is still logged. (A process that starts
+    a session of its own, as daemons do, leaves the group and is not tracked; if it
+    keeps a pipe open, the stage ends `OUTPUT_DRAIN` seconds after the group.)
 
     Raises:
         StageDefinitionError: an argument is invalid (a `StageDefinitionTypeError`
@@ -121,21 +122,27 @@ class Command:
         )
         assert process.stdout is not None
         assert process.stderr is not None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stream_lines, process.stdout, ctx.log, stdout.append)
-                nursery.start_soon(_stream_lines, process.stderr, _stderr_sink(ctx, tail), None)
+        # The readers outlive a cancellation of the attempt, so what the command says
+        # while it stops ("caught SIGTERM, cleaning up") is still logged; they get
+        # OUTPUT_DRAIN seconds once the group is gone, in case something that left
+        # the group still holds a pipe.
+        readers = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _read_output, readers, process, ctx.log, _stderr_sink(ctx, tail), stdout.append
+            )
+            try:
                 await process.wait()
-                # Leftovers of the group may hold the pipes open: stop them, so the
-                # readers see EOF and no process outlives the stage.
+                # What the command left running in its group must not outlive the stage.
                 if _group_alive(process.pid):
                     ctx.log("trio-pipeline: stopping what the command left running in its group")
                     await self._stop_group(process)
-        finally:
-            if process.returncode is None or _group_alive(process.pid):
-                # Cancelled (or a reader failed): no process may outlive the stage.
+            finally:
                 with trio.CancelScope(shield=True):
-                    await self._stop_group(process)
+                    if process.returncode is None or _group_alive(process.pid):
+                        # Cancelled (or a reader failed): no process may outlive the stage.
+                        await self._stop_group(process)
+                    readers.deadline = trio.current_time() + OUTPUT_DRAIN
         returncode = process.returncode
         assert returncode is not None
         if returncode != 0:
@@ -225,6 +232,25 @@ def _check_argv(argv: object) -> tuple[str, ...]:
 
 
 edge.command = Command
+
+
+OUTPUT_DRAIN = 1.0
+"""Seconds a command's pipes get, once its group is gone, to reach end of file."""
+
+
+async def _read_output(
+    scope: trio.CancelScope,
+    process: trio.Process,
+    emit_out: Callable[[str], None],
+    emit_err: Callable[[str], None],
+    keep: Callable[[bytes | bytearray], None],
+) -> None:
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stream_lines, process.stdout, emit_out, keep)
+            nursery.start_soon(_stream_lines, process.stderr, emit_err, None)
 
 
 def _stderr_sink(ctx: StageContext, tail: deque[str]) -> Callable[[str], None]:
