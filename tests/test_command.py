@@ -333,7 +333,8 @@ async def test_what_a_command_says_while_it_stops_is_logged() -> None:
     pipe.add_command("w", ["sh", "-c", script], timeout=0.5)
     result, pids, sink = await run_and_watch_group(pipe, members=2)
     assert isinstance(result.stages["w"].error, tp.StageTimeout)
-    assert logs_of(sink, "w")[1:] == ["caught TERM", "stderr: cleaning up"]
+    # Each pipe keeps its order; how the two interleave depends on the readers.
+    assert sorted(logs_of(sink, "w")[1:]) == ["caught TERM", "stderr: cleaning up"]
     assert not [pid for pid in pids if alive(pid)]
 
 
