@@ -503,8 +503,6 @@ class _RunOptions:
     grace: float
     drain_timeout: float
     params: dict[str, Any]
-    targets: list[str] | None
-    only: bool
     started: float  # time.monotonic() when the command started
 
 
@@ -516,9 +514,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     params = _run_params(args)
     pipeline = select_pipeline(args.target)
     _compile(pipeline, args.target)
-    targets: list[str] | None = list(args.stages) or None
-    if targets is not None:
-        pipeline = subpipeline(pipeline, _select(pipeline, targets, only=args.only))
+    if args.stages:
+        # The run is of the selection only: as `run(..., targets=)` does, and the dry
+        # run shows the same.
+        pipeline = subpipeline(pipeline, _select(pipeline, args.stages, only=args.only))
     if args.dry_run:
         plan = _compile(pipeline, args.target)
         order, pools = pipeline.start_order(), pipeline.pools
@@ -537,8 +536,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         grace=args.grace,
         drain_timeout=args.drain_timeout,
         params=params,
-        targets=targets,
-        only=args.only,
         started=args.started,
     )
     try:
