@@ -27,6 +27,10 @@ CORE = frozenset(
         "_scheduler",
         "_chaos",
         "_slots",
+        "_params",
+        "_targets",
+        "_signature",
+        "_dryrun",
     }
 )
 NOT_YET = frozenset({"_scheduler"})  # lands with the scheduler rebuild (issue 10 section 1)

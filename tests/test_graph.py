@@ -285,3 +285,28 @@ def test_stage_can_be_called_with_the_function_by_keyword() -> None:
     assert stage.name == "kw"
     assert stage.retries == 1
     assert pipe.stage(noop, name="positional").name == "positional"
+
+
+def test_did_you_mean_never_suggests_the_referencing_stage() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("usesforeign", noop, after=["foreign"])
+    with pytest.raises(tp.UnknownStageError) as info:
+        pipe.validate()
+    assert str(info.value) == "stage 'usesforeign' depends on unknown stage 'foreign'"
+
+
+def test_a_stage_of_another_pipeline_in_after_says_so() -> None:
+    other = tp.Pipeline("other")
+    foreign = other.add_stage("foreign", noop)
+    pipe = tp.Pipeline("p")
+    with pytest.raises(tp.StageDefinitionError) as info:
+        pipe.add_stage("usesforeign", noop, after=[foreign])
+    assert str(info.value) == (
+        "stage 'usesforeign': after= entry <Stage 'foreign' after=[]> is a Stage of another"
+        " pipeline, not of 'p'"
+    )
+    # Same name, other pipeline's object: still foreign.
+    pipe.add_stage("foreign", noop)
+    with pytest.raises(tp.StageDefinitionError, match="another pipeline"):
+        pipe.add_stage("x", noop, after=foreign)
+    assert list(pipe.stages) == ["foreign"]

@@ -27,6 +27,7 @@ from ._errors import (
     UnknownStageError,
 )
 from ._options import DEFAULT_OPTIONS, StageKeywords, StageOptions, build_options, check_pool_map
+from ._signature import check_stage_callable
 
 if TYPE_CHECKING:
     # Types only: the edge modules import trio, so the core never imports them.
@@ -245,6 +246,7 @@ class Pipeline:
             raise error(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
+        check_stage_callable(name, fn, executor)
         run_fn: StageFunction
         try:
             stage_options = build_options(options)
@@ -342,7 +344,9 @@ class Pipeline:
             for dep in stage.after:
                 j = index.get(dep)
                 if j is None:
-                    close = difflib.get_close_matches(dep, index, n=2)
+                    # Never the referencing stage itself: "did you mean" must be another.
+                    others = [other for other in index if other != stage.name]
+                    close = difflib.get_close_matches(dep, others, n=2)
                     raise UnknownStageError(dep, stage.name, close)
                 ups.append(j)
                 downstream[j].append(i)
@@ -386,6 +390,12 @@ class Pipeline:
                 dep = ref
             elif isinstance(ref, Stage):
                 dep = ref.name
+                if self._stages.get(dep) is not ref:
+                    raise StageDefinitionError(
+                        f"after= entry {ref!r} is a Stage of another pipeline,"
+                        f" not of {self.name!r}",
+                        stage=name,
+                    )
             elif callable(ref):
                 registered = self._names_by_fn.get(id(ref), [])
                 if len(registered) != 1:
