@@ -30,6 +30,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -58,6 +59,7 @@ __all__ = [
     "ItemFailed",
     "ItemOptions",
     "JsonlSink",
+    "MissingExtraError",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",

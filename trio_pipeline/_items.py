@@ -119,18 +119,6 @@ def _is_coroutine_function(fn: object) -> bool:
     return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
 
 
-def _takes_positional(fn: object, n: int) -> bool:
-    try:
-        signature = inspect.signature(fn)  # type: ignore[arg-type]
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return True
-    try:
-        signature.bind(*range(n))
-    except TypeError:
-        return False
-    return True
-
-
 def item_options(
     name: str,
     fn: object,
@@ -172,7 +160,6 @@ def item_options(
                 " executor= applies to per-item functions of each= stages"
             )
         _check_once(name, "a source", retries)
-        _check_arity(name, fn, 1, "async def f(ctx): ... yield item")
         return ItemOptions(kind="source", emits=True)
     if consumes is not None:
         given = [k for k, v in per_item if v is not None]
@@ -191,7 +178,6 @@ def item_options(
                 f" got {fn!r}"
             )
         _check_once(name, "a consumes= stage", retries)
-        _check_arity(name, fn, 2, "async def f(ctx, items)")
         return ItemOptions(
             kind="consumes",
             reads=consumes,
@@ -205,14 +191,12 @@ def item_options(
                 f"stage {name!r}: with executor= the per-item function must be a plain"
                 f" def f(snapshot, item), got {fn!r}"
             )
-        _check_arity(name, fn, 2, "def f(snapshot, item)")
     else:
         if not (generator or _is_coroutine_function(fn)):
             raise StageDefinitionError(
                 f"stage {name!r}: each= needs an async function async def f(ctx, item)"
                 f" (or an async generator, or a sync function with executor=), got {fn!r}"
             )
-        _check_arity(name, fn, 2, "async def f(ctx, item)")
     n_workers = _check_count(name, "workers", 1 if workers is None else workers, minimum=1)
     if ordered is not None and not isinstance(ordered, bool):
         raise StageDefinitionError(f"stage {name!r}: ordered must be a bool, got {ordered!r}")
@@ -245,11 +229,6 @@ def _check_once(name: str, what: str, retries: int) -> None:
             f"stage {name!r}: {what} runs once (its items cannot be taken back), so retries="
             " does not apply; retries apply per item call of each= stages"
         )
-
-
-def _check_arity(name: str, fn: object, n: int, shape: str) -> None:
-    if not _takes_positional(fn, n):
-        raise StageDefinitionError(f"stage {name!r}: the function must look like {shape}")
 
 
 class ItemError(Exception):
@@ -330,7 +309,12 @@ def stream_plan(plan: Plan) -> StreamPlan:
         assert options is not None
         if options.reads is None:
             continue
-        j = index[options.reads]
+        j = index.get(options.reads)
+        if j is None:  # only possible in a run of selected targets (`only=True`)
+            raise StageDefinitionError(
+                f"stage {stages[i].name!r} reads the items of {options.reads!r}, which is not"
+                " part of this run: select it too"
+            )
         producer = stages[j].items
         if producer is not None and producer.produces:
             stream_input[i] = j
