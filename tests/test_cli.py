@@ -101,6 +101,21 @@ def test_files_example_succeeds(tmp_path: Path) -> None:
     assert done.stderr == ""
 
 
+def test_streaming_examples_run_and_show_item_counts() -> None:
+    done = cli("run", "examples/crawl.py")
+    assert done.returncode == 0, done.stderr
+    lines = normalise(done.stdout)
+    counts = {line.split(":")[0]: line for line in lines if "[" in line}
+    assert counts["urls"].startswith("urls: succeeded [0 in, 40 out, ")
+    assert counts["fetch"].startswith("fetch: succeeded [40 in, 40 out, ")
+    assert counts["links"].startswith("links: succeeded [40 in, 120 out, ")
+    assert counts["save"].startswith("save: succeeded [120 in, 0 out, ")
+    assert lines[-1] == "Summary: 5 succeeded in T"
+    done = cli("run", "examples/sizes.py")
+    assert done.returncode == 0, done.stderr
+    assert normalise(done.stdout)[-1] == "Summary: 3 succeeded in T"
+
+
 KEEP_GOING_LINES = {
     "checkout | at commit 3f2a9c1",
     "checkout: succeeded (T)",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -157,3 +159,32 @@ async def test_events_are_rendered_in_batches_not_one_by_one(
         assert "... and 988 more" in shown
         assert "0/1000 pending 0 · running 1000 · done 0" in shown
     assert assert_display_ended(buffer.getvalue()) == ["Running 'p': 1000 stages"]
+
+
+async def test_live_view_shows_item_counts_and_rates_while_items_flow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("stream")
+
+    @pipe.stage
+    async def src(ctx: tp.StageContext) -> AsyncIterator[int]:
+        for i in range(50):
+            await trio.sleep(0.1)
+            yield i
+
+    @pipe.stage(each=src)
+    async def work(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    console, buffer = fake_terminal()
+    async with open_live_sink(console) as sink:
+        await tp.run(pipe, sinks=[sink], progress_interval=1.0)
+    raw = buffer.getvalue()
+    # The running rows carry each item stage's counts and rate so far.
+    assert re.search(r"work \d+\.\ds · 10 in, 10 out, 10/s", raw)
+    assert re.search(r"src +\d+\.\ds · 0 in, 19 out, 10/s", raw)
+    assert assert_display_ended(raw)[-3:] == [
+        "✓ src: succeeded [0 in, 50 out, 10/s] (5.00s)",
+        "✓ work: succeeded [50 in, 50 out, 10/s] (5.00s)",
+        "Summary: 2 succeeded in 5.00s",
+    ]

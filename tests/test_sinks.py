@@ -51,3 +51,20 @@ async def test_jsonl_sink_flushes_each_event(tmp_path: Any) -> None:
 
     await tp.run(pipe, sinks=[sink])
     assert lines_seen == [2]  # RunStarted and StageStarted are on disk already
+
+
+def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
+    from trio_pipeline._sinks import format_stage_line
+
+    def finished(status: tp.StageStatus, *counts: int | None, error: str | None = None) -> Any:
+        return tp.StageFinished("r", 1, 2.0, "fetch", status, 1, 2.0, error, None, *counts)
+
+    assert (
+        format_stage_line(finished(tp.StageStatus.SUCCEEDED, 40, 120, 0, 0))
+        == "fetch: succeeded [40 in, 120 out, 20/s] (2.00s)"
+    )
+    assert (
+        format_stage_line(finished(tp.StageStatus.FAILED, 9, 7, 1, 1, error="ItemError: item 8"))
+        == "fetch: failed [9 in, 7 out, 1 failed, 1 cancelled, 4/s] (ItemError: item 8)"
+    )
+    assert format_stage_line(finished(tp.StageStatus.SUCCEEDED)) == "fetch: succeeded (2.00s)"

@@ -251,6 +251,25 @@ class ItemError(Exception):
         return (type(self), (self.stage, self.index, self.error))
 
 
+def format_item_counts(
+    items_in: int, items_out: int, items_failed: int, items_cancelled: int, seconds: float
+) -> str:
+    """``"40 in, 120 out, 1 failed, 95/s"``: what the console and live view show.
+
+    The rate is of items taken in (of items emitted, for a source); zero counts other
+    than in/out are left out.
+    """
+    parts = [f"{items_in} in", f"{items_out} out"]
+    if items_failed:
+        parts.append(f"{items_failed} failed")
+    if items_cancelled:
+        parts.append(f"{items_cancelled} cancelled")
+    moved = items_in or items_out
+    if moved and seconds > 0:
+        parts.append(f"{moved / seconds:,.0f}/s")
+    return ", ".join(parts)
+
+
 # -- stream groups ------------------------------------------------------------------------
 
 

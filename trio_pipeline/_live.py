@@ -31,9 +31,11 @@ from ._events import (
     RunStarted,
     StageFinished,
     StageLog,
+    StageProgress,
     StageRetrying,
     StageStarted,
 )
+from ._items import format_item_counts
 from ._sinks import format_stage_line, format_summary
 from ._state import StageStatus
 
@@ -65,6 +67,7 @@ class RunTracker:
         self.started_at: float | None = None
         self.running: dict[str, float] = {}  # stage -> start of its current attempt
         self.done: dict[str, StageStatus] = {}
+        self.progress: dict[str, StageProgress] = {}  # item stages' latest counts
         self.finished: RunFinished | None = None
 
     @property
@@ -86,8 +89,11 @@ class RunTracker:
             self.running[event.stage] = event.time
         elif isinstance(event, StageRetrying):
             self.running.pop(event.stage, None)
+        elif isinstance(event, StageProgress):
+            self.progress[event.stage] = event
         elif isinstance(event, StageFinished):
             self.running.pop(event.stage, None)
+            self.progress.pop(event.stage, None)
             self.done[event.stage] = event.status
         elif isinstance(event, RunFinished):
             self.finished = event
@@ -187,6 +193,16 @@ class LiveSink:
         running = tracker.running  # in start order
         for name, started in itertools.islice(running.items(), MAX_RUNNING_ROWS):
             elapsed = "" if now is None else f"{max(0.0, now - started):.1f}s"
+            progress = tracker.progress.get(name)
+            if progress is not None:  # an item stage: counts and rate so far
+                counts = format_item_counts(
+                    progress.items_in,
+                    progress.items_out,
+                    progress.items_failed,
+                    0,
+                    progress.time - started,
+                )
+                elapsed = f"{elapsed} · {counts}"
             rows.add_row(Spinner("dots", style="cyan"), Text(name), Text(elapsed, style="dim"))
         if len(running) > MAX_RUNNING_ROWS:
             rows.add_row("", Text(f"... and {len(running) - MAX_RUNNING_ROWS} more", "dim"), "")

@@ -14,6 +14,7 @@ from ._events import (
     StageLog,
     event_to_dict,
 )
+from ._items import format_item_counts
 from ._state import StageStatus
 
 
@@ -37,6 +38,8 @@ def format_stage_line(event: StageFinished) -> str:
     """``"<stage>: <status>"`` plus detail, as ConsoleSink prints it."""
     status = event.status
     head = f"{event.stage}: {status.value}"
+    if event.items_in is not None:  # an item stage: its final counts and rate
+        head += f" [{_item_counts(event)}]"
     if status is StageStatus.SUCCEEDED:
         return f"{head} ({event.duration:.2f}s)"
     if status is StageStatus.FAILED:
@@ -47,6 +50,16 @@ def format_stage_line(event: StageFinished) -> str:
     if status is StageStatus.BLOCKED:
         return f"{head} (upstream {event.blocked_by!r} failed)"
     return head
+
+
+def _item_counts(event: StageFinished) -> str:
+    return format_item_counts(
+        event.items_in or 0,
+        event.items_out or 0,
+        event.items_failed or 0,
+        event.items_cancelled or 0,
+        event.duration,
+    )
 
 
 def format_summary(event: RunFinished) -> str:
