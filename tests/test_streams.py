@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
+from tests.support.item_scenarios import make_item_property
 from trio_pipeline.testing import RecordingSink, check_run
 
 
@@ -580,3 +581,8 @@ async def test_a_group_is_blocked_as_one_when_an_outside_dependency_fails(
     assert result.stages["src"].status is S.BLOCKED
     assert result.stages["work"].status is S.BLOCKED
     assert result.stages["src"].blocked_by == "config"
+
+
+# -- the property: random item pipelines keep every promise --------------------------------
+
+test_random_item_pipelines_keep_every_promise = make_item_property()

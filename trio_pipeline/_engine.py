@@ -115,6 +115,7 @@ class _StageRecord:
                 counts.items_out,
                 counts.items_failed,
                 counts.items_cancelled,
+                counts.items_ok,
             )
         return StageOutcome(
             status=self.machine.state,
@@ -631,6 +632,7 @@ class _Run:
                 counts.items_out,
                 counts.items_failed,
                 counts.items_cancelled,
+                counts.items_ok,
             )
         )
 

@@ -80,7 +80,8 @@ class StageFinished:
     `duration` the seconds from its first start to now (0.0 if never started),
     `error` the failure as ``"Type: message"`` text, `blocked_by` the failed stage
     that blocked it. The item counts are None for a task stage; for an item stage
-    ``items_in == items_ok + items_failed + items_cancelled`` (see `StageProgress`).
+    ``items_in == items_ok + items_failed + items_cancelled`` (see `StageProgress`):
+    items taken in, finished, failed after their retries, and cancelled or left unread.
     """
 
     run_id: str
@@ -96,6 +97,7 @@ class StageFinished:
     items_out: int | None = None
     items_failed: int | None = None
     items_cancelled: int | None = None
+    items_ok: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ class StageOutcome:
         attempts: Attempts started; 0 for a stage that never started.
         duration: Seconds from the first start to the end; 0.0 if never started.
         blocked_by: The failed stage that blocked this one (only when BLOCKED).
-        items_in, items_out, items_failed, items_cancelled: Final item counts of an
-            item stage, as on its `StageFinished` (None for a task stage).
+        items_in, items_out, items_failed, items_cancelled, items_ok: Final item
+            counts of an item stage, as on its `StageFinished` (None for a task stage).
     """
 
     status: StageStatus
@@ -38,6 +38,7 @@ class StageOutcome:
     items_out: int | None = None
     items_failed: int | None = None
     items_cancelled: int | None = None
+    items_ok: int | None = None
 
 
 set_slots_directly(StageOutcome)  # built once per stage at the end of every run

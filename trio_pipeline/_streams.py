@@ -54,6 +54,7 @@ class ItemCounts(Protocol):
     items_out: int
     items_failed: int
     items_cancelled: int
+    items_ok: int
 
 
 class StreamHost(Protocol):
@@ -729,10 +730,11 @@ class _Items:
 
 
 class _Counts:
-    __slots__ = ("items_cancelled", "items_failed", "items_in", "items_out")
+    __slots__ = ("items_cancelled", "items_failed", "items_in", "items_ok", "items_out")
 
     def __init__(self, m: _Member) -> None:
         self.items_in = m.items_in
         self.items_out = m.items_out
         self.items_failed = m.items_failed
         self.items_cancelled = m.items_cancelled
+        self.items_ok = m.items_ok

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from hypothesis import settings
 
 import tests.conftest  # noqa: F401 - registers the Hypothesis profiles
+from tests.support.item_scenarios import make_item_property
 from tests.support.scenarios import TALLY
 from tests.test_properties import FAULT_STRATEGIES, MAIN, make_property
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = run_property("main property", make_property(MAIN), args.examples)
     for name, strategy in FAULT_STRATEGIES.items():
         ok = run_property(name, make_property(strategy), fault_examples) and ok
+    ok = run_property("item property", make_item_property(), args.examples) and ok
     print(f"total: {time.perf_counter() - start:.1f}s, {'PASS' if ok else 'FAIL'}", flush=True)
     return 0 if ok else 1
 

@@ -79,16 +79,12 @@ def check_items(
         _check_units_parallel(events, plan, streams, max_parallel)
 
 
-def _counts(end: StageFinished) -> tuple[int, int, int, int]:
-    n_in, n_out, n_failed, n_cancelled = (
-        end.items_in,
-        end.items_out,
-        end.items_failed,
-        end.items_cancelled,
-    )
-    if n_in is None or n_out is None or n_failed is None or n_cancelled is None:
+def _counts(end: StageFinished) -> tuple[int, int, int, int, int]:
+    counts = (end.items_in, end.items_out, end.items_failed, end.items_cancelled, end.items_ok)
+    n_in, n_out, n_failed, n_cancelled, n_ok = counts
+    if n_in is None or n_out is None or n_failed is None or n_cancelled is None or n_ok is None:
         raise _fail("an item stage's StageFinished carries its counts", repr(end))
-    return n_in, n_out, n_failed, n_cancelled
+    return n_in, n_out, n_failed, n_cancelled, n_ok
 
 
 def _check_stage(
@@ -104,22 +100,27 @@ def _check_stage(
     name = stage.name
     options = stage.items
     if options is None:
-        counts = (end.items_in, end.items_out, end.items_failed, end.items_cancelled)
-        if counts != (None, None, None, None):
+        counts = (end.items_in, end.items_out, end.items_failed, end.items_cancelled, end.items_ok)
+        if counts != (None,) * 5:
             raise _fail("task stages carry no item counts", repr(end))
         return
     if not started:
         return  # BLOCKED or CANCELLED before any item
-    n_in, n_out, n_failed, n_cancelled = _counts(end)
-    if n_in - n_failed - n_cancelled < 0:
+    n_in, n_out, n_failed, n_cancelled, n_ok = _counts(end)
+    if n_in != n_ok + n_failed + n_cancelled or min(n_ok, n_failed, n_cancelled) < 0:
         raise _fail("items_in == items_ok + items_failed + items_cancelled", repr(end))
-    n_ok = n_in - n_failed - n_cancelled
     if options.kind == "source" and (n_in, n_failed, n_cancelled) != (0, 0, 0):
         raise _fail("a source only emits", repr(end))
     succeeded = end.status is StageStatus.SUCCEEDED
     map_stage = options.kind == "each" and not options.emits
     if map_stage and (n_out > n_ok or (succeeded and n_out != n_ok)):
         raise _fail("a map emits one result per finished item", repr(end))
+    # Each worker holds one item: in its call (not yet ok) or at a blocked send (ok).
+    if map_stage and n_ok - n_out > options.workers:
+        raise _fail("a map's finished items are emitted, but one per worker at a send", repr(end))
+    in_hands = options.workers if options.kind == "each" else 1
+    if end.status is StageStatus.CANCELLED and options.kind == "each" and n_cancelled > in_hands:
+        raise _fail("only items in the workers' hands are cancelled", repr(end))
     if succeeded and options.kind == "each":
         if n_cancelled:
             raise _fail("a SUCCEEDED each= stage cancelled no item", repr(end))
