@@ -9,7 +9,6 @@ later, so unknown names and cycles are reported by `Pipeline.validate` (which
 from __future__ import annotations
 
 import difflib
-import heapq
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -65,6 +64,7 @@ class Plan:
     stages: tuple[Stage, ...]
     upstream: tuple[tuple[int, ...], ...]
     downstream: tuple[tuple[int, ...], ...]
+    index: Mapping[str, int]  # stage name -> index
 
 
 class Pipeline:
@@ -310,25 +310,19 @@ class Pipeline:
         cycle = _find_cycle(upstream)
         if cycle is not None:
             raise CycleError([stages[i].name for i in cycle])
-        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
+        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)), index)
 
     def start_order(self) -> list[str]:
         """Stage names in the order an unlimited, failure-free run would start them.
 
-        Raises the same errors as `validate`.
+        The run's own scheduler decides it (priorities, pools and exclusive stages
+        included; each attempt succeeds in the order it started). A stage such a
+        run skips (a ``one_failed`` stage) is not listed. Raises the same errors as
+        `validate`.
         """
-        plan = self.compile()
-        waiting = [len(ups) for ups in plan.upstream]
-        ready = [i for i, n in enumerate(waiting) if n == 0]
-        order: list[str] = []
-        while ready:
-            i = heapq.heappop(ready)
-            order.append(plan.stages[i].name)
-            for j in plan.downstream[i]:
-                waiting[j] -= 1
-                if waiting[j] == 0:
-                    heapq.heappush(ready, j)
-        return order
+        from ._scheduler import start_order  # pure, like this module
+
+        return start_order(self.compile())
 
     def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
         refs: Iterable[StageRef] = (
