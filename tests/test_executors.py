@@ -196,7 +196,7 @@ def test_executor_limit_must_be_a_positive_int(limit: Any) -> None:
 @pytest.mark.parametrize(
     ("argv", "options", "match"),
     [
-        ("echo hi", {}, "argv must be a non-empty sequence"),
+        ("echo hi", {}, "argv must be a sequence of strings .no shell., got the string .echo hi."),
         ([], {}, "argv must be a non-empty sequence"),
         (["echo", 1], {}, "argv entries must be str"),
         (["echo"], {"env": {"A": 1}}, "env must map str to str"),

@@ -9,7 +9,9 @@ from ._errors import (
     CycleError,
     DuplicateStageError,
     PipelineError,
+    PipelineInternalError,
     StageDefinitionError,
+    StageDefinitionTypeError,
     StageTimeout,
     TransitionError,
     UnknownStageError,
@@ -33,6 +35,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._options import RetryPolicy, StageOptions, Trigger
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -51,7 +54,9 @@ __all__ = [
     "JsonlSink",
     "Pipeline",
     "PipelineError",
+    "PipelineInternalError",
     "ProcessExecutor",
+    "RetryPolicy",
     "RunFinished",
     "RunHandle",
     "RunResult",
@@ -62,9 +67,11 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageDefinitionError",
+    "StageDefinitionTypeError",
     "StageFinished",
     "StageFunction",
     "StageLog",
+    "StageOptions",
     "StageOutcome",
     "StageRetrying",
     "StageSnapshot",
@@ -74,6 +81,7 @@ __all__ = [
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
+    "Trigger",
     "UnknownStageError",
     "open_run",
     "run",
