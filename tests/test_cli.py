@@ -172,8 +172,8 @@ pipeline 'files': 7 stages in start order
   2. word_counts  after make_inputs
   3. checksums    after make_inputs
   4. normalise    after make_inputs
-  5. archive      after normalise
-  6. index        after word_counts, checksums
+  5. index        after word_counts, checksums
+  6. archive      after normalise
   7. report       after index, archive
 """
 

@@ -36,6 +36,7 @@ or not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import uuid
@@ -172,17 +173,15 @@ class _Run:
 
     def _log(self, stage: str, message: str) -> None:
         event = self.sched.log(stage, message, self._now())
-        try:
+        with contextlib.suppress(trio.BrokenResourceError):  # the dispatcher is gone
             self._send.send_nowait(event)
-        except trio.BrokenResourceError:
-            pass  # the dispatcher is gone (see _apply)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def host_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own the stages' nursery: begin the run in it, then keep it open until all are done."""
+        """Own the stages' nursery (in a child task) and watch for outer cancellation."""
         async with trio.open_nursery() as nursery:
-            self.begin(nursery)
+            await nursery.start(self._own_stages)
             task_status.started()
             try:
                 await self._stages_done.wait()
@@ -193,6 +192,16 @@ class _Run:
                 with trio.CancelScope(shield=True):
                     await self._wait_for_teardown()
                 raise
+
+    async def _own_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
+        # The stages' nursery, in a task of its own: a stop cancels this nursery's
+        # scope, which must not reach the watcher above. The body waits shielded, so
+        # the nursery stays open for teardown stages that start after a stop.
+        async with trio.open_nursery() as nursery:
+            self.begin(nursery)
+            task_status.started()
+            with trio.CancelScope(shield=True):
+                await self._stages_done.wait()
 
     async def _wait_for_teardown(self) -> None:
         sched = self.sched
@@ -362,9 +371,11 @@ def _unwrap(exc: BaseException) -> BaseException:
     """The fatal exception itself: a group's Cancelled dropped, single-member groups opened."""
     while isinstance(exc, BaseExceptionGroup):
         group = cast(BaseExceptionGroup[BaseException], exc)
-        rest = group.split(trio.Cancelled)[1]
-        if rest is None or len(rest.exceptions) != 1:
-            return exc if rest is None else rest
+        rest: BaseExceptionGroup[BaseException] | None = group.split(trio.Cancelled)[1]
+        if rest is None:
+            return group
+        if len(rest.exceptions) != 1:
+            return rest
         exc = rest.exceptions[0]
     return exc
 
@@ -405,6 +416,7 @@ class RunHandle:
         harmless once all stages have finished (draining is not cut short).
         """
         self._run.abort()
+
     async def wait_finished(self) -> RunResult:
         """Wait until every event was delivered (or the drain deadline passed)."""
         await self._run.finished.wait()
@@ -430,7 +442,10 @@ def _check_options(
         isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
     ):
         raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    for option, seconds in (("drain_timeout", drain_timeout), ("teardown_timeout", teardown_timeout)):
+    for option, seconds in (
+        ("drain_timeout", drain_timeout),
+        ("teardown_timeout", teardown_timeout),
+    ):
         if (
             isinstance(seconds, bool)
             or not isinstance(seconds, int | float)

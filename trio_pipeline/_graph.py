@@ -358,9 +358,11 @@ class Pipeline:
         run skips (a ``one_failed`` stage) is not listed. Raises the same errors as
         `validate`.
         """
+        from ._options import check_pools
         from ._scheduler import start_order  # pure, like this module
 
-        return start_order(self.compile())
+        plan = self.compile()
+        return start_order(plan, check_pools(plan, self.pools))
 
     def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
         refs: Iterable[StageRef] = (

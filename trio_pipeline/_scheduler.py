@@ -191,7 +191,16 @@ class Outbox:
     says whether anything but `events` and `start` is set.
     """
 
-    __slots__ = ("cancel", "cancel_running", "deadline", "events", "finished", "rare", "start", "wait")
+    __slots__ = (
+        "cancel",
+        "cancel_running",
+        "deadline",
+        "events",
+        "finished",
+        "rare",
+        "start",
+        "wait",
+    )
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -747,15 +756,15 @@ class Scheduler:
         m = self._marks.get(j)
         if m is None:
             m = self._marks[j] = _Marks()
-        if status in (_FAILED, _BLOCKED):
-            if m.failed is None:
-                m.failed = self.plan.stages[i].name if status is _FAILED else self._blocked_by[i]
-        elif status is _SKIPPED:
-            if m.skipped is None:
-                m.skipped = self.plan.stages[i].name
-        elif status is _CANCELLED:
-            if m.cancelled is None:
-                m.cancelled = self.plan.stages[i].name
+        # The first of each kind is kept: it names the culprit in the reason.
+        if status is _FAILED and m.failed is None:
+            m.failed = self.plan.stages[i].name
+        elif status is _BLOCKED and m.failed is None:
+            m.failed = self._blocked_by[i]  # the failed root, not the blocked stage
+        elif status is _SKIPPED and m.skipped is None:
+            m.skipped = self.plan.stages[i].name
+        elif status is _CANCELLED and m.cancelled is None:
+            m.cancelled = self.plan.stages[i].name
         if not m.decided and self.status[j] is _PENDING:
             self._evaluate(j, now)
 
@@ -817,11 +826,14 @@ class Scheduler:
                 out.cancel_running = True
                 out.rare = True
             for i in sorted(self.shielded):
-                if i not in self.teardown and self.status[i] is _RUNNING:
-                    if i not in self._cancel_sent:
-                        self._cancel_sent.add(i)
-                        out.cancel.append(i)
-                        out.rare = True
+                if (
+                    i not in self.teardown
+                    and self.status[i] is _RUNNING
+                    and i not in self._cancel_sent
+                ):
+                    self._cancel_sent.add(i)
+                    out.cancel.append(i)
+                    out.rare = True
         if stop is Stop.CANCEL and self.teardown_deadline == math.inf:
             self.teardown_deadline = now + self.teardown_timeout
             for i in sorted(self.teardown):
@@ -873,12 +885,12 @@ CACHED_STATUS = StageStatus.SUCCEEDED
 """The status `Scheduler.stage_cached` ends a stage with (issue 14 makes it CACHED)."""
 
 
-def start_order(plan: Plan) -> list[str]:
+def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]:
     """Stage names in the order an unlimited, failure-free run starts them.
 
     Runs the scheduler itself: every attempt succeeds, in the order it started.
     """
-    sched = Scheduler(plan, run_id="start-order", keep_going=True)
+    sched = Scheduler(plan, run_id="start-order", keep_going=True, pools=pools)
     sched.begin(0.0)
     names = [stage.name for stage in plan.stages]
     order: list[str] = []
