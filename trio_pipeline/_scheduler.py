@@ -338,13 +338,11 @@ class Scheduler:
         if not upstream:
             return _EMPTY
         stages, status, values = self.plan.stages, self.status, self.values
-        return MappingProxyType(
-            {
-                stages[j].name: values[j]
-                for j in upstream
-                if status[j] is _SUCCEEDED or status[j] in OK_STATUSES
-            }
-        )
+        inputs: dict[str, Any] = {}
+        for j in upstream:  # a loop, not a comprehension: one frame less per stage
+            if status[j] is _SUCCEEDED or status[j] in OK_STATUSES:
+                inputs[stages[j].name] = values[j]
+        return MappingProxyType(inputs)
 
     def outcomes(self) -> dict[str, StageOutcome]:
         """Every stage's `StageOutcome`, in definition order (terminal stages only)."""
@@ -454,12 +452,18 @@ class Scheduler:
     # -- facts: attempts ----------------------------------------------------------------
 
     def attempt_succeeded(self, i: int, value: Any, now: float) -> None:
-        self._expect(i, _RUNNING, "succeed")
-        self._release(i)
+        # The per-stage path: the helpers' fast cases are inlined (measured).
+        if self.status[i] is not _RUNNING:
+            self._expect(i, _RUNNING, "succeed")
+        self._running -= 1
+        if i == self._alone or self.shielded or self._uses:
+            self._release_slots(i)
         self.values[i] = value
         self._finish(i, _SUCCEEDED, now)
-        self._pump(now)
-        self._check_done(now)
+        if self._ready and not self.paused:
+            self._pump(now)
+        if not self._unfinished:
+            self._check_done(now)
 
     def stage_cached(self, i: int, value: Any, now: float) -> None:
         """A running stage was answered without running (a cache hit)."""
@@ -638,7 +642,10 @@ class Scheduler:
         return True
 
     def _start(self, i: int, now: float) -> None:
-        self._move(i, _RUNNING)
+        current = self.status[i]
+        if _RUNNING not in STAGE_TRANSITIONS[current]:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", current, _RUNNING)
+        self.status[i] = _RUNNING
         attempt = self.attempts[i] + 1
         self.attempts[i] = attempt
         if attempt == 1:
@@ -648,14 +655,18 @@ class Scheduler:
             self._alone = i
         if self._group_cancelled or i in self.teardown:
             self.shielded.add(i)
-        self.out.events.append(
-            StageStarted(self.run_id, self._next_seq(), now, self.plan.stages[i].name, attempt)
-        )
-        self.out.start.append(i)
+        seq = self._seq
+        self._seq = seq + 1
+        out = self.out
+        out.events.append(StageStarted(self.run_id, seq, now, self.plan.stages[i].name, attempt))
+        out.start.append(i)
 
     def _release(self, i: int) -> None:
         """The attempt is over: give back its slots (every exit path comes here)."""
         self._running -= 1
+        self._release_slots(i)
+
+    def _release_slots(self, i: int) -> None:
         if i == self._alone:
             self._alone = -1
         if self.shielded:
@@ -696,7 +707,10 @@ class Scheduler:
         reason: str | None = None,
     ) -> None:
         """The one way into a terminal status: exactly one StageFinished per stage."""
-        self._move(i, status)
+        current = self.status[i]
+        if status not in STAGE_TRANSITIONS[current]:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", current, status)
+        self.status[i] = status
         self._unfinished -= 1
         attempts = self.attempts[i]
         duration = now - self._times[i] if attempts else 0.0
@@ -705,10 +719,12 @@ class Scheduler:
             self._reasons[i] = reason
         if blocked_by is not None:
             self._blocked_by[i] = blocked_by
+        seq = self._seq
+        self._seq = seq + 1
         self.out.events.append(
             StageFinished(
                 self.run_id,
-                self._next_seq(),
+                seq,
                 now,
                 self.plan.stages[i].name,
                 status,
@@ -731,7 +747,8 @@ class Scheduler:
                 if j in marks:
                     self._upstream_ended(j, i, status, now)
                 elif left == 0 and stat[j] is _PENDING:
-                    self._push(j)
+                    keys = self._keys
+                    heapq.heappush(self._ready, j if keys is None else keys[j])
             return
         # Other endings may end downstream stages in turn (a chain of BLOCKED): a
         # worklist, not recursion, so a 100,000-stage chain stays flat.
