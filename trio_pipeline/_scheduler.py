@@ -380,8 +380,8 @@ class Scheduler:
             ready = [keys[i] for i in ready]
             heapq.heapify(ready)
         self._ready = ready  # ascending indices already form a heap
-        for i in marks:
-            if remaining[i] == 0:
+        for i in [i for i in marks if remaining[i] == 0]:  # evaluating may add marks
+            if self.status[i] is _PENDING and not marks[i].decided:
                 self._evaluate(i, now)
         self._pump(now)
         self._check_done(now)
@@ -545,7 +545,12 @@ class Scheduler:
         self._check_done(now)
 
     def retry_due(self, i: int, now: float) -> None:
-        """A retry delay elapsed: the stage is ready again."""
+        """A retry delay elapsed: the stage is ready again.
+
+        Harmless when a stop already cancelled the stage: the wake-up can race it.
+        """
+        if self.status[i].is_terminal:
+            return
         self._expect_waiting(i)
         self._waiting.discard(i)
         self.shielded.discard(i)
