@@ -5,13 +5,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import trio
 
 import trio_pipeline as tp
 from trio_pipeline._options import DEFAULT_OPTIONS, build_options, check_pools
+from trio_pipeline.testing import RecordingSink
 
 
 async def noop(ctx: tp.StageContext) -> None:
@@ -338,3 +341,111 @@ def test_pipeline_pools_are_checked_and_read_only() -> None:
     with pytest.raises(TypeError):
         pipe.pools["gpu"] = 5  # type: ignore[index]
     assert tp.Pipeline("q").pools == {}
+
+
+# -- the policy in a run ---------------------------------------------------------------------------
+
+
+def _flaky(errors: Sequence[Exception], times: list[float]) -> Any:
+    """A stage raising `errors` in turn (then succeeding), recording when each attempt starts."""
+
+    async def stage(ctx: tp.StageContext) -> int:
+        times.append(trio.current_time())
+        if ctx.attempt <= len(errors):
+            raise errors[ctx.attempt - 1]
+        return ctx.attempt
+
+    return stage
+
+
+def _retrying(sink: RecordingSink) -> list[tuple[int, float]]:
+    return [(e.attempt, e.delay) for e in sink.events if isinstance(e, tp.StageRetrying)]
+
+
+async def test_a_run_waits_the_policys_delays_with_four_retries(autojump_clock: Any) -> None:
+    times: list[float] = []
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("s", _flaky([OSError()] * 4, times), retries=4, retry_delay=1, retry_backoff=3)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    assert result.stages["s"].value == 5
+    assert _retrying(sink) == [(1, 1.0), (2, 3.0), (3, 9.0), (4, 27.0)]
+    assert times == [0.0, 1.0, 4.0, 13.0, 40.0]
+
+
+async def test_a_run_follows_a_delay_sequence_and_the_cap(autojump_clock: Any) -> None:
+    times: list[float] = []
+    pipe = tp.Pipeline("p")
+    pipe.add_stage(
+        "s", _flaky([OSError()] * 4, times), retries=5, retry_delay=[2, 7, 50], retry_max_delay=20
+    )
+    sink = RecordingSink()
+    await tp.run(pipe, sinks=[sink])
+    assert _retrying(sink) == [(1, 2.0), (2, 7.0), (3, 20.0), (4, 20.0)]
+    assert times == [0.0, 2.0, 9.0, 29.0, 49.0]
+
+
+async def test_seeded_jitter_reproduces_a_runs_delays(autojump_clock: Any) -> None:
+    async def once(seed: int) -> list[tuple[int, float]]:
+        pipe = tp.Pipeline("p")
+        pipe.add_stage("s", _flaky([OSError()] * 3, []), retries=3, retry_delay=4, retry_jitter=0.5)
+        sink = RecordingSink()
+        random.seed(seed)
+        await tp.run(pipe, sinks=[sink])
+        return _retrying(sink)
+
+    first, again, other = await once(5), await once(5), await once(6)
+    assert first == again
+    assert first != other
+    bases = [4.0, 8.0, 16.0]
+    assert all(b * 0.5 <= d <= b * 1.5 for (_, d), b in zip(first, bases, strict=True))
+    assert [d for _, d in first] != bases
+
+
+async def test_retry_on_fails_other_errors_at_once(autojump_clock: Any) -> None:
+    times: list[float] = []
+    pipe = tp.Pipeline("p")
+    pipe.add_stage(
+        "s",
+        _flaky([ConnectionResetError("reset"), KeyError("bug")], times),
+        retries=5,
+        retry_delay=1,
+        retry_on=ConnectionError,
+    )
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    outcome = result.stages["s"]
+    assert (outcome.status, outcome.attempts) == (tp.StageStatus.FAILED, 2)
+    assert isinstance(outcome.error, KeyError)
+    assert _retrying(sink) == [(1, 1.0)]
+    assert times == [0.0, 1.0]
+
+
+async def test_retry_on_a_predicate_in_a_run(autojump_clock: Any) -> None:
+    pipe = tp.Pipeline("p")
+    errors = [RuntimeError("flaky 1"), RuntimeError("flaky 2"), RuntimeError("fatal")]
+    pipe.add_stage("s", _flaky(errors, []), retries=5, retry_on=lambda exc: "flaky" in str(exc))
+    result = await tp.run(pipe)
+    assert result.stages["s"].attempts == 3
+    assert str(result.stages["s"].error) == "fatal"
+
+
+async def _run_slow(autojump: Any, **options: Any) -> tp.StageOutcome:
+    async def slow(ctx: tp.StageContext) -> None:
+        await trio.sleep(10)
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("s", slow, timeout=1, retries=2, **options)
+    return (await tp.run(pipe)).stages["s"]
+
+
+async def test_timeouts_are_retried_without_retry_on(autojump_clock: Any) -> None:
+    outcome = await _run_slow(autojump_clock)
+    assert outcome.attempts == 3
+    assert isinstance(outcome.error, tp.StageTimeout)
+
+
+async def test_with_retry_on_timeouts_are_retried_only_if_it_matches(autojump_clock: Any) -> None:
+    assert (await _run_slow(autojump_clock, retry_on=ConnectionError)).attempts == 1
+    assert (await _run_slow(autojump_clock, retry_on=(ConnectionError, TimeoutError))).attempts == 3
+    assert (await _run_slow(autojump_clock, retry_on=tp.StageTimeout)).attempts == 3

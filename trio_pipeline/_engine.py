@@ -50,9 +50,10 @@ import trio
 from . import _chaos
 from ._context import StageContext
 from ._dispatch import Dispatcher
+from ._errors import StageDefinitionError, StageDefinitionTypeError
 from ._events import Event
 from ._graph import Pipeline, Plan
-from ._options import DEFAULT_OPTIONS, check_pools
+from ._options import DEFAULT_OPTIONS, check_optional_int, check_pools, check_seconds
 from ._result import RunResult
 from ._scheduler import Outbox, Scheduler
 from ._sinks import Sink
@@ -470,26 +471,19 @@ class _PoolUsers:
 def _check_options(
     sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float, teardown_timeout: float
 ) -> None:
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    for option, seconds in (
-        ("drain_timeout", drain_timeout),
-        ("teardown_timeout", teardown_timeout),
-    ):
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or math.isnan(seconds)
-            or seconds < 0
-        ):
-            raise ValueError(f"{option} must be a number >= 0, got {seconds!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
+    check_seconds(teardown_timeout, "teardown_timeout", infinite=True)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager

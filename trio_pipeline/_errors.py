@@ -8,7 +8,6 @@ subclasses the builtin it resembles (as attrs' ``FrozenError`` is an
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Self
 
@@ -36,9 +35,6 @@ class StageDefinitionError(PipelineError, ValueError):
     def for_stage(self, stage: str) -> Self:
         """The same error, naming `stage` (for options checked before the name is known)."""
         return type(self)(self.detail, stage=stage)
-
-    def __reduce__(self) -> tuple[Callable[..., Self], tuple[object, ...]]:
-        return (functools.partial(type(self), stage=self.stage), (self.detail,))
 
 
 class StageDefinitionTypeError(StageDefinitionError, TypeError):

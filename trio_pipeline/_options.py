@@ -50,6 +50,19 @@ def _is_number(value: object) -> bool:
 
 def check_int(value: object, option: str, *, minimum: int | None = None) -> int:
     """`value` as an int, else the error naming `option` (a bool is not an int here)."""
+    checked = _int(value, option, minimum=minimum, none=False)
+    assert checked is not None
+    return checked
+
+
+def check_optional_int(value: object, option: str, *, minimum: int | None = None) -> int | None:
+    """Like `check_int`, and None stays None."""
+    return _int(value, option, minimum=minimum, none=True)
+
+
+def _int(value: object, option: str, *, minimum: int | None, none: bool) -> int | None:
+    if value is None and none:
+        return None
     if minimum is None:
         what = "an int"
     elif minimum == 0:
@@ -58,6 +71,8 @@ def check_int(value: object, option: str, *, minimum: int | None = None) -> int:
         what = "a positive int"
     else:
         what = f"an int >= {minimum}"
+    if none:
+        what += " or None"
     if isinstance(value, bool) or not isinstance(value, int):
         raise StageDefinitionTypeError(f"{option} must be {what}, got {value!r}")
     if minimum is not None and value < minimum:
