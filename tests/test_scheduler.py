@@ -297,6 +297,16 @@ def test_trigger_rule(
         assert reason.startswith(f"trigger {trigger} not met: ")
 
 
+def test_a_rule_without_upstream_stages_is_decided_at_the_start() -> None:
+    pipe = pipeline(
+        ("td", [], {"trigger": T.ALWAYS}),
+        ("alert", [], {"trigger": T.ONE_FAILED}),
+        ("join", [], {"trigger": T.ALL_DONE}),
+    )
+    d = Driver(pipe).begin()
+    assert d.statuses() == {"td": S.RUNNING, "alert": S.SKIPPED, "join": S.RUNNING}
+
+
 def test_skip_reasons_name_the_skipped_upstream_or_the_missing_failure() -> None:
     d = _run_two_upstreams(T.ALL_SUCCESS, "ok", "skip")
     assert d.finished("t").reason == "trigger all_success not met: upstream 'yu' skipped"

@@ -143,6 +143,8 @@ class _Run:
         if out.rare:
             for i, delay in out.wait:
                 self._spawn_wait(i, delay)
+            if out.timer:
+                self._start_soon(self._teardown_timer)
             if out.finished:
                 self._send.close()
                 self._stages_done.set()
@@ -200,10 +202,8 @@ class _Run:
                 await self._stages_done.wait()
             except BaseException:
                 # The run's scope was cancelled from outside (or by a fatal exception):
-                # cancel the stages, then see the teardown stages through.
+                # cancel the stages; the stages' nursery sees the teardown stages through.
                 self.abort()
-                with trio.CancelScope(shield=True):
-                    await self._wait_for_teardown()
                 raise
 
     async def _own_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -216,17 +216,15 @@ class _Run:
             with trio.CancelScope(shield=True):
                 await self._stages_done.wait()
 
-    async def _wait_for_teardown(self) -> None:
+    async def _teardown_timer(self) -> None:
+        # In the stages' nursery, shielded: that nursery's scope is cancelled by now.
         sched = self.sched
-        while not self._stages_done.is_set():
-            with trio.move_on_at(sched.teardown_deadline):
-                await self._stages_done.wait()
-                return
-            now = self._now()
-            if now >= sched.teardown_deadline:
-                sched.teardown_expired(now)
-                self._apply(now)
-                await self._stages_done.wait()
+        with trio.CancelScope(shield=True, deadline=sched.teardown_deadline):
+            await self._stages_done.wait()
+            return
+        now = self._now()
+        sched.teardown_expired(now)
+        self._apply(now)
 
     def begin(self, nursery: trio.Nursery) -> None:
         """Emit `RunStarted` and start the stages that are ready."""

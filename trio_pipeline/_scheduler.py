@@ -187,8 +187,9 @@ class Outbox:
     cancel every running attempt that is not shielded; cancel the attempts and
     retry waits in `cancel`; give the scopes of the stages in `deadline` the
     scheduler's `teardown_deadline`; start the attempts in `start`; wait out each
-    ``(stage, delay)`` in `wait`; if `finished`, close the event channel. `rare`
-    says whether anything but `events` and `start` is set.
+    ``(stage, delay)`` in `wait`; if `timer`, report `Scheduler.teardown_expired`
+    at the teardown deadline unless the run finished first; if `finished`, close
+    the event channel. `rare` says whether anything but `events` and `start` is set.
     """
 
     __slots__ = (
@@ -199,6 +200,7 @@ class Outbox:
         "finished",
         "rare",
         "start",
+        "timer",
         "wait",
     )
 
@@ -209,6 +211,7 @@ class Outbox:
         self.cancel: list[int] = []
         self.deadline: list[int] = []
         self.cancel_running = False
+        self.timer = False
         self.finished = False
         self.rare = False
 
@@ -220,6 +223,7 @@ class Outbox:
             self.cancel.clear()
             self.deadline.clear()
             self.cancel_running = False
+            self.timer = False
             self.rare = False
 
 
@@ -858,6 +862,8 @@ class Scheduler:
                     out.rare = True
         if stop is Stop.CANCEL and self.teardown_deadline == math.inf:
             self.teardown_deadline = now + self.teardown_timeout
+            out.timer = any(not self.status[i].is_terminal for i in self.teardown)
+            out.rare = out.rare or out.timer
             for i in sorted(self.teardown):
                 if self.status[i] is _RUNNING or i in self._waiting:
                     out.deadline.append(i)
