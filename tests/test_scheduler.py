@@ -53,6 +53,7 @@ class Driver:
         self.plan = pipe.compile()
         self.sched = Scheduler(self.plan, run_id="r", **options)
         self.names = [stage.name for stage in self.plan.stages]
+        self.index = {name: i for i, name in enumerate(self.names)}
         self.events: list[tp.Event] = []
         self.started: list[str] = []  # attempts, in the order they were decided
         self.waits: dict[str, float] = {}
@@ -61,7 +62,7 @@ class Driver:
         self.now = 0.0
 
     def i(self, name: str) -> int:
-        return self.plan.index[name]
+        return self.index[name]
 
     def drain(self) -> None:
         out = self.sched.out

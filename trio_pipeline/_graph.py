@@ -87,7 +87,6 @@ class Plan:
     stages: tuple[Stage, ...]
     upstream: tuple[tuple[int, ...], ...]
     downstream: tuple[tuple[int, ...], ...]
-    index: Mapping[str, int]  # stage name -> index
 
 
 class _SyncWrapper(Protocol):
@@ -348,7 +347,7 @@ class Pipeline:
         cycle = _find_cycle(upstream)
         if cycle is not None:
             raise CycleError([stages[i].name for i in cycle])
-        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)), index)
+        return Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
 
     def start_order(self) -> list[str]:
         """Stage names in the order an unlimited, failure-free run would start them.

@@ -285,6 +285,7 @@ class Scheduler:
         self.started_at = 0.0
         self.finished_at = 0.0
         self._finished = False
+        self._index: dict[str, int] | None = None  # see `log`
         # Options, sparse: most stages have none of these.
         self._marks: dict[int, _Marks] = {}
         self._trigger: dict[int, Trigger] = {}
@@ -448,7 +449,12 @@ class Scheduler:
         Raises:
             RuntimeError: the stage has finished.
         """
-        i = self.plan.index[name]
+        index = self._index
+        if index is None:
+            # Built at the first log line, not per run: a name -> index dict costs
+            # about 50 bytes a stage, and most runs never log.
+            index = self._index = {stage.name: i for i, stage in enumerate(self.plan.stages)}
+        i = index[name]
         if self.status[i].is_terminal:
             raise RuntimeError(f"stage {name!r} has finished; its context no longer logs")
         return StageLog(self.run_id, self._next_seq(), now, name, message)
