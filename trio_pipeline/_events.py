@@ -19,13 +19,20 @@ from ._state import RunState, StageStatus
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
-    """The run began; `stages` lists every stage name in definition order."""
+    """The run began; `stages` lists every stage name in definition order.
+
+    `after[i]` names the stages that `stages[i]` waits for, so that a log alone can
+    draw the graph; `wall_time` is ``time.time()`` at the start (the trio clock's
+    `time` has no fixed origin). Both are empty/None in events built by hand.
+    """
 
     run_id: str
     seq: int
     time: float
     pipeline: str
     stages: tuple[str, ...]
+    after: tuple[tuple[str, ...], ...] = ()
+    wall_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
