@@ -33,6 +33,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -55,6 +56,7 @@ __all__ = [
     "RunFinished",
     "RunHandle",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SerializationError",
@@ -77,6 +79,7 @@ __all__ = [
     "UnknownStageError",
     "open_run",
     "run",
+    "write_report",
 ]
 
 

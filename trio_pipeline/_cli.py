@@ -14,6 +14,7 @@ the nursery is cancelled, which ends the watcher and its grace timer.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import functools
 import importlib.machinery
@@ -39,6 +40,7 @@ from ._events import Event, RunFinished
 from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
 from ._render import FORMATS, render_graph, render_order
+from ._report import ReportInputError, ReportSink, report_from_log
 from ._result import RunResult
 from ._sinks import ConsoleSink, JsonlSink, Sink, format_summary
 from ._state import StageStatus
@@ -72,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "graph":
             return _cmd_graph(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_list(args)
     except UsageError as exc:
         _error(str(exc))
@@ -126,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--jsonl", metavar="PATH", help="write every event as a JSON line to PATH")
     run.add_argument(
+        "--report",
+        metavar="PATH",
+        help="write the HTML run report to PATH when the run ends (also after Ctrl-C)",
+    )
+    run.add_argument(
         "--dry-run", action="store_true", help="print the start order and dependencies; run nothing"
     )
     run.add_argument(
@@ -145,6 +154,16 @@ def _parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("graph", help="print the dependency graph")
     graph.add_argument("target", metavar="FILE[:NAME]", help=target_help)
     graph.add_argument("--format", choices=FORMATS, default="mermaid", help="default: mermaid")
+
+    report = commands.add_parser(
+        "report",
+        help="write the HTML run report of a --jsonl log",
+        description="Write the run report (timeline, graph, failures): one HTML file, no network.",
+    )
+    report.add_argument("log", metavar="LOG", help="a log written by run --jsonl")
+    report.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write it (default: LOG with .html)"
+    )
 
     listing = commands.add_parser(
         "list",
@@ -320,6 +339,15 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        path = report_from_log(args.log, args.output)
+    except ReportInputError as exc:
+        raise UsageError(str(exc)) from None
+    _notice(f"report written to {path}")
+    return EXIT_OK
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     path, name = split_target(args.target)
     if name is not None:
@@ -339,6 +367,7 @@ class _RunOptions:
     keep_going: bool
     jobs: int | None
     jsonl: str | None
+    report: str | None
     mode: str  # "live", "plain" or "quiet"
     grace: float
 
@@ -351,15 +380,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)
+    if args.report is not None:
+        _check_writable(args.report, option="--report")
     options = _RunOptions(
         keep_going=args.keep_going,
         jobs=args.jobs,
         jsonl=args.jsonl,
+        report=args.report,
         mode=_output_mode(plain=args.plain, quiet=args.quiet),
         grace=args.grace,
     )
     result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
     _report_failures(result)
+    if options.report is not None and options.mode != "quiet" and not result.sink_errors:
+        _notice(f"report written to {options.report}")
     if interrupted:
         return EXIT_INTERRUPTED
     if result.ok and not result.sink_errors and not result.undelivered:
@@ -377,14 +411,14 @@ def _output_mode(*, plain: bool, quiet: bool) -> str:
     return "live" if console.is_terminal and not console.is_dumb_terminal else "plain"
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, *, option: str = "--jsonl") -> None:
     # The sink opens the file at the first event; a typo in the path should not wait
     # for (and then silently lose) a whole run.
     try:
         with open(path, "w", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise UsageError(f"--jsonl {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResult, int]:
@@ -393,6 +427,9 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
         async with AsyncExitStack() as stack:
             # JSONL first: when a console line appears, the file already holds its event.
             sinks: list[Sink] = [] if options.jsonl is None else [JsonlSink(options.jsonl)]
+            report = None if options.report is None else ReportSink(options.report)
+            if report is not None:
+                sinks.append(report)
             live: LiveSink | None = None
             if options.mode == "live":
                 live = await stack.enter_async_context(open_live_sink(Console()))
@@ -406,6 +443,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                 else:
                     sinks.append(_SummarySink())
             interrupts = _Interrupts(tracker, live, grace=options.grace)
+            interrupts.report = report
             async with trio.open_nursery() as nursery:
                 async with open_run(
                     pipeline,
@@ -445,6 +483,7 @@ class _Interrupts:
         self._tracker = tracker
         self._live = live
         self._grace = grace
+        self.report: ReportSink | None = None  # written by force_exit too
 
     async def watch(
         self,
@@ -495,6 +534,9 @@ class _Interrupts:
             self._live.stop()
         stuck = ", ".join(self._tracker.running) or "none"
         _notice(f"{reason}; still running: {stuck}. The run did not finish: no RunFinished event")
+        if self.report is not None:
+            with contextlib.suppress(OSError):
+                self.report.write()  # marked incomplete: the stuck stages show as running
         sys.stdout.write(self._tracker.partial_summary(trio.current_time()) + "\n")
         sys.stdout.flush()
         sys.stderr.flush()

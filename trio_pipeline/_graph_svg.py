@@ -90,8 +90,8 @@ def layout(upstream: Sequence[Sequence[int]], box_widths: Sequence[float]) -> La
             rank[i] = r
     # Barycentre sweeps, forward (by upstream) then backward (by downstream).
     for _ in range(2):
-        for neighbours, order in ((upstream, columns[1:]), (downstream, columns[-2::-1])):
-            for members in order:
+        for neighbours, sweep in ((upstream, columns[1:]), (downstream, columns[-2::-1])):
+            for members in sweep:
                 keys = {
                     i: (sum(rank[j] for j in neighbours[i]) / len(neighbours[i]))
                     if neighbours[i]

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html import escape
 from importlib import resources
@@ -121,7 +121,13 @@ class ReportBuilder:
         self.report = RunReport()
 
     def add(self, event: Event) -> None:
-        """Take one event; events of types the report does not know are counted, not shown."""
+        """Take one event; events of types the report does not know are counted, not shown.
+
+        A second `RunStarted` (a log appended to by several runs) starts over: the
+        report shows the last run.
+        """
+        if isinstance(event, RunStarted) and self.report.events:
+            self.report = RunReport()
         report = self.report
         report.events += 1
         if report.origin is None:
@@ -257,6 +263,37 @@ class ReportSink:
 # -- reading a JSONL log -------------------------------------------------------------
 
 
+class ReportInputError(ValueError):
+    """A log that cannot be reported on, or a report that cannot be written; names the file."""
+
+
+def report_from_log(log: str, output: str | None = None) -> str:
+    """Write the report of the JSONL log `log` to `output` (default: `log` with ``.html``).
+
+    Returns the path written.
+
+    Raises:
+        ReportInputError: `log` is missing, empty or not a log, or `output` is not writable.
+    """
+    if output is None:
+        output = os.path.splitext(log)[0] + ".html"
+    if os.path.abspath(output) == os.path.abspath(log):
+        raise ReportInputError(f"{log}: the report would overwrite the log; pass -o PATH")
+    try:
+        events = read_log(log)
+    except OSError as exc:
+        raise ReportInputError(f"{log}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ReportInputError(str(exc)) from None
+    if not events:
+        raise ReportInputError(f"{log}: no events (is it a log written by run --jsonl?)")
+    try:
+        write_report(events, output)
+    except OSError as exc:
+        raise ReportInputError(f"{output}: {exc.strerror or exc}") from None
+    return output
+
+
 def read_log(path: str | os.PathLike[str]) -> list[Event]:
     """The typed events of a `JsonlSink` file.
 
@@ -279,20 +316,23 @@ def read_log(path: str | os.PathLike[str]) -> list[Event]:
                 raise TypeError("not a JSON object")  # noqa: TRY301
             event = _event_from_row(row)  # pyright: ignore[reportUnknownArgumentType]
         except (ValueError, TypeError, KeyError) as exc:
+            why = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
             if number == len(lines):
                 warnings.warn(
-                    f"{os.fspath(path)}:{number}: ignoring an incomplete last line ({exc})",
+                    f"{os.fspath(path)}:{number}: ignoring an incomplete last line ({why})",
                     stacklevel=2,
                 )
                 break
-            raise ValueError(f"{os.fspath(path)}:{number}: not an event: {exc}") from None
+            raise ValueError(f"{os.fspath(path)}:{number}: not an event: {why}") from None
         if event is not None:
             events.append(event)
     return events
 
 
 def _event_from_row(row: dict[str, Any]) -> Event | None:
-    kind = row.get("type")
+    kind = row["type"]
+    if not isinstance(kind, str):
+        raise TypeError(f"type is {kind!r}")
     common = (str(row["run_id"]), int(row["seq"]), float(row["time"]))
     if kind == "StageStarted":
         return StageStarted(*common, row["stage"], int(row["attempt"]))
@@ -323,8 +363,6 @@ def _event_from_row(row: dict[str, Any]) -> Event | None:
     if kind == "RunFinished":
         counts = {StageStatus(k): int(v) for k, v in row["counts"].items()}
         return RunFinished(*common, RunState(row["state"]), counts, float(row["duration"]))
-    if not isinstance(kind, str):
-        raise KeyError("type")
     return None
 
 
@@ -342,13 +380,13 @@ _MARK_TEXT = {"blocked": "blocked", "skipped": "skipped", "cancelled": "not star
 
 
 def _asset(name: str) -> str:
-    return resources.files(__package__).joinpath("_report_assets", name).read_text("utf-8")
+    return resources.files("trio_pipeline").joinpath("_report_assets", name).read_text("utf-8")
 
 
 def _seconds(value: float) -> str:
     """A duration for people: ``850 ms``, ``1.25 s``, ``2 m 05 s``."""
     if value < 1:
-        return f"{value * 1000:.0f} ms" if value >= 0.001 else f"{value * 1000:.2f} ms"
+        return f"{value * 1000:.0f} ms" if value >= 0.001 or not value else f"{value * 1000:.2f} ms"
     if value < 60:
         return f"{value:.2f} s"
     minutes, secs = divmod(round(value), 60)
@@ -360,11 +398,8 @@ def _seconds(value: float) -> str:
 
 def _nice_step(span: float, target: int = 8) -> float:
     raw = span / target
-    power = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 2.5, 5, 10):
-        if factor * power >= raw:
-            return factor * power
-    return 10 * power  # pragma: no cover - the loop always returns
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(f * power for f in (1.0, 2.0, 2.5, 5.0, 10.0) if f * power >= raw * 0.999)
 
 
 def _tick_label(value: float, step: float) -> str:
@@ -681,7 +716,7 @@ class _Page:
         if not row.logs:
             return '<p class="note">No log lines.</p>'
         lines = "\n".join(
-            f'<span class="t">+{t:9.3f}s</span> {escape(message)}' for t, message in row.logs
+            f'<span class="t">+{t:.3f}s</span> {escape(message)}' for t, message in row.logs
         )
         dropped = (
             f'<p class="note">{row.logs_dropped:,} earlier lines not shown.</p>'
@@ -716,12 +751,3 @@ class _Page:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def report_summary(report: RunReport) -> Mapping[str, Any]:
-    """What the report shows, as data: for tests and tools that check a report."""
-    return {
-        "stages": {row.name: [a.outcome for a in row.attempts] for row in report.stages.values()},
-        "counts": dict(report.counts),
-        "state": report.state,
-    }
