@@ -33,6 +33,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._otel import OtelSink
 from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
@@ -50,6 +51,7 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "ProcessExecutor",
