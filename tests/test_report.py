@@ -20,6 +20,7 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
+from trio_pipeline._cli import load_file
 from trio_pipeline._report import (
     ReportInputError,
     build_report,
@@ -537,17 +538,19 @@ def check_against_events(summary: dict[str, Any], events: list[tp.Event]) -> Non
 
 @needs_chromium
 def test_in_chromium_every_stage_and_attempt_has_its_bar(tmp_path: Path) -> None:
-    run = functools.partial(run_recorded, keep_going_pipeline(), keep_going=True)
+    """The README's example run; TRIO_PIPELINE_SCREENSHOT=docs/report.png updates its picture."""
+    pipe = load_file(str(ROOT / "examples" / "keep_going.py")).pipe
+    run = functools.partial(run_recorded, pipe, keep_going=True)
     events = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
     page = tmp_path / "report.html"
     write_report(events, page)
     summary = browser_check(page)
     check_against_events(summary, events)
-    assert summary["graph_nodes"] == 5
-    assert summary["stages"]["child"]["markers"] == 1
-    # The screenshot for the docs; TRIO_PIPELINE_SCREENSHOT=docs/report.png keeps it.
+    assert summary["stages"]["fetch_mirror"]["bars"] == ["retried", "failed"]
+    assert summary["stages"]["publish"] == {"status": "blocked", "bars": [], "markers": 1}
+    assert summary["graph_nodes"] == 7
     png = Path(os.environ.get("TRIO_PIPELINE_SCREENSHOT", tmp_path / "report.png"))
-    screenshot(page, png, size=(1000, 760))
+    screenshot(page, png, size=(1000, 800))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

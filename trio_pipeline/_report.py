@@ -376,6 +376,19 @@ _OUTCOME_CLASS = {
     "running": "run",
     "cached": "cached",
 }
+_LEGEND = (
+    ("succeeded", "succeeded"),
+    ("cached", "cached"),
+    ("retried", "failed, retried"),
+    ("failed", "failed"),
+    ("cancelled", "cancelled"),
+    ("running", "running at the log's end"),
+)
+_MARK_LEGEND = (
+    ("blocked", "blocked"),
+    ("skipped", "skipped"),
+    ("cancelled", "cancelled before it started"),
+)
 _MARK_TEXT = {"blocked": "blocked", "skipped": "skipped", "cancelled": "not started"}
 
 
@@ -516,8 +529,9 @@ class _Page:
         n = 0
         while value <= self.span * 1.0001:
             left = self.pct(value)
+            cls = "tick end" if value > self.span * 0.95 else "tick"
             ticks.append(
-                f'<span class="tick" style="left:{left}%">{_tick_label(value, step)}</span>'
+                f'<span class="{cls}" style="left:{left}%">{_tick_label(value, step)}</span>'
             )
             n += 1
             value = n * step
@@ -534,20 +548,21 @@ class _Page:
                 + "".join(self.row(row) for row in chunk)
                 + "</div>"
             )
+        # The legend lists what this run shows, so a small report stays small.
+        outcomes = {a.outcome for row in self.rows for a in row.attempts}
+        marks = {row.status for row in self.rows if not row.attempts}
         legend = "".join(
-            f'<span><i class="b {cls}"></i>{label}</span>'
-            for cls, label in (
-                ("ok", "succeeded"),
-                ("retry", "failed, retried"),
-                ("fail", "failed"),
-                ("cancel", "cancelled"),
-                ("run", "running at log end"),
-            )
+            f'<span><i class="b {_OUTCOME_CLASS[outcome]}"></i>{label}</span>'
+            for outcome, label in _LEGEND
+            if outcome in outcomes
         )
-        legend += '<span><i class="w"></i>retry wait</span>'
-        legend += '<span><b class="m blocked"></b>blocked</span>'
-        legend += '<span><b class="m skipped"></b>skipped</span>'
-        legend += '<span><b class="m cancelled"></b>cancelled before start</span>'
+        if "retried" in outcomes:
+            legend += '<span><i class="w"></i>retry wait</span>'
+        legend += "".join(
+            f'<span><b class="m {status}"></b>{label}</span>'
+            for status, label in _MARK_LEGEND
+            if status in marks
+        )
         tools = (
             '<div class="tools"><input id="tp-filter" type="search" placeholder="filter stages"'
             ' aria-label="filter stages"><label><input id="tp-problems" type="checkbox">'
@@ -688,10 +703,8 @@ class _Page:
         items: list[str] = []
         for row in failed:
             head = f'<a href="#r{row.index}">{escape(row.name)}</a>'
-            if row.status == "failed":
-                summary = f"failed after {len(row.attempts)} attempt(s)"
-            else:
-                summary = f"{row.status or 'unfinished'} after {len(row.attempts)} attempts"
+            tries = len(row.attempts)
+            summary = f"{row.status or 'unfinished'} after {tries} attempt{'s' * (tries != 1)}"
             errors = "".join(
                 f'<div class="att"><span>attempt {a.number} at +{_seconds(a.start)}:</span>'
                 f'<pre class="err">{escape(a.error or "")}</pre></div>'
