@@ -537,6 +537,7 @@ class _Interrupts:
         if self.report is not None:
             with contextlib.suppress(OSError):
                 self.report.write()  # marked incomplete: the stuck stages show as running
+                _notice(f"report (incomplete) written to {self.report.path}")
         sys.stdout.write(self._tracker.partial_summary(trio.current_time()) + "\n")
         sys.stdout.flush()
         sys.stderr.flush()
