@@ -58,6 +58,13 @@ def test_a_side_input_sits_next_to_its_user() -> None:
     assert placed.x[0] < placed.x[1] < placed.x[2]
 
 
+def test_stages_are_ordered_to_avoid_crossings() -> None:
+    # a, b sources; c waits for b and d for a: definition order (c above d) would cross.
+    placed = layout([[], [], [1], [0]], [50.0] * 4)
+    assert placed.y[0] < placed.y[1]
+    assert placed.y[3] < placed.y[2]
+
+
 def test_a_cycle_does_not_hang_the_layout() -> None:
     placed = layout([[1], [0], [0]], [10.0] * 3)
     assert len(placed.x) == 3

@@ -65,7 +65,7 @@
         var r = rows[i], bars = r.querySelectorAll(".b"), out = [];
         for (var j = 0; j < bars.length; j++) {
           out.push(names[bars[j].classList[1]]);
-          if (!(parseFloat(bars[j].style.width) >= 0)) flat++;
+          if (!(bars[j].getBoundingClientRect().width > 0)) flat++;  // laid out, visible
         }
         stages[r.firstChild.firstChild.textContent] = {
           status: r.getAttribute("data-status"), bars: out,
