@@ -68,7 +68,7 @@ def chromium_seconds(binary: str, url: str, png: Path) -> float:
 
 def rendered_ms(binary: str, url: str) -> float:
     done = subprocess.run(
-        [binary, *FLAGS, "--virtual-time-budget=5000", "--dump-dom", url + "#check"],
+        [binary, *FLAGS, "--dump-dom", url + "#check"],
         capture_output=True,
         text=True,
         check=True,

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio_pipeline as tp
@@ -27,6 +27,7 @@ def dags(draw: st.DrawFn) -> list[list[int]]:
     ]
 
 
+@settings(max_examples=60)
 @given(dags(), st.data())
 def test_layout_flows_left_to_right_without_overlaps(
     upstream: list[list[int]], data: st.DataObject

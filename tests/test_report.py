@@ -20,7 +20,7 @@ import trio.testing
 
 import trio_pipeline as tp
 from tests.support.report_page import parse
-from trio_pipeline._cli import load_file
+from trio_pipeline._cli import load_file, main
 from trio_pipeline._report import (
     ReportInputError,
     build_report,
@@ -400,12 +400,18 @@ def test_cli_run_report_and_report_command(tmp_path: Path) -> None:
         (["run", "p.py", "--report", "nodir/r.html"], "--report nodir/r.html: No such file"),
     ],
 )
-def test_cli_report_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+def test_cli_report_errors_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "p.py").write_text("import trio_pipeline as tp\npipe = tp.Pipeline('p')\n")
-    done = cli(*args, cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.startswith(f"trio-pipeline: error: {message}")
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith(f"trio-pipeline: error: {message}")
 
 
 # -- in a browser ---------------------------------------------------------------------
@@ -442,7 +448,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
 
 def browser_check(page: Path) -> dict[str, Any]:
     """Open `page` in headless Chromium and return the summary its script wrote."""
-    done = chromium("--virtual-time-budget=5000", "--dump-dom", page.as_uri() + "#check")
+    done = chromium("--dump-dom", page.as_uri() + "#check")
     start = done.stdout.find('<pre id="tp-check">')
     assert start >= 0, f"no check summary in the DOM; chromium said: {done.stderr[-2000:]}"
     text = done.stdout[start + len('<pre id="tp-check">') : done.stdout.index("</pre>", start)]
