@@ -8,6 +8,7 @@ threading.Event), never a sleep.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -583,3 +584,62 @@ async def test_cancelling_a_mixed_run_ends_every_kind_cancelled(client: Any) -> 
     assert result.state is tp.RunState.CANCELLED
     assert {o.status for o in result.stages.values()} == {tp.StageStatus.CANCELLED}
     check_complete(sink, result)
+
+
+# -- executor options: the stage options' error classes and messages --------------------------
+
+TYPE = tp.StageDefinitionTypeError
+VALUE = tp.StageDefinitionError
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: tp.ThreadExecutor(limit=0), VALUE, "limit must be a positive int, got 0"),
+        (lambda: tp.ThreadExecutor(limit=True), TYPE, "limit must be a positive int, got True"),
+        (
+            lambda: tp.ProcessExecutor(limit=1.5),  # type: ignore[arg-type]
+            TYPE,
+            "limit must be a positive int, got 1.5",
+        ),
+        (lambda: tp.ProcessExecutor(limit=-2), VALUE, "limit must be a positive int, got -2"),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=True),
+            TYPE,
+            "cancel_timeout must be a finite number > 0, got True",
+        ),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=0),
+            VALUE,
+            "cancel_timeout must be a finite number > 0, got 0",
+        ),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=math.inf),
+            VALUE,
+            "cancel_timeout must be a finite number > 0, got inf",
+        ),
+        (
+            lambda: tp.DaskExecutor(42),  # type: ignore[arg-type]
+            TYPE,
+            "DaskExecutor needs a scheduler address .str. or a distributed.Client, got 42",
+        ),
+    ],
+)
+def test_executor_options(make: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match="^" + message) as info:
+        make()
+    assert type(info.value) is error
+
+
+def test_executor_stage_errors_name_the_stage() -> None:
+    pipe = tp.Pipeline("p")
+
+    async def coro(ctx: tp.StageContext) -> None: ...
+
+    with pytest.raises(TYPE, match=r"^stage 'b': with executor=ThreadExecutor\(limit=8\) the"):
+        pipe.add_stage("b", coro, executor=tp.ThreadExecutor())
+    with pytest.raises(TYPE, match=r"^stage 'c': executor must have a name and async run"):
+        pipe.add_stage("c", add_one, executor=object())  # type: ignore[arg-type]
+    with pytest.raises(TYPE, match=r"^stage 'd': function must be an async function"):
+        pipe.add_stage("d", add_one)
+    assert len(pipe) == 0

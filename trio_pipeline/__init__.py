@@ -9,7 +9,9 @@ from ._errors import (
     CycleError,
     DuplicateStageError,
     PipelineError,
+    PipelineInternalError,
     StageDefinitionError,
+    StageDefinitionTypeError,
     StageTimeout,
     TransitionError,
     UnknownStageError,
@@ -33,6 +35,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._options import RetryPolicy, StageOptions, Trigger
 from ._otel import OtelSink
 from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
@@ -54,7 +57,9 @@ __all__ = [
     "OtelSink",
     "Pipeline",
     "PipelineError",
+    "PipelineInternalError",
     "ProcessExecutor",
+    "RetryPolicy",
     "RunFinished",
     "RunHandle",
     "RunResult",
@@ -66,9 +71,11 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageDefinitionError",
+    "StageDefinitionTypeError",
     "StageFinished",
     "StageFunction",
     "StageLog",
+    "StageOptions",
     "StageOutcome",
     "StageRetrying",
     "StageSnapshot",
@@ -78,6 +85,7 @@ __all__ = [
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
+    "Trigger",
     "UnknownStageError",
     "open_run",
     "run",

@@ -37,7 +37,7 @@ import trio
 from . import _chaos
 from ._context import StageContext
 from ._dispatch import Dispatcher
-from ._errors import StageTimeout
+from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
     Event,
     RunFinished,
@@ -49,6 +49,7 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._options import check_optional_int, check_seconds
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
@@ -364,14 +365,15 @@ class _Run:
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
         rec.error = exc
+        policy = stage.options.retry
         if (
-            rec.attempt > stage.retries
-            or rec.cancel_requested
+            rec.cancel_requested
             or self.machine.state is not RunState.RUNNING
+            or not policy.should_retry(exc, rec.attempt)
         ):
             self._failed(rec, exc)
             return
-        delay = stage.retry_delay * 2 ** (rec.attempt - 1)
+        delay = policy.delay_before(rec.attempt)
         rec.machine.advance(_PENDING)
         self._send.send_nowait(
             StageRetrying(
@@ -527,22 +529,18 @@ class RunHandle:
 
 
 def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    if (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, int | float)
-        or math.isnan(drain_timeout)
-        or drain_timeout < 0
-    ):
-        raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager
