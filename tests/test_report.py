@@ -493,6 +493,14 @@ def test_in_chromium_every_stage_and_attempt_has_its_bar(tmp_path: Path) -> None
     assert summary["stages"]["fetch_mirror"]["bars"] == ["retried", "failed"]
     assert summary["stages"]["publish"] == {"status": "blocked", "bars": [], "markers": 1}
     assert summary["graph_nodes"] == 7
+    moves = summary["interactions"]  # what the page's controls did when the page drove them
+    assert moves["tooltip"].startswith("checkout: attempt 1\nstart +0 ms")
+    assert moves["tooltip_is_title"]
+    assert moves["tooltip_hides"]
+    assert 3.5 < moves["zoom"] < 4.5
+    assert moves["filtered"] == 1  # "checkout"
+    assert moves["problems"] == 3  # fetch_mirror, package, publish
+    assert moves["after_reset"] == 7
     png = Path(os.environ.get("TRIO_PIPELINE_SCREENSHOT", tmp_path / "report.png"))
     screenshot(page, png, size=(1000, 800))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,6 +51,41 @@
     var d = new Date(t.getAttribute("datetime"));
     if (!isNaN(d)) { t.title = t.textContent; t.textContent = d.toLocaleString(); }
   }
+  // Drive the controls once and say what they did (for #check).
+  function interact() {
+    var out = {}, bar = tl.querySelector(".b");
+    function visibleRows() {
+      var n = 0;
+      for (var i = 0; i < rows.length; i++) { if (!rows[i].hidden) n++; }
+      return n;
+    }
+    if (bar) {
+      var title = bar.getAttribute("title"), box = bar.getBoundingClientRect();
+      bar.dispatchEvent(new MouseEvent("mousemove",
+        { bubbles: true, clientX: box.left + 1, clientY: box.top + 1 }));
+      out.tooltip = tip.hidden ? null : tip.textContent;
+      out.tooltip_is_title = out.tooltip === title;
+      document.body.dispatchEvent(new MouseEvent("mousemove", { bubbles: true }));
+      out.tooltip_hides = tip.hidden;
+    }
+    var track = tl.querySelector(".axis .k"), width = track.getBoundingClientRect().width;
+    zoom(4);
+    out.zoom = track.getBoundingClientRect().width / width;
+    zoom(1);
+    if (rows.length) {
+      filter.value = rows[0].firstChild.firstChild.textContent;
+      apply();
+      out.filtered = visibleRows();
+      filter.value = "";
+    }
+    problems.checked = true;
+    apply();
+    out.problems = visibleRows();
+    problems.checked = false;
+    apply();
+    out.after_reset = visibleRows();
+    return out;
+  }
   // #check: a summary of what the page shows, for tests that read the DOM.
   if (location.hash === "#check") {
     var names = { ok: "succeeded", fail: "failed", retry: "retried", cancel: "cancelled",
@@ -81,7 +116,8 @@
       pre.textContent = JSON.stringify({ rendered_ms: rendered, rows: rows.length, stages: stages,
         counts: counts, state: document.getElementById("tp-state").textContent,
         bad_widths: flat, row_width: visible,
-        graph_nodes: document.querySelectorAll("#graph .tpg rect").length });
+        graph_nodes: document.querySelectorAll("#graph .tpg rect").length,
+        interactions: interact() });
       document.body.appendChild(pre);
     })();
   }
