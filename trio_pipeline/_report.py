@@ -16,18 +16,20 @@ well under two seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from html import escape
 from importlib import resources
 from typing import Any
 
 from ._events import (
+    EVENT_TYPES,
     Event,
     RunFinished,
     RunStarted,
@@ -329,41 +331,47 @@ def read_log(path: str | os.PathLike[str]) -> list[Event]:
     return events
 
 
+_EVENT_CLASSES: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
+
+
+def _after(value: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(deps) for deps in value)
+
+
+def _counts(value: dict[str, int]) -> dict[StageStatus, int]:
+    return {StageStatus(k): int(v) for k, v in value.items()}
+
+
+_CONVERT: dict[str, Callable[[Any], object]] = {
+    "status": StageStatus,
+    "state": RunState,
+    "stages": tuple,
+    "after": _after,
+    "counts": _counts,
+}
+
+
 def _event_from_row(row: dict[str, Any]) -> Event | None:
+    """The event of a row, or None for a type this version does not know.
+
+    Fields the event class has are taken by name (a missing field with a default
+    gets the default), so fields added later (a reason, item counts) come through.
+    """
     kind = row["type"]
     if not isinstance(kind, str):
         raise TypeError(f"type is {kind!r}")
-    common = (str(row["run_id"]), int(row["seq"]), float(row["time"]))
-    if kind == "StageStarted":
-        return StageStarted(*common, row["stage"], int(row["attempt"]))
-    if kind == "StageLog":
-        return StageLog(*common, row["stage"], str(row["message"]))
-    if kind == "StageRetrying":
-        return StageRetrying(
-            *common, row["stage"], int(row["attempt"]), str(row["error"]), float(row["delay"])
-        )
-    if kind == "StageFinished":
-        return StageFinished(
-            *common,
-            row["stage"],
-            StageStatus(row["status"]),
-            int(row["attempt"]),
-            float(row["duration"]),
-            row.get("error"),
-            row.get("blocked_by"),
-        )
-    if kind == "RunStarted":
-        return RunStarted(
-            *common,
-            str(row["pipeline"]),
-            tuple(row["stages"]),
-            tuple(tuple(deps) for deps in row.get("after", ())),
-            row.get("wall_time"),
-        )
-    if kind == "RunFinished":
-        counts = {StageStatus(k): int(v) for k, v in row["counts"].items()}
-        return RunFinished(*common, RunState(row["state"]), counts, float(row["duration"]))
-    return None
+    cls = _EVENT_CLASSES.get(kind)
+    if cls is None:
+        return None
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in row:
+            if f.default is dataclasses.MISSING:
+                raise KeyError(f.name)
+            continue
+        convert = _CONVERT.get(f.name)
+        values[f.name] = row[f.name] if convert is None else convert(row[f.name])
+    return cls(**values)
 
 
 # -- rendering ----------------------------------------------------------------------
