@@ -392,7 +392,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
     _report_failures(result)
-    if options.report is not None and options.mode != "quiet" and not result.sink_errors:
+    report_failed = any(isinstance(sink, ReportSink) for sink in result.sink_errors)
+    if options.report is not None and options.mode != "quiet" and not report_failed:
         _notice(f"report written to {options.report}")
     if interrupted:
         return EXIT_INTERRUPTED
