@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -187,6 +188,23 @@ async def test_graph_section_has_every_stage_and_edge(autojump_clock: Any) -> No
     assert graph.count("marker-end") == 3  # fetch->bad, bad->child, fetch->odd
     assert '<g class="failed" id="n2">' in graph
     assert 'href="#r3"' in graph  # a node links to its timeline row
+
+
+@pytest.mark.parametrize(
+    ("span", "labels"),
+    [
+        (0.4, ["0", "50 ms", "100 ms", "150 ms", "200 ms", "250 ms", "300 ms", "350 ms", "400 ms"]),
+        (3.0, ["0", "0.5 s", "1.0 s", "1.5 s", "2.0 s", "2.5 s", "3.0 s"]),
+        (17.0, ["0", "2.5 s", "5.0 s", "7.5 s", "10.0 s", "12.5 s", "15.0 s"]),
+        (400.0, ["0", "1:00", "2:00", "3:00", "4:00", "5:00", "6:00"]),
+        (100_000.0, ["0", "6:00 h", "12:00 h", "18:00 h", "24:00 h"]),
+    ],
+)
+def test_axis_ticks_are_round_and_in_the_spans_unit(span: float, labels: list[str]) -> None:
+    events: list[tp.Event] = [tp.RunStarted("r", 0, 0.0, "p", ())]
+    events.append(tp.RunFinished("r", 1, span, tp.RunState.CLOSED, {}, span))
+    axis = render_report(events).split('<div class="axis">')[1].split("</div></div>")[0]
+    assert re.findall(r'class="tick(?: end)?" style="left:[0-9.]+%">([^<]*)<', axis) == labels
 
 
 def test_an_empty_or_eventless_report_renders() -> None:

@@ -417,21 +417,39 @@ def _seconds(value: float) -> str:
     return f"{hours} h {minutes:02d} m"
 
 
+_CLOCK_STEPS = (60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+
+
 def _nice_step(span: float, target: int = 8) -> float:
+    """A tick step giving about `target` ticks: 1-2-2.5-5 decimal steps, clock steps from 1 min."""
     raw = span / target
+    if raw > 40:
+        return float(next((c for c in _CLOCK_STEPS if c >= raw), 86400 * math.ceil(raw / 86400)))
     power = 10.0 ** math.floor(math.log10(raw))
     return next(f * power for f in (1.0, 2.0, 2.5, 5.0, 10.0) if f * power >= raw * 0.999)
 
 
-def _tick_label(value: float, step: float) -> str:
-    if step < 1:
-        digits = max(0, -math.floor(math.log10(step * 1000) + 1e-9))
-        return f"{value * 1000:.{digits}f} ms" if value else "0"
-    if step < 60:
-        digits = 0 if step >= 1 and float(step).is_integer() else 1
-        return f"{value:.{digits}f} s" if value else "0"
-    minutes, secs = divmod(round(value), 60)
-    return f"{minutes}:{secs:02d}" if value else "0"
+def _tick_label(value: float, step: float, span: float) -> str:
+    """``0``, then milliseconds under a second, seconds under a minute, else m:ss or h:mm."""
+    if not value:
+        return "0"
+    if span < 1 or step < 0.001:
+        return f"{value * 1000:.{_decimals(step * 1000)}f} ms"
+    if span < 60 or step < 60:
+        return f"{value:.{_decimals(step)}f} s"
+    minutes, seconds = divmod(round(value), 60)
+    if span < 3600:
+        return f"{minutes}:{seconds:02d}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d} h"
+
+
+def _decimals(step: float) -> int:
+    """Decimal places that show every multiple of `step` exactly (2.5 -> 1, 0.25 -> 2)."""
+    digits = 0
+    while digits < 9 and abs(step * 10**digits - round(step * 10**digits)) > 1e-6:
+        digits += 1
+    return digits
 
 
 class _Page:
@@ -538,9 +556,8 @@ class _Page:
         while value <= self.span * 1.0001:
             left = self.pct(value)
             cls = "tick end" if value > self.span * 0.95 else "tick"
-            ticks.append(
-                f'<span class="{cls}" style="left:{left}%">{_tick_label(value, step)}</span>'
-            )
+            label = _tick_label(value, step, self.span)
+            ticks.append(f'<span class="{cls}" style="left:{left}%">{label}</span>')
             n += 1
             value = n * step
         grid = "".join(
