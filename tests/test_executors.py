@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trio_parallel  # type: ignore[import-untyped]
 
 import trio_pipeline as tp
 from tests.support.runs import check_complete, logs_of
@@ -347,6 +348,45 @@ async def test_thread_timeout_is_retried_like_any_failure() -> None:
     check_complete(sink, result)
 
 
+@pytest.mark.parametrize("how", ["raise", "cancel", "timeout"])
+async def test_thread_slot_comes_back_after_a_stage_raises_is_cancelled_or_times_out(
+    how: str,
+) -> None:
+    # limit=1: a slot kept on the error path would leave the second run waiting forever.
+    one = tp.ThreadExecutor(limit=1)
+    started = trio.Event()
+    release = threading.Event()  # lets an abandoned thread return (it keeps the slot till then)
+
+    def first(snap: tp.StageSnapshot) -> None:
+        trio.from_thread.run_sync(started.set)
+        if how == "raise":
+            raise ValueError("first fails")
+        release.wait(30)
+
+    pipe = tp.Pipeline("first")
+    pipe.add_stage("first", first, executor=one, timeout=0.05 if how == "timeout" else None)
+    try:
+        async with tp.open_run(pipe) as handle:
+            if how == "cancel":
+                with trio.fail_after(20):
+                    await started.wait()
+                handle.cancel()
+    finally:
+        release.set()
+    outcome = handle.result.stages["first"]
+    expected = {"raise": ValueError, "timeout": tp.StageTimeout}.get(how)
+    if expected is None:
+        assert outcome.status is tp.StageStatus.CANCELLED
+    else:
+        assert isinstance(outcome.error, expected)
+
+    later = tp.Pipeline("later")
+    later.add_stage("later", lambda snap: "ran", executor=one)
+    with trio.fail_after(10):
+        result = await tp.run(later)
+    assert result.stages["later"].value == "ran"
+
+
 async def test_thread_limit_bounds_concurrency() -> None:
     lock = threading.Lock()
     running = 0
@@ -418,7 +458,10 @@ async def test_process_cancel_and_timeout_kill_the_worker(how: str) -> None:
     listener = await open_pid_listener()
     port = listener.socket.getsockname()[1]
     pipe, load = pipeline_with_input(port)
-    timeout = 30.0 if how == "cancel" else 1.5  # time to spawn a worker
+    timeout = 30.0 if how == "cancel" else 1.5
+    # Spawning a worker can take longer than the timeout on a loaded machine: warm
+    # trio-parallel's worker cache first, so the timeout only covers the stage itself.
+    await trio_parallel.run_sync(int)
     pipe.add_stage(
         "hang", report_pid_then_hang, after=[load], timeout=timeout, executor=tp.ProcessExecutor()
     )

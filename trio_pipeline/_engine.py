@@ -147,6 +147,7 @@ class _Run:
         self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
         self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -320,17 +321,17 @@ class _Run:
         )
         value: Any = None
         try:
-            if _chaos.hook is not None:
-                await _chaos.hook("stage.start")
+            if self._chaos is not None:
+                await self._chaos("stage.start")
             if scope is None:
                 value = await rec.stage.fn(ctx)
             else:
                 with scope:
                     value = await rec.stage.fn(ctx)
-            if _chaos.hook is not None:
+            if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
-                    await _chaos.hook("stage.end")
+                    await self._chaos("stage.end")
         except Exception as exc:
             self._release(rec)
             self._attempt_failed(rec, exc)
@@ -398,8 +399,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
-            if _chaos.hook is not None:
-                await _chaos.hook("retry.wake")
+            if self._chaos is not None:
+                await self._chaos("retry.wake")
         except BaseException:
             # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
             if rec.machine.state is _PENDING:
