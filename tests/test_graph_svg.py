@@ -50,6 +50,14 @@ def test_layout_flows_left_to_right_without_overlaps(
         assert y1 <= height
         for u0, v0, u1, v1 in boxes[i + 1 :]:
             assert x1 <= u0 or u1 <= x0 or y1 <= v0 or v1 <= y0, "boxes overlap"
+    for (j, i), points in placed.routes.items():
+        assert j in upstream[i]
+        assert len(points) % 2 == 0
+        for (a, y), (b, y2) in zip(points[::2], points[1::2], strict=True):
+            assert y == y2
+            assert placed.x[j] < a <= b < placed.x[i]
+            for x0, y0, x1, y1 in boxes:  # a long edge's lane crosses no box
+                assert b <= x0 or x1 <= a or not y0 <= y <= y1
 
 
 def test_a_side_input_sits_next_to_its_user() -> None:
@@ -64,6 +72,16 @@ def test_stages_are_ordered_to_avoid_crossings() -> None:
     placed = layout([[], [], [1], [0]], [50.0] * 4)
     assert placed.y[0] < placed.y[1]
     assert placed.y[3] < placed.y[2]
+
+
+def test_a_long_edge_runs_in_a_lane_of_its_own() -> None:
+    # a -> b -> c and a -> c: the edge a -> c passes b's column beside b.
+    placed = layout([[], [0], [1, 0]], [50.0] * 3)
+    ((a, y), (b, y2)) = placed.routes[(0, 2)]
+    assert (a, b) == (placed.x[1], placed.x[1] + placed.width[1])
+    assert y == y2
+    assert abs(y - (placed.y[1] + NODE_HEIGHT / 2)) >= NODE_HEIGHT
+    assert placed.routes[(0, 1)] == ()
 
 
 def test_a_cycle_does_not_hang_the_layout() -> None:

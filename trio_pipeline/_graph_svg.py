@@ -45,19 +45,26 @@ dominant-baseline:central}
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Where each stage goes: `x`, `y` of its box's top-left corner and its `width`."""
+    """Where each stage goes: `x`, `y` of its box's top-left corner and its `width`.
+
+    `routes[(j, i)]` lists the points an edge from `j` to `i` passes between the
+    boxes, one pair per column it crosses (empty for neighbouring columns).
+    """
 
     x: tuple[float, ...]
     y: tuple[float, ...]
     width: tuple[float, ...]
     size: tuple[float, float]
+    routes: Mapping[tuple[int, int], tuple[tuple[float, float], ...]]
 
 
 def layout(upstream: Sequence[Sequence[int]], box_widths: Sequence[float]) -> Layout:
     """Place the stages of a DAG given each stage's upstream indices and box width.
 
-    A cycle (which a validated plan never has) does not hang it: the stages on it go
-    to column 0.
+    An edge spanning several columns gets a placeholder in each column between (as
+    in Sugiyama's method), ordered with the stages, so it runs in a lane of its own
+    instead of across boxes. A cycle (which a validated plan never has) does not
+    hang it: the stages on it go to column 0.
     """
     n = len(upstream)
     downstream: list[list[int]] = [[] for _ in range(n)]
@@ -81,16 +88,40 @@ def layout(upstream: Sequence[Sequence[int]], box_widths: Sequence[float]) -> La
     for i in reversed(order):
         if downstream[i]:
             column[i] = max(column[i], min(column[j] for j in downstream[i]) - 1)
+    # Placeholders (indices n, n+1, ...) for edges spanning columns.
+    ups_all: list[list[int]] = [[] for _ in range(n)]
+    chains: dict[tuple[int, int], list[int]] = {}
+    budget = 4 * n + 1000  # placeholders; past it, long edges are drawn straight across
+    for i, ups in enumerate(upstream):
+        for j in ups:
+            previous = j
+            chain: list[int] = []
+            span = column[i] - column[j] - 1
+            if span > budget:
+                span = 0
+            budget -= span
+            for c in range(column[j] + 1, column[j] + 1 + span):
+                ups_all.append([previous])
+                column.append(c)
+                previous = len(ups_all) - 1
+                chain.append(previous)
+            ups_all[i].append(previous)
+            chains[(j, i)] = chain
+    total = len(ups_all)
+    downs_all: list[list[int]] = [[] for _ in range(total)]
+    for i, ups in enumerate(ups_all):
+        for j in ups:
+            downs_all[j].append(i)
     columns: list[list[int]] = [[] for _ in range(max(column, default=-1) + 1)]
-    for i in range(n):
+    for i in range(total):
         columns[column[i]].append(i)
-    rank = [0.0] * n
+    rank = [0.0] * total
     for members in columns:
         for r, i in enumerate(members):
             rank[i] = r
     # Barycentre sweeps, forward (by upstream) then backward (by downstream).
     for _ in range(2):
-        for neighbours, sweep in ((upstream, columns[1:]), (downstream, columns[-2::-1])):
+        for neighbours, sweep in ((ups_all, columns[1:]), (downs_all, columns[-2::-1])):
             for members in sweep:
                 keys = {
                     i: (sum(rank[j] for j in neighbours[i]) / len(neighbours[i]))
@@ -101,14 +132,19 @@ def layout(upstream: Sequence[Sequence[int]], box_widths: Sequence[float]) -> La
                 members.sort(key=keys.__getitem__)
                 for r, i in enumerate(members):
                     rank[i] = r
-    return _place(columns, box_widths)
+    return _place(columns, [*box_widths, *[0.0] * (total - n)], n, chains)
 
 
-def _place(columns: list[list[int]], box_widths: Sequence[float]) -> Layout:
-    n = len(box_widths)
-    xs = [0.0] * n
-    ys = [0.0] * n
-    widths = [0.0] * n
+def _place(
+    columns: list[list[int]],
+    box_widths: Sequence[float],
+    n: int,
+    chains: Mapping[tuple[int, int], list[int]],
+) -> Layout:
+    total = len(box_widths)
+    xs = [0.0] * total
+    ys = [0.0] * total
+    widths = [0.0] * total
     step = NODE_HEIGHT + ROW_GAP
     tallest = max((len(members) for members in columns), default=0)
     x = float(MARGIN)
@@ -120,7 +156,30 @@ def _place(columns: list[list[int]], box_widths: Sequence[float]) -> Layout:
         x += width + COLUMN_GAP
     height = 2 * MARGIN + max(tallest * step - ROW_GAP, 0)
     width_total = x - COLUMN_GAP + MARGIN if columns else 2 * MARGIN
-    return Layout(tuple(xs), tuple(ys), tuple(widths), (width_total, height))
+    half = NODE_HEIGHT / 2
+    routes = {
+        edge: tuple(
+            point
+            for d in chain
+            for point in ((xs[d], ys[d] + half), (xs[d] + widths[d], ys[d] + half))
+        )
+        for edge, chain in chains.items()
+    }
+    return Layout(tuple(xs[:n]), tuple(ys[:n]), tuple(widths[:n]), (width_total, height), routes)
+
+
+def _edge_path(points: Sequence[tuple[float, float]]) -> str:
+    """Curves between columns, straight lines across the columns a long edge passes."""
+    (x, y), rest = points[0], points[1:]
+    path = [f"M{x:.1f},{y:.1f}"]
+    for k, (x2, y2) in enumerate(rest):
+        if k % 2 == 0:  # between columns: a curve with horizontal ends
+            bend = max((x2 - x) / 2, 16.0)
+            path.append(f"C{x + bend:.1f},{y:.1f} {x2 - bend:.1f},{y2:.1f} {x2:.1f},{y2:.1f}")
+        else:  # through a column's lane
+            path.append(f"L{x2:.1f},{y2:.1f}")
+        x, y = x2, y2
+    return "".join(path)
 
 
 def render_svg(
@@ -162,14 +221,11 @@ def render_svg(
     half = NODE_HEIGHT / 2
     edges: list[str] = []
     for i, ups in enumerate(upstream):
-        x2, y2 = placed.x[i], placed.y[i] + half
+        end = (placed.x[i], placed.y[i] + half)
         for j in ups:
-            x1, y1 = placed.x[j] + placed.width[j], placed.y[j] + half
-            bend = max((x2 - x1) / 2, 16.0)
-            edges.append(
-                f'<path d="M{x1:.1f},{y1:.1f}C{x1 + bend:.1f},{y1:.1f}'
-                f' {x2 - bend:.1f},{y2:.1f} {x2:.1f},{y2:.1f}" marker-end="url(#tpg-arrow)"/>'
-            )
+            start = (placed.x[j] + placed.width[j], placed.y[j] + half)
+            points = [start, *placed.routes.get((j, i), ()), end]
+            edges.append(f'<path d="{_edge_path(points)}" marker-end="url(#tpg-arrow)"/>')
     parts.append("<g>" + "".join(edges) + "</g>")
     for i, name in enumerate(names):
         label = name if len(name) <= MAX_LABEL else name[: MAX_LABEL - 1] + "\u2026"
