@@ -209,8 +209,8 @@ def render_svg(
     width, height = placed.size
     head = f'<svg class="tpg" width="{width:.0f}" height="{height:.0f}"'
     head += f' viewBox="0 0 {width:.0f} {height:.0f}" role="img"'
-    if standalone:
-        head += ' xmlns="http://www.w3.org/2000/svg"'
+    if standalone:  # opaque, so a dark viewer does not swallow the dark labels
+        head += ' xmlns="http://www.w3.org/2000/svg" style="background:#fff"'
     parts = [head + ">"]
     if standalone:
         parts.append(f"<style>{GRAPH_CSS}</style>")
