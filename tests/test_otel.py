@@ -211,7 +211,7 @@ async def test_cancelled_run_is_an_error(autojump_clock: Any) -> None:
 async def test_events_ending_early_still_end_every_span() -> None:
     tracer_provider, exporter = provider()
     sink = tp.OtelSink(tracer_provider)
-    await sink.handle(tp.RunStarted("r", 0, 10.0, "p", ("a",), (), 1000.0))
+    await sink.handle(tp.RunStarted("r", 0, 10.0, "p", ("a",), wall_time=1000.0))
     await sink.handle(tp.StageStarted("r", 1, 11.0, "a", 1))
     await sink.aclose()
     spans = by_name(exporter.get_finished_spans())

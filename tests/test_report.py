@@ -530,7 +530,9 @@ def synthetic_run(n: int, *, width: int = 100) -> list[tp.Event]:
     after: tuple[tuple[str, ...], ...] = tuple(
         () if i < width else (names[i - width],) for i in range(n)
     )
-    events: list[tp.Event] = [tp.RunStarted("r", 0, 0.0, "big", names, after, 1.7e9)]
+    events: list[tp.Event] = [
+        tp.RunStarted("r", 0, 0.0, "big", names, after=after, wall_time=1.7e9)
+    ]
     counts = dict.fromkeys(tp.StageStatus, 0)
     failed_or_blocked: set[str] = set()
     for i, name in enumerate(names):

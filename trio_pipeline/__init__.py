@@ -28,6 +28,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -54,6 +55,7 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "MissingExtraError",
     "OtelSink",
     "Pipeline",
     "PipelineError",
