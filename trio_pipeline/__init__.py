@@ -28,6 +28,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -36,6 +37,8 @@ from ._executors import (
 )
 from ._graph import Pipeline, Stage, StageFunction
 from ._options import RetryPolicy, StageOptions, Trigger
+from ._otel import OtelSink
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -52,6 +55,8 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "MissingExtraError",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
@@ -60,6 +65,7 @@ __all__ = [
     "RunFinished",
     "RunHandle",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SerializationError",
@@ -85,6 +91,7 @@ __all__ = [
     "UnknownStageError",
     "open_run",
     "run",
+    "write_report",
 ]
 
 

@@ -50,6 +50,7 @@ class Dispatcher:
         # KeyboardInterrupt): the sink is disabled like one that raised an Exception,
         # and the engine cancels the run and re-raises it at the end.
         self.on_fatal: Callable[[BaseException], None] | None = None
+        self._chaos = _chaos.current()  # read once, at run start: scoped to the run
 
     def set_deadline(self, deadline: float) -> None:
         """Bound the rest of the drain: at `deadline` delivery stops and is reported."""
@@ -105,8 +106,8 @@ class Dispatcher:
                 if now() - yielded_at >= _YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded_at = now()
-            if _chaos.hook is not None:
-                await _chaos.hook("dispatch")
+            if self._chaos is not None:
+                await self._chaos("dispatch")
             for i, sink in enumerate(sinks):
                 if i in self.errors:
                     continue
@@ -121,8 +122,8 @@ class Dispatcher:
 
     async def _close_sinks(self) -> None:
         for i, sink in enumerate(self.sinks):
-            if _chaos.hook is not None:
-                await _chaos.hook("sink.aclose")
+            if self._chaos is not None:
+                await self._chaos("sink.aclose")
             self._closed.add(i)
             try:
                 await sink.aclose()

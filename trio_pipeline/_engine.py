@@ -39,8 +39,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, cast
@@ -52,12 +53,14 @@ from ._context import StageContext
 from ._dispatch import Dispatcher
 from ._errors import StageDefinitionError, StageDefinitionTypeError
 from ._events import Event
-from ._graph import Pipeline, Plan
+from ._graph import Pipeline, Plan, Stage
 from ._options import DEFAULT_OPTIONS, check_optional_int, check_pools, check_seconds
+from ._params import NO_PARAMS, Params, check_params
 from ._result import RunResult
 from ._scheduler import Outbox, Scheduler
 from ._sinks import Sink
 from ._state import Machine, RunState
+from ._targets import select_stages, subpipeline
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -78,8 +81,10 @@ class _Run:
         drain_timeout: float,
         teardown_timeout: float = 30.0,
         pools: Mapping[str, int] | None = None,
+        params: Params = NO_PARAMS,
     ) -> None:
         self.plan = plan
+        self.params = params
         self.run_id = uuid.uuid4().hex[:12]
         self.sched = Scheduler(
             plan,
@@ -88,6 +93,7 @@ class _Run:
             max_parallel=max_parallel,
             pools=pools,
             teardown_timeout=teardown_timeout,
+            params=params,
         )
         self.drain_timeout = drain_timeout
         self._send, receive = trio.open_memory_channel[Event](math.inf)
@@ -101,6 +107,7 @@ class _Run:
         self._emit_log = self._log  # one bound method for every StageContext
         self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
         self.dispatcher.on_fatal = self._sink_crashed
+        self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
         self.fatal: BaseException | None = None  # re-raised by open_run
@@ -232,7 +239,7 @@ class _Run:
         self._start_soon = nursery.start_soon
         self._now = trio.lowlevel.current_clock().current_time
         now = self._now()
-        self.sched.begin(now)
+        self.sched.begin(now, wall_time=time.time())
         self._apply(now)
 
     def request_close(self) -> None:
@@ -303,23 +310,24 @@ class _Run:
             attempt=sched.attempts[i],
             run_id=self.run_id,
             emit_log=self._emit_log,
+            params=self.params,
         )
         value: Any = None
         try:
             if scope is None:
-                if _chaos.hook is not None:
-                    await _chaos.hook("stage.start")
+                if self._chaos is not None:
+                    await self._chaos("stage.start")
                 value = await stage.fn(ctx)
             else:
                 with scope:
-                    if _chaos.hook is not None:
-                        await _chaos.hook("stage.start")
+                    if self._chaos is not None:
+                        await self._chaos("stage.start")
                     value = await stage.fn(ctx)
                 del self._scopes[i]
-            if _chaos.hook is not None:
+            if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
-                    await _chaos.hook("stage.end")
+                    await self._chaos("stage.end")
         except Exception as exc:
             if scope is not None:
                 self._scopes.pop(i, None)
@@ -352,8 +360,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
-                if _chaos.hook is not None:
-                    await _chaos.hook("retry.wake")
+                if self._chaos is not None:
+                    await self._chaos("retry.wake")
         except BaseException:
             if self._scopes.get(i) is scope:
                 del self._scopes[i]
@@ -467,9 +475,18 @@ class _PoolUsers:
 
 
 def _check_options(
-    sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float, teardown_timeout: float
-) -> None:
+    sinks: Sequence[Sink],
+    keep_going: bool,
+    max_parallel: int | None,
+    drain_timeout: float,
+    teardown_timeout: float,
+) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
+        raise StageDefinitionTypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
+    sinks = tuple(sinks)
+    if not isinstance(keep_going, bool):
+        raise StageDefinitionTypeError(f"keep_going must be a bool, got {keep_going!r}")
     check_optional_int(max_parallel, "max_parallel", minimum=1)
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
     check_seconds(teardown_timeout, "teardown_timeout", infinite=True)
@@ -482,6 +499,18 @@ def _check_options(
         raise StageDefinitionError(
             "the same sink was passed twice; each sink receives each event once"
         )
+    return sinks
+
+
+def _compile_selected(
+    pipeline: Pipeline, targets: Iterable[str | Stage] | None, *, only: bool
+) -> Plan:
+    plan = pipeline.compile()  # the whole graph is validated, targets or not
+    if targets is None:
+        if only:
+            raise StageDefinitionError("only=True needs targets: the stages to run")
+        return plan
+    return subpipeline(pipeline, select_stages(pipeline, targets, only=only)).compile()
 
 
 @asynccontextmanager
@@ -494,6 +523,9 @@ async def open_run(
     drain_timeout: float = 5.0,
     teardown_timeout: float = 30.0,
     pools: Mapping[str, int] | None = None,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -515,18 +547,28 @@ async def open_run(
             exception), counted from the cancellation; then they are cancelled too.
         pools: ``{pool name: slots}`` for the stages' ``uses=``, overriding the
             pipeline's pools of the same name.
+        params: The run's parameters, read by every stage as `StageContext.params`
+            (a read-only mapping with str keys) and carried by `RunStarted.params`.
+        targets: Run only these stages (names or `Stage` objects) and, unless
+            `only`, every stage they depend on. Other stages are not part of the run:
+            absent from `RunStarted.stages` and from the result. None: every stage.
+        only: With `targets`, just the targets: dependencies on stages that are not
+            targets are dropped (those stages' results are missing from ``inputs``).
 
     Raises:
         PipelineError: the pipeline or an option is invalid; raised before anything
             starts.
+        UnknownStageError: a target is not a stage (with a did-you-mean).
+        StageDefinitionError: an invalid option (a `StageDefinitionTypeError`, also a
+            TypeError, for a value of the wrong type).
         BaseException: a stage or a sink raised KeyboardInterrupt, SystemExit or
             another BaseException that is not a cancellation: the run was cancelled,
             every event delivered and every sink closed, then that exception itself
             is raised here.
     """
-    plan = pipeline.compile()
-    sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout, teardown_timeout)
+    plan = _compile_selected(pipeline, targets, only=only)
+    run_params = check_params(params)
+    sinks = _check_options(sinks, keep_going, max_parallel, drain_timeout, teardown_timeout)
     merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
     checked_pools = check_pools(_PoolUsers(plan), merged)
     run = _Run(
@@ -537,6 +579,7 @@ async def open_run(
         drain_timeout=drain_timeout,
         teardown_timeout=teardown_timeout,
         pools=checked_pools,
+        params=run_params,
     )
     handle = RunHandle(run)
     try:
@@ -569,6 +612,9 @@ async def run(
     drain_timeout: float = 5.0,
     teardown_timeout: float = 30.0,
     pools: Mapping[str, int] | None = None,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -586,6 +632,9 @@ async def run(
         drain_timeout=drain_timeout,
         teardown_timeout=teardown_timeout,
         pools=pools,
+        params=params,
+        targets=targets,
+        only=only,
     ) as handle:
         pass
     return handle.result

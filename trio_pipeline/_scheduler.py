@@ -80,6 +80,7 @@ from ._events import (
     describe_error,
 )
 from ._options import DEFAULT_OPTIONS, Trigger
+from ._params import NO_PARAMS
 from ._result import StageOutcome, count_statuses
 from ._state import OK_STATUSES, STAGE_TRANSITIONS, Machine, RunState, StageStatus, run_machine
 
@@ -237,6 +238,7 @@ class Scheduler:
         max_parallel: Attempts running at once at most (None: no limit).
         pools: ``{pool: slots}``, already checked against the stages' ``uses``.
         teardown_timeout: Seconds teardown stages get after a cancellation.
+        params: The run's parameters (carried by `RunStarted`).
     """
 
     def __init__(
@@ -248,8 +250,10 @@ class Scheduler:
         max_parallel: int | None = None,
         pools: Mapping[str, int] | None = None,
         teardown_timeout: float = 30.0,
+        params: Mapping[str, Any] = NO_PARAMS,
     ) -> None:
         n = len(plan.stages)
+        self.params = params
         self.plan = plan
         self.run_id = run_id
         self.keep_going = keep_going
@@ -371,13 +375,24 @@ class Scheduler:
 
     # -- facts: the run ---------------------------------------------------------------
 
-    def begin(self, now: float) -> None:
-        """The run starts: emit `RunStarted`, start what is ready."""
+    def begin(self, now: float, *, wall_time: float | None = None) -> None:
+        """The run starts (`wall_time`: ``time.time()``): emit `RunStarted`, start what is ready."""
         self.machine.advance(RunState.RUNNING)
         self.started_at = now
         plan = self.plan
-        names = tuple(stage.name for stage in plan.stages)
-        self._emit(RunStarted(self.run_id, self._next_seq(), now, plan.name, names))
+        stages = plan.stages
+        self._emit(
+            RunStarted(
+                self.run_id,
+                self._next_seq(),
+                now,
+                plan.name,
+                tuple(stage.name for stage in stages),
+                self.params,
+                tuple(stage.after for stage in stages),
+                wall_time,
+            )
+        )
         marks, remaining = self._marks, self._remaining
         ready = [i for i, r in enumerate(remaining) if r == 0 and i not in marks]
         keys = self._keys
