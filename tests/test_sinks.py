@@ -56,8 +56,23 @@ async def test_jsonl_sink_flushes_each_event(tmp_path: Any) -> None:
 def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
     from trio_pipeline._sinks import format_stage_line
 
-    def finished(status: tp.StageStatus, *counts: int | None, error: str | None = None) -> Any:
-        return tp.StageFinished("r", 1, 2.0, "fetch", status, 1, 2.0, error, None, *counts)
+    def finished(status: tp.StageStatus, *counts: int, error: str | None = None) -> Any:
+        n_in, n_out, n_failed, n_cancelled = counts or (None, None, None, None)
+        return tp.StageFinished(
+            "r",
+            1,
+            2.0,
+            "fetch",
+            status,
+            1,
+            2.0,
+            error,
+            None,
+            items_in=n_in,
+            items_out=n_out,
+            items_failed=n_failed,
+            items_cancelled=n_cancelled,
+        )
 
     assert (
         format_stage_line(finished(tp.StageStatus.SUCCEEDED, 40, 120, 0, 0))

@@ -40,6 +40,8 @@ from ._executors import (
 from ._graph import Pipeline, Stage, StageFunction
 from ._items import ItemError, ItemOptions
 from ._options import RetryPolicy, StageOptions, Trigger
+from ._otel import OtelSink
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -60,6 +62,7 @@ __all__ = [
     "ItemOptions",
     "JsonlSink",
     "MissingExtraError",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
@@ -68,6 +71,7 @@ __all__ = [
     "RunFinished",
     "RunHandle",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SerializationError",
@@ -94,6 +98,7 @@ __all__ = [
     "UnknownStageError",
     "open_run",
     "run",
+    "write_report",
 ]
 
 

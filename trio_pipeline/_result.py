@@ -24,6 +24,8 @@ class StageOutcome:
         attempts: Attempts started; 0 for a stage that never started.
         duration: Seconds from the first start to the end; 0.0 if never started.
         blocked_by: The failed stage that blocked this one (only when BLOCKED).
+        reason: Why it ended as it did when it neither succeeded nor failed (as
+            `StageFinished.reason`).
         items_in, items_out, items_failed, items_cancelled, items_ok: Final item
             counts of an item stage, as on its `StageFinished` (None for a task stage).
     """
@@ -34,6 +36,7 @@ class StageOutcome:
     attempts: int = 0
     duration: float = 0.0
     blocked_by: str | None = None
+    reason: str | None = None
     items_in: int | None = None
     items_out: int | None = None
     items_failed: int | None = None

@@ -74,10 +74,6 @@ class StreamHost(Protocol):
         """The values of the stage's ordinary (non-stream) upstream stages."""
         ...
 
-    def member_started(self, index: int) -> None:
-        """Emit the member's `StageStarted` (attempt 1)."""
-        ...
-
     def member_finished(
         self,
         index: int,
@@ -233,14 +229,10 @@ class GroupRun:
 
     # -- the group task ---------------------------------------------------------------
 
-    def begin(self) -> None:
-        """Report every member started, at once: call it when the engine starts the group,
-        before `run`'s task is spawned, so start events follow the scheduler's order."""
-        for member in self.members:
-            self.host.member_started(member.index)
-
     async def run(self) -> None:
-        """Run every member to its end (after `begin`). Cancelling the caller cancels them all."""
+        """Run every member to its end (the scheduler has reported them started).
+
+        Cancelling the caller cancels them all."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
             for member in self.members:
