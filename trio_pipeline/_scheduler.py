@@ -380,6 +380,19 @@ class Scheduler:
         """
         return Outcomes(self)
 
+    def outcome_of(self, i: int) -> StageOutcome:
+        status = self.status[i]
+        return StageOutcome(
+            status,
+            self.values[i],
+            self._errors.get(i) if status is _FAILED else None,
+            self.attempts[i],
+            self._times[i] if status.is_terminal else 0.0,
+            self._blocked_by.get(i),
+            self._reasons.get(i),
+            *_item_counts(self._counts.get(i)),
+        )
+
     def counts(self) -> dict[StageStatus, int]:
         return count_statuses(s for s in self.status if s.is_terminal)
 
@@ -1113,18 +1126,7 @@ class Outcomes(Mapping[str, StageOutcome]):
         return name in (self._index if self._index is not None else self._names)
 
     def _outcome(self, i: int) -> StageOutcome:
-        sched = self._sched
-        status = sched.status[i]
-        return StageOutcome(
-            status,
-            sched.values[i],
-            sched._errors.get(i) if status is _FAILED else None,
-            sched.attempts[i],
-            sched._times[i] if status.is_terminal else 0.0,
-            sched._blocked_by.get(i),
-            sched._reasons.get(i),
-            *_item_counts(sched._counts.get(i)),
-        )
+        return self._sched.outcome_of(i)
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
