@@ -8,9 +8,11 @@ Hypothesis makes it deterministic per seed), so the schedule is drawn too.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any, cast
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -80,7 +82,17 @@ def make_property(
     return cast(Callable[[], None], given(sc=strategy, _random=st.random_module())(check))
 
 
+# Stage options drawn too (triggers, pools, exclusive stages, priorities, retry
+# policies): check_run replays every scheduling rule. Needs the scheduler (issue 10).
+OPTIONS = scenarios(options=True)
+_HAS_SCHEDULER = importlib.util.find_spec("trio_pipeline._scheduler") is not None
+
 test_run_invariants = make_property(MAIN, FOUND)
+test_scheduling_rules = pytest.mark.skipif(
+    not _HAS_SCHEDULER, reason="the engine does not apply stage options before issue 10"
+)(make_property(OPTIONS))
 test_sink_faults = make_property(SINK_FAULTS)
 test_shutdown_controls = make_property(SHUTDOWN)
 FAULT_STRATEGIES = {"sink faults": SINK_FAULTS, "shutdown controls": SHUTDOWN}
+if _HAS_SCHEDULER:
+    FAULT_STRATEGIES["scheduling rules"] = OPTIONS

@@ -61,6 +61,8 @@ class StageSpec:
     # Waits in a child task of a nursery of its own, so cancelling it raises a
     # group of Cancelled rather than a bare Cancelled.
     nested: bool = False
+    # More stage options (trigger=, uses=, exclusive=, priority=, retry_*=), as pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
     def behaviour(self, attempt: int) -> tuple[Behaviour, float]:
         return self.attempts[min(attempt, len(self.attempts)) - 1]
@@ -83,6 +85,7 @@ class Scenario:
     control: Control
     control_at: float
     tape: tuple[int, ...]
+    pools: tuple[tuple[str, int], ...] = ()
 
     @property
     def lossless(self) -> bool:
@@ -95,8 +98,36 @@ class Scenario:
 _DURATIONS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0])
 
 
+POOLS = (("gpu", 2), ("io", 1))
+_USES: list[Any] = [None, None, None, "gpu", {"gpu": 2}, "io", {"gpu": 1, "io": 1}]
+_TRIGGERS = [tp.Trigger.ALL_SUCCESS, tp.Trigger.ALL_SUCCESS, *tp.Trigger]
+_RETRY_ON: list[Any] = [None, None, KeyError, (StageBoom, TimeoutError), tp.StageTimeout]
+
+
 @st.composite
-def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
+def stage_options(draw: st.DrawFn) -> tuple[tuple[str, Any], ...]:
+    """Scheduling options for one stage: each is drawn, most often left at its default."""
+    options: dict[str, Any] = {
+        "trigger": draw(st.sampled_from(_TRIGGERS)),
+        "uses": draw(st.sampled_from(_USES)),
+        "exclusive": draw(st.sampled_from([False] * 7 + [True])),
+        "priority": draw(st.sampled_from([0, 0, 0, 1, 5, -1])),
+        "retry_delay": draw(st.sampled_from([None, None, 0.5, 2.0, (0.5, 2.0), (1.0,)])),
+        "retry_backoff": draw(st.sampled_from([None, None, 1.0, 3.0])),
+        "retry_max_delay": draw(st.sampled_from([None, None, 1.0])),
+        "retry_jitter": draw(st.sampled_from([None, None, 0.25])),
+        "retry_on": draw(st.sampled_from(_RETRY_ON)),
+    }
+    defaults = {"trigger": tp.Trigger.ALL_SUCCESS, "exclusive": False, "priority": 0}
+    return tuple(
+        (key, value)
+        for key, value in options.items()
+        if value is not None and defaults.get(key) != value
+    )
+
+
+@st.composite
+def stage_specs(draw: st.DrawFn, *, hangs: bool = True, options: bool = False) -> StageSpec:
     kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"]
     if hangs:
         kinds.append("hang")
@@ -108,6 +139,7 @@ def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
         timeout=draw(st.sampled_from([None, None, 1.5, 3.0])),
         logs=draw(st.integers(0, 2)),
         nested=draw(st.booleans()),
+        options=draw(stage_options()) if options else (),
     )
 
 
@@ -135,12 +167,13 @@ def scenarios(
     controls: Sequence[Control] = ("none", "none", "close", "cancel", "outer"),
     hangs: bool = True,
     tape_size: int = 48,
+    options: bool = False,
 ) -> Scenario:
     k = draw(st.integers(1, max_stages))
     pairs = [(i, j) for j in range(k) for i in range(j)]
     chosen = draw(st.lists(st.booleans(), min_size=len(pairs), max_size=len(pairs)))
     return Scenario(
-        stages=tuple(draw(stage_specs(hangs=hangs)) for _ in range(k)),
+        stages=tuple(draw(stage_specs(hangs=hangs, options=options)) for _ in range(k)),
         edges=tuple(pair for pair, on in zip(pairs, chosen, strict=True) if on),
         max_parallel=draw(st.sampled_from([None, None, 1, 2, 3])),
         keep_going=draw(st.booleans()),
@@ -149,6 +182,7 @@ def scenarios(
         control=draw(st.sampled_from(list(controls))),
         control_at=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0])),
         tape=tuple(draw(st.lists(st.integers(0, 6), max_size=tape_size))),
+        pools=POOLS if options else (),
     )
 
 
@@ -161,7 +195,7 @@ def _value(name: str, attempt: int) -> str:
 
 def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
     """The scenario's pipeline; stages append to `problems` what they saw go wrong."""
-    pipe = tp.Pipeline("scenario")
+    pipe = tp.Pipeline("scenario", pools=dict(sc.pools))
     upstream: dict[int, list[int]] = {j: [] for j in range(len(sc.stages))}
     for i, j in sc.edges:
         upstream[j].append(i)
@@ -169,8 +203,16 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
         name = f"s{j}"
         after = [f"s{i}" for i in upstream[j]]
 
-        async def fn(ctx: tp.StageContext, spec: StageSpec = spec, after: list[str] = after) -> str:
-            if set(ctx.inputs) != set(after):
+        plain = "trigger" not in dict(spec.options)
+
+        async def fn(
+            ctx: tp.StageContext,
+            spec: StageSpec = spec,
+            after: list[str] = after,
+            plain: bool = plain,
+        ) -> str:
+            # A stage whose trigger lets it run after a failure gets its succeeded inputs.
+            if set(ctx.inputs) != set(after) if plain else not set(ctx.inputs) <= set(after):
                 problems.append(f"{ctx.name}: inputs {sorted(ctx.inputs)} != {after}")
             for up, value in ctx.inputs.items():
                 if not (isinstance(value, str) and value.startswith(f"{up}#")):
@@ -203,8 +245,8 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
             fn,
             after=after,
             retries=spec.retries,
-            retry_delay=spec.retry_delay,
             timeout=spec.timeout,
+            **{"retry_delay": spec.retry_delay, **dict(spec.options)},
         )
     return pipe
 

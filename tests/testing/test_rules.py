@@ -350,6 +350,17 @@ def test_after_a_fail_fast_stop_only_always_all_done_and_one_failed_start() -> N
         .end("join")
     )
     _broken((pipe, late, {"keep_going": False}), "fail-fast: no stage starts after a failure")
+    join_cancelled = lambda s: (
+        s.start("bad", "slow")
+        .end("bad", S.FAILED)
+        .end("slow", S.CANCELLED, reason="fail-fast stop")
+        .end("join", S.CANCELLED, reason="fail-fast stop")
+        .end("plain", S.CANCELLED, reason="fail-fast stop")
+    )
+    _broken(
+        (pipe, join_cancelled, {"keep_going": False}),
+        "after a stop a stage whose trigger rule fires still runs",
+    )
 
 
 def test_after_a_close_only_teardown_stages_start_and_nothing_retries() -> None:

@@ -295,10 +295,10 @@ class Schedule:
         trigger = self._trigger(name)
         upstream = self._upstream(name)
         status = event.status
-        if not event.attempt:
-            self._check_unstarted_end(event, trigger, upstream, reason, stopped_before)
         if trigger is Trigger.ALWAYS:
             self._check_teardown_end(event, reason)
+        if not event.attempt:
+            self._check_unstarted_end(event, trigger, upstream, reason, stopped_before)
         if status is _S.FAILED and not stopped_before:
             self._check_retries_used(event)
         self._release(name)
@@ -347,6 +347,17 @@ class Schedule:
                     f"{name!r}: reason {reason!r}, blocked_by {culprit!r}",
                 )
         elif status is _S.CANCELLED:
+            if (
+                self.still is not None
+                and trigger in self.still
+                and can_run(trigger, upstream)
+                and reason != TEARDOWN_EXPIRED
+            ):
+                raise RuleError(
+                    "after a stop a stage whose trigger rule fires still runs",
+                    f"{name!r} ({trigger}) cancelled after a {self.stops[0]} stop with"
+                    f" upstream {statuses}",
+                )
             cancelled_up = any(s is _S.CANCELLED for s in upstream)
             stopped = stopped_before or bool(self.stops) or cancelled_up
             if self.stopped is False and not stopped and reason != TEARDOWN_EXPIRED:
