@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trio_parallel  # type: ignore[import-untyped]
 
 import trio_pipeline as tp
 from tests.support.runs import check_complete, logs_of
@@ -457,7 +458,10 @@ async def test_process_cancel_and_timeout_kill_the_worker(how: str) -> None:
     listener = await open_pid_listener()
     port = listener.socket.getsockname()[1]
     pipe, load = pipeline_with_input(port)
-    timeout = 30.0 if how == "cancel" else 1.5  # time to spawn a worker
+    timeout = 30.0 if how == "cancel" else 1.5
+    # Spawning a worker can take longer than the timeout on a loaded machine: warm
+    # trio-parallel's worker cache first, so the timeout only covers the stage itself.
+    await trio_parallel.run_sync(int)
     pipe.add_stage(
         "hang", report_pid_then_hang, after=[load], timeout=timeout, executor=tp.ProcessExecutor()
     )
