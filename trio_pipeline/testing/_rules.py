@@ -24,6 +24,7 @@ the events so far, so a scheduler bug cannot hide behind the same bug here.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 
@@ -151,7 +152,13 @@ class Schedule:
         self.retry_due: dict[str, float] = {}
         self.stops: list[str] = []
         self.still: frozenset[Trigger] | None = None  # None: no stop yet
-        self.ready = {name for name in self.stages if self._may_start(name)}
+        # Ready for a first attempt; `_ranked` orders them (priority, then definition),
+        # holding stale entries that `ready` no longer has.
+        self.ready: set[str] = set()
+        self._ranked: list[tuple[int, int, str]] = []
+        for name in self.stages:
+            if self._may_start(name):
+                self._make_ready(name)
 
     # -- what the rules say ---------------------------------------------------------
 
@@ -177,9 +184,28 @@ class Schedule:
             return False
         return all(self.free.get(pool, 0) >= n for pool, n in options.uses.items())
 
-    def _outranks(self, other: str, name: str) -> bool:
-        a, b = self.stages[other].options.priority, self.stages[name].options.priority
-        return a > b or (a == b and self.order[other] < self.order[name])
+    def _rank(self, name: str) -> tuple[int, int]:
+        return -self.stages[name].options.priority, self.order[name]
+
+    def _make_ready(self, name: str) -> None:
+        self.ready.add(name)
+        heapq.heappush(self._ranked, (*self._rank(name), name))
+
+    def _passed_over(self, name: str) -> str | None:
+        """A ready stage that outranks `name` and could have started instead, if any."""
+        ranked, ready = self._ranked, self.ready
+        while ranked and ranked[0][2] not in ready:
+            heapq.heappop(ranked)
+        rank = self._rank(name)
+        if not ranked or ranked[0][:2] >= rank:
+            return None  # the usual case: `name` is the best ready stage
+        # Rare: better stages wait (for pool slots, or behind an exclusive one).
+        for *key, other in sorted(ranked):
+            if tuple(key) >= rank:
+                break
+            if other in ready and self._fits(other):
+                return other
+        return None
 
     def _stop(self, kind: str) -> None:
         if kind not in self.stops:
@@ -223,12 +249,12 @@ class Schedule:
                     f"{name!r} took {n} of pool {pool!r} ({used} of {self.size[pool]} in use)"
                     f" at seq={event.seq}",
                 )
-        for other in self.ready:
-            if other != name and self._outranks(other, name) and self._fits(other):
-                raise RuleError(
-                    "ready stages start by priority, then definition order",
-                    f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
-                )
+        other = self._passed_over(name)
+        if other is not None:
+            raise RuleError(
+                "ready stages start by priority, then definition order",
+                f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
+            )
         self.ready.discard(name)
         self.started.add(name)
         self.running.add(name)
@@ -308,8 +334,8 @@ class Schedule:
         if status is _S.FAILED and self.keep_going is False and not self.stops:
             self._stop("fail-fast")
         for down in self.downstream[name]:
-            if self._may_start(down):
-                self.ready.add(down)
+            if down not in self.ready and self._may_start(down):
+                self._make_ready(down)
 
     def _check_unstarted_end(
         self,
