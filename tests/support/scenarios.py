@@ -344,7 +344,8 @@ def check_scenario(
         sinks,
         pipeline,
         result,
-        max_parallel=sc.max_parallel,
+        # An unlimited run is one whose limit is never reached.
+        max_parallel=len(sc.stages) if sc.max_parallel is None else sc.max_parallel,
         keep_going=sc.keep_going,
         lossless=sc.lossless,
         stopped=sc.control != "none",

@@ -631,3 +631,44 @@ def test_a_failure_with_retries_left_is_retried_unless_retry_on_rejects_it() -> 
     _check((picky, failed_early, {"stopped": False}))  # a ValueError is not retried
     keyed = lambda s: s.start("s").end("s", S.FAILED, error=KeyError("k"))
     _broken((picky, keyed, {"stopped": False}), "a failed attempt with retries left is retried")
+
+
+def test_no_stage_that_could_start_waits_while_time_passes() -> None:
+    pipe = pipeline(
+        ("a", [], {"uses": "gpu"}), ("b", [], {"uses": "gpu"}), ("c", [], {}), pools={"gpu": 1}
+    )
+    # b waits for the pool without holding anything: c, behind it, goes ahead.
+    went_ahead = lambda s: s.start("a", "c").at(1).end("a").start("b").at(2).end("b").end("c")
+    _check((pipe, went_ahead, {"max_parallel": 3}))
+    held_up = lambda s: s.start("a").at(1).end("a").start("b", "c").at(2).end("b").end("c")
+    _broken(
+        (pipe, held_up, {"max_parallel": 3}),
+        "a ready stage that can take its slots starts at once: 'c' was ready and fit but still"
+        " waited at t=1",
+    )
+    one_by_one = lambda s: s.start("a").at(1).end("a").start("b").at(2).end("b").start("c").end("c")
+    _check((pipe, one_by_one, {"max_parallel": 1}))  # no slot was free
+    _check((pipe, held_up, {}))  # the limit unknown: not checked
+
+
+def test_stages_behind_a_waiting_exclusive_stage_may_wait() -> None:
+    pipe = pipeline(
+        ("gate", [], {}),
+        ("a", [], {}),
+        ("x", ["gate"], {"exclusive": True, "priority": 5}),
+        ("d", ["gate"], {}),
+    )
+    behind = lambda s: (
+        s.start("gate", "a")
+        .at(1)
+        .end("gate")
+        .at(2)
+        .end("a")
+        .start("x")
+        .at(3)
+        .end("x")
+        .start("d")
+        .at(4)
+        .end("d")
+    )
+    _check((pipe, behind, {"max_parallel": 4}))

@@ -16,7 +16,8 @@ the events so far, so a scheduler bug cannot hide behind the same bug here.
   stage runs alone.
 - Priorities: when a stage starts, no stage that was ready for its first attempt and
   could have started (its slots free, nothing exclusive in the way) outranks it:
-  higher priority, or the same priority and defined earlier.
+  higher priority, or the same priority and defined earlier. And no such stage waits
+  while the clock moves on with a `max_parallel` slot free (no hold-and-wait).
 - Retries: a retry's delay is the policy's (within its jitter) and the retry starts
   no earlier; a failed attempt with retries left is retried unless `retry_on`
   rejects its error or the run was stopped.
@@ -133,12 +134,14 @@ class Schedule:
         keep_going: bool | None,
         pools: Mapping[str, int] | None,
         stopped: bool | None,
+        max_parallel: int | None = None,
     ) -> None:
         self.stages: Mapping[str, Stage] = pipeline.stages
         self.order = {name: i for i, name in enumerate(self.stages)}
         self.result = result
         self.keep_going = keep_going
         self.stopped = stopped
+        self.max_parallel = max_parallel
         self.free = dict(pipeline.pools if pools is None else pools)
         self.size = dict(self.free)
         self.downstream: dict[str, list[str]] = {name: [] for name in self.stages}
@@ -213,6 +216,32 @@ class Schedule:
         still = _STILL_START[kind]
         self.still = still if self.still is None else self.still & still
         self.ready = {name for name in self.ready if self._trigger(name) in self.still}
+
+    def time_passes(self, now: float) -> None:
+        """The clock moves on to `now`: no stage that could have started may still wait.
+
+        Checked only when the limit is known (`max_parallel`). A stage waiting for pool
+        slots holds nothing, so the stages behind it that fit must not wait; those
+        behind a waiting exclusive stage may (it waits for the running ones to end).
+        """
+        if self.max_parallel is None or len(self.running) >= self.max_parallel:
+            return
+        ranked, ready = self._ranked, self.ready
+        while ranked and ranked[0][2] not in ready:
+            heapq.heappop(ranked)
+        if not ranked:
+            return
+        for *_, name in sorted(ranked) if len(ranked) > 1 else ranked:
+            if name not in ready:
+                continue
+            if self._fits(name):
+                raise RuleError(
+                    "a ready stage that can take its slots starts at once",
+                    f"{name!r} was ready and fit but still waited at t={now}"
+                    f" ({len(self.running)} of {self.max_parallel} running)",
+                )
+            if self.stages[name].options.exclusive:
+                return
 
     # -- events ---------------------------------------------------------------------
 
