@@ -8,6 +8,7 @@ Hypothesis makes it deterministic per seed), so the schedule is drawn too.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from collections.abc import Callable
 from typing import Any, cast
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from tests.support.scenarios import (
     LONG_DRAIN,
+    POOLS,
     Scenario,
     SinkSpec,
     StageSpec,
@@ -88,9 +90,36 @@ OPTIONS = scenarios(options=True)
 _HAS_SCHEDULER = importlib.util.find_spec("trio_pipeline._scheduler") is not None
 
 test_run_invariants = make_property(MAIN, FOUND)
+_OK_AT_ONCE = StageSpec((("ok", 0.0),), retries=0, retry_delay=0.0, timeout=None, logs=0)
+SCHEDULING_FOUND: list[Scenario] = [
+    # s1 waits for the pool s0 holds; s2, behind it, must not wait with it.
+    Scenario(
+        stages=(
+            StageSpec(
+                (("ok", 1.0),),
+                retries=0,
+                retry_delay=0.0,
+                timeout=None,
+                logs=0,
+                options=(("uses", {"gpu": 2}),),
+            ),
+            dataclasses.replace(_OK_AT_ONCE, options=(("uses", "gpu"),)),
+            _OK_AT_ONCE,
+        ),
+        edges=(),
+        max_parallel=None,
+        keep_going=False,
+        sinks=(SinkSpec("record", 0.0),),
+        drain_timeout=LONG_DRAIN,
+        control="none",
+        control_at=0.0,
+        tape=(),
+        pools=POOLS,
+    ),
+]
 test_scheduling_rules = pytest.mark.skipif(
     not _HAS_SCHEDULER, reason="the engine does not apply stage options before issue 10"
-)(make_property(OPTIONS))
+)(make_property(OPTIONS, SCHEDULING_FOUND))
 test_sink_faults = make_property(SINK_FAULTS)
 test_shutdown_controls = make_property(SHUTDOWN)
 FAULT_STRATEGIES = {"sink faults": SINK_FAULTS, "shutdown controls": SHUTDOWN}
