@@ -28,6 +28,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -52,6 +53,7 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "MissingExtraError",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
