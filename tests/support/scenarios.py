@@ -10,7 +10,7 @@ fresh `trio.run` on a MockClock and checks every invariant with `check_run`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -193,8 +193,17 @@ def _value(name: str, attempt: int) -> str:
     return f"{name}#{attempt}"
 
 
-def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
-    """The scenario's pipeline; stages append to `problems` what they saw go wrong."""
+def build_pipeline(
+    sc: Scenario,
+    problems: list[str],
+    cancelled_at: dict[tuple[str, int], float] | None = None,
+) -> tp.Pipeline:
+    """The scenario's pipeline; stages append to `problems` what they saw go wrong.
+
+    `cancelled_at` gets the time each (stage, attempt) saw its wait cancelled.
+    """
+    if cancelled_at is None:
+        cancelled_at = {}
     pipe = tp.Pipeline("scenario", pools=dict(sc.pools))
     upstream: dict[int, list[int]] = {j: [] for j in range(len(sc.stages))}
     for i, j in sc.edges:
@@ -222,12 +231,16 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
                 ctx.log("begin")
 
             async def wait() -> None:
-                if behaviour == "hang":
-                    if spec.timeout is not None:
-                        await trio.sleep_forever()
-                    await trio.sleep(LONG_HANG)
-                elif duration:
-                    await trio.sleep(duration)
+                try:
+                    if behaviour == "hang":
+                        if spec.timeout is not None:
+                            await trio.sleep_forever()
+                        await trio.sleep(LONG_HANG)
+                    elif duration:
+                        await trio.sleep(duration)
+                except trio.Cancelled:
+                    cancelled_at[ctx.name, ctx.attempt] = trio.current_time()
+                    raise
 
             if spec.nested:
                 async with trio.open_nursery() as nursery:
@@ -282,7 +295,8 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
     """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
     TALLY.examples += 1
     problems: list[str] = []
-    pipeline = build_pipeline(sc, problems)
+    cancelled_at: dict[tuple[str, int], float] = {}
+    pipeline = build_pipeline(sc, problems, cancelled_at)
     sinks = [build_sink(spec) for spec in sc.sinks]
     tape = ChaosTape(sc.tape)
     tracker = TaskTracker()
@@ -316,7 +330,7 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
         raise ScenarioFailure("invariant broken: every run finishes: it deadlocked") from exc
     result = handles[0].result
     note_statistics(sc, result, tape)
-    check_scenario(sc, pipeline, sinks, result, problems)
+    check_scenario(sc, pipeline, sinks, result, problems, cancelled_at)
 
 
 def note_statistics(sc: Scenario, result: tp.RunResult, tape: ChaosTape) -> None:
@@ -332,12 +346,39 @@ def note_statistics(sc: Scenario, result: tp.RunResult, tape: ChaosTape) -> None
         event(f"chaos point {name}")
 
 
+def check_timeouts(
+    sc: Scenario, events: Sequence[tp.Event], cancelled_at: Mapping[tuple[str, int], float]
+) -> None:
+    """A timed-out attempt's function is cancelled at StageStarted.time + timeout.
+
+    (The event may come later: a chaos point after the function may delay it.)
+    """
+    started: dict[str, float] = {}
+    for e in events:
+        if isinstance(e, tp.StageStarted):
+            started[e.stage] = e.time
+        elif isinstance(e, tp.StageRetrying | tp.StageFinished) and (e.error or "").startswith(
+            "StageTimeout"
+        ):
+            at = cancelled_at.get((e.stage, e.attempt))
+            timeout = sc.stages[int(e.stage[1:])].timeout
+            if at is None or timeout is None:
+                continue  # cancelled before the function waited (in a chaos point)
+            deadline = started[e.stage] + timeout
+            if not math.isclose(at, deadline, abs_tol=1e-9):
+                raise ScenarioFailure(
+                    f"invariant broken: a timeout counts from StageStarted.time: {e.stage}"
+                    f" attempt {e.attempt} was cancelled at {at}, its deadline {deadline}"
+                )
+
+
 def check_scenario(
     sc: Scenario,
     pipeline: tp.Pipeline,
     sinks: list[RecordingSink],
     result: tp.RunResult,
     problems: list[str],
+    cancelled_at: dict[tuple[str, int], float] | None = None,
 ) -> None:
     """`check_run`, plus what this scenario's spec says about the outcome."""
     check_run(
@@ -352,6 +393,10 @@ def check_scenario(
     )
     if problems:
         raise ScenarioFailure(f"invariant broken: stages get their upstream values: {problems}")
+    healthy = [sink for sink in sinks if sink not in result.sink_errors]
+    if healthy:
+        longest = max(healthy, key=lambda sink: len(sink.events)).events
+        check_timeouts(sc, longest, cancelled_at or {})
     statuses = {name: outcome.status for name, outcome in result.stages.items()}
     failed = tp.StageStatus.FAILED in statuses.values()
     stopped = sc.control != "none" or (failed and not sc.keep_going)

@@ -67,9 +67,9 @@ class Script:
             self.events.append(tp.StageStarted("r", self._seq(), self.now, name, attempt))
         return self
 
-    def retry(self, name: str, delay: float) -> Script:
+    def retry(self, name: str, delay: float, error: str = "E: x") -> Script:
         attempt = self.attempts[name]
-        event = tp.StageRetrying("r", self._seq(), self.now, name, attempt, "E: x", delay)
+        event = tp.StageRetrying("r", self._seq(), self.now, name, attempt, error, delay)
         self.events.append(event)
         return self
 
@@ -672,3 +672,12 @@ def test_stages_behind_a_waiting_exclusive_stage_may_wait() -> None:
         .end("d")
     )
     _check((pipe, behind, {"max_parallel": 4}))
+
+
+def test_a_timeout_fires_no_earlier_than_its_deadline() -> None:
+    pipe = pipeline(("s", [], {"timeout": 1.5, "retries": 1}))
+    timed_out = "StageTimeout: stage 's' timed out after 1.5s (attempt 1)"
+    on_time = lambda s: s.at(1).start("s").at(2.5).retry("s", 0.0, timed_out).start("s").end("s")
+    _check((pipe, on_time, {}))
+    early = lambda s: s.at(1).start("s").at(2).retry("s", 0.0, timed_out).start("s").end("s")
+    _broken((pipe, early, {}), r"a timeout fires no earlier than StageStarted.time \+ timeout")

@@ -20,7 +20,8 @@ the events so far, so a scheduler bug cannot hide behind the same bug here.
   while the clock moves on with a `max_parallel` slot free (no hold-and-wait).
 - Retries: a retry's delay is the policy's (within its jitter) and the retry starts
   no earlier; a failed attempt with retries left is retried unless `retry_on`
-  rejects its error or the run was stopped.
+  rejects its error or the run was stopped. A timeout fires no earlier than the
+  attempt's `StageStarted.time` plus the stage's timeout.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Schedule:
         self.alone: str | None = None  # the running exclusive stage
         self.started: set[str] = set()
         self.retry_due: dict[str, float] = {}
+        self.attempt_started: dict[str, float] = {}
         self.stops: list[str] = []
         self.still: frozenset[Trigger] | None = None  # None: no stop yet
         # Ready for a first attempt; `_ranked` orders them (priority, then definition),
@@ -287,6 +289,7 @@ class Schedule:
         self.ready.discard(name)
         self.started.add(name)
         self.running.add(name)
+        self.attempt_started[name] = event.time
         if options.exclusive:
             self.alone = name
         for pool, n in options.uses.items():
@@ -319,8 +322,21 @@ class Schedule:
         for pool, n in self.stages[name].options.uses.items():
             self.free[pool] += n
 
+    def _check_timeout(self, name: str, error: str | None, now: float) -> None:
+        """A timeout fires no earlier than the attempt's StageStarted.time + timeout."""
+        timeout = self.stages[name].options.timeout
+        if timeout is None or not (error or "").startswith("StageTimeout"):
+            return
+        deadline = self.attempt_started.get(name, -math.inf) + timeout
+        if now < deadline and not _close(now, deadline):
+            raise RuleError(
+                "a timeout fires no earlier than StageStarted.time + timeout",
+                f"{name!r} timed out at {now}, its deadline {deadline}",
+            )
+
     def retrying(self, event: StageRetrying) -> None:
         name = event.stage
+        self._check_timeout(name, event.error, event.time)
         policy = self.stages[name].options.retry
         if event.attempt > policy.retries:
             raise RuleError(
@@ -354,8 +370,10 @@ class Schedule:
             self._check_teardown_end(event, reason)
         if not event.attempt:
             self._check_unstarted_end(event, trigger, upstream, reason, stopped_before)
-        if status is _S.FAILED and not stopped_before:
-            self._check_retries_used(event)
+        if status is _S.FAILED:
+            self._check_timeout(name, event.error, event.time)
+            if not stopped_before:
+                self._check_retries_used(event)
         self._release(name)
         self.retry_due.pop(name, None)
         self.ready.discard(name)
