@@ -83,6 +83,8 @@ def test_after_naming_the_stream_input_is_the_same_edge() -> None:
         ({"each": "src", "executor": tp.ThreadExecutor()}, _each, "plain def f"),
         ({"executor": tp.ThreadExecutor()}, _src, "source"),
         ({"each": 3}, _each, "each= takes one stage"),
+        ({"each": "src", "uses": "gpu"}, _each, "uses= \\(pools\\) is not supported"),
+        ({"consumes": "src", "trigger": "all_done"}, _each, "trigger='all_done' is not supported"),
     ],
 )
 def test_bad_item_options_are_refused_naming_the_stage(
@@ -173,6 +175,8 @@ class Spec:
     ordered: bool
     items: int
     delay: float
+    exclusive: bool = False
+    pooled: bool = False  # a task stage taking the one slot of pool "p"
 
 
 @st.composite
@@ -191,13 +195,15 @@ def definitions(draw: st.DrawFn) -> tuple[list[Spec], int | None]:
                 ordered=draw(st.booleans()),
                 items=draw(st.integers(0, 6)),
                 delay=draw(st.sampled_from([0.0, 0.0, 0.5, 1.0])),
+                exclusive=draw(st.sampled_from([False, False, False, True])),
+                pooled=kind == "task" and draw(st.booleans()),
             )
         )
     return specs, draw(st.sampled_from([None, 1, 2]))
 
 
 def build(specs: list[Spec]) -> tp.Pipeline:
-    pipe = tp.Pipeline("random")
+    pipe = tp.Pipeline("random", pools={"p": 1})
     for i, spec in enumerate(specs):
         name = f"s{i}"
         after = [f"s{j}" for j in spec.after]
@@ -241,10 +247,13 @@ def make_stage(
             yield item
 
     reads = f"s{spec.reads}"
+    exclusive = spec.exclusive
     if spec.kind == "task":
-        pipe.add_stage(name, task, after=after)
+        pipe.add_stage(
+            name, task, after=after, exclusive=exclusive, uses={"p": 1} if spec.pooled else {}
+        )
     elif spec.kind == "source":
-        pipe.add_stage(name, source, after=after)
+        pipe.add_stage(name, source, after=after, exclusive=exclusive)
     elif spec.kind in ("map", "flat"):
         pipe.add_stage(
             name,
@@ -254,15 +263,18 @@ def make_stage(
             workers=spec.workers,
             buffer=spec.buffer,
             ordered=spec.ordered,
+            exclusive=exclusive,
         )
     else:
         fn = consume if spec.kind == "consume" else consume_gen
-        pipe.add_stage(name, fn, consumes=reads, after=after, buffer=spec.buffer)
+        pipe.add_stage(
+            name, fn, consumes=reads, after=after, buffer=spec.buffer, exclusive=exclusive
+        )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(definitions(), st.random_module())
-def test_every_accepted_definition_runs_to_the_end(
+def test_every_accepted_definition_runs_to_the_end_under_any_limits(
     drawn: tuple[list[Spec], int | None], seed: Any
 ) -> None:
     specs, max_parallel = drawn

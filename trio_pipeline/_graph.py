@@ -25,7 +25,14 @@ from ._errors import (
     StageDefinitionTypeError,
     UnknownStageError,
 )
-from ._items import ItemOptions, ItemStageFunction, OnItemError, check_streams, item_options
+from ._items import (
+    ItemOptions,
+    ItemStageFunction,
+    OnItemError,
+    check_item_scheduling,
+    check_streams,
+    item_options,
+)
 from ._options import DEFAULT_OPTIONS, StageKeywords, StageOptions, build_options, check_pool_map
 from ._signature import check_stage_callable
 
@@ -314,6 +321,7 @@ class Pipeline:
             has_executor=executor is not None,
             retries=stage_options.retry.retries,
         )
+        check_item_scheduling(name, items, stage_options)
         try:
             if items is not None:
                 run_fn = fn  # type: ignore[assignment]  # `_streams` calls it per item or once

@@ -61,6 +61,7 @@ from ._events import describe_error
 
 if TYPE_CHECKING:
     from ._graph import Plan, Stage
+    from ._options import StageOptions
 
 ItemStageFunction: TypeAlias = (
     Callable[[StageContext], AsyncIterator[Any]] | Callable[[Any, Any], Any]
@@ -213,6 +214,30 @@ def item_options(
         on_item_error="skip" if on_item_error == "skip" else "fail",
         emits=generator,
     )
+
+
+def check_item_scheduling(name: str, items: ItemOptions | None, options: StageOptions) -> None:
+    """Refuse the stage options a stream group does not honour yet (rather than ignore them).
+
+    A group is scheduled as one unit with the ALL_SUCCESS rule, ranked by its first
+    member; ``exclusive`` makes the whole group run alone.
+
+    Raises:
+        StageDefinitionError: ``uses=`` or a ``trigger=`` other than ALL_SUCCESS on an
+            item stage.
+    """
+    if items is None:
+        return
+    if options.uses:
+        raise StageDefinitionError(
+            f"stage {name!r}: uses= (pools) is not supported on item stages yet;"
+            " take the pool in a task stage, or bound the calls with workers="
+        )
+    if options.trigger != "all_success":
+        raise StageDefinitionError(
+            f"stage {name!r}: trigger={options.trigger.value!r} is not supported on item stages"
+            " yet (a stream group starts when all its outside dependencies succeeded)"
+        )
 
 
 def _check_count(name: str, what: str, value: object, *, minimum: int) -> int:

@@ -202,9 +202,25 @@ class Schedule:
     def _fits(self, name: str) -> bool:
         """Whether `name` could start now as far as pools and exclusive stages go."""
         options = self.stages[name].options
-        if self.alone is not None or (options.exclusive and self.running):
+        if self._in_the_way(name):
             return False
         return all(self.free.get(pool, 0) >= n for pool, n in options.uses.items())
+
+    def _exclusive(self, name: str) -> bool:
+        """Exclusive: the stage, or for a stream group member, any member of its group."""
+        unit = self.units.get(name)
+        if unit is None:
+            return self.stages[name].options.exclusive
+        return any(self.stages[m].options.exclusive for m, u in self.units.items() if u == unit)
+
+    def _in_the_way(self, name: str) -> bool:
+        """Whether an exclusive stage (or group) keeps `name` from starting, or the reverse."""
+        unit = self.units.get(name, name)
+        others = [n for n in self.running if self.units.get(n, n) != unit]
+        alone = self.alone
+        if alone is not None and self.units.get(alone, alone) != unit:
+            return True
+        return self._exclusive(name) and bool(others)
 
     def _rank(self, name: str) -> tuple[int, int]:
         return -self.stages[name].options.priority, self.order[name]
@@ -287,7 +303,7 @@ class Schedule:
                     "a retry starts only after its delay",
                     f"{name!r} attempt {event.attempt} at {event.time}, due at {due}",
                 )
-        if self.alone is not None or (options.exclusive and self.running):
+        if self._in_the_way(name):
             raise RuleError(
                 "an exclusive stage runs alone",
                 f"{name!r} started at seq={event.seq} while {sorted(self.running)} ran",
@@ -312,7 +328,7 @@ class Schedule:
         self.started.add(name)
         self.running.add(name)
         self.attempt_started[name] = event.time
-        if options.exclusive:
+        if self._exclusive(name):
             self.alone = name
         for pool, n in options.uses.items():
             self.free[pool] -= n
