@@ -586,3 +586,20 @@ async def test_a_group_is_blocked_as_one_when_an_outside_dependency_fails(
 # -- the property: random item pipelines keep every promise --------------------------------
 
 test_random_item_pipelines_keep_every_promise = make_item_property()
+
+
+def _cube(snapshot: tp.StageSnapshot, item: int) -> int:
+    return item**3
+
+
+async def test_per_item_sync_function_in_processes() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(source_of(4), name="src")
+    pipe.stage(_cube, each="src", workers=2, ordered=True, executor=tp.ProcessExecutor(limit=2))
+
+    @pipe.stage(after=["_cube"])
+    async def collect(ctx: tp.StageContext) -> list[int]:
+        return list(ctx.inputs["_cube"])
+
+    result, _ = await go(pipe)
+    assert result.stages["collect"].value == [0, 1, 8, 27]
