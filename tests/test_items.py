@@ -83,7 +83,7 @@ def test_after_naming_the_stream_input_is_the_same_edge() -> None:
         ({"each": "src", "executor": tp.ThreadExecutor()}, _each, "plain def f"),
         ({"executor": tp.ThreadExecutor()}, _src, "source"),
         ({"each": 3}, _each, "each= takes one stage"),
-        ({"each": "src", "uses": "gpu"}, _each, "uses= \\(pools\\) is not supported"),
+        ({"consumes": "src", "uses": "gpu"}, _each, "applies per item call of each="),
         ({"consumes": "src", "trigger": "all_done"}, _each, "trigger='all_done' is not supported"),
     ],
 )
@@ -196,7 +196,7 @@ def definitions(draw: st.DrawFn) -> tuple[list[Spec], int | None]:
                 items=draw(st.integers(0, 6)),
                 delay=draw(st.sampled_from([0.0, 0.0, 0.5, 1.0])),
                 exclusive=draw(st.sampled_from([False, False, False, True])),
-                pooled=kind == "task" and draw(st.booleans()),
+                pooled=kind in ("task", "map", "flat") and draw(st.booleans()),
             )
         )
     return specs, draw(st.sampled_from([None, 1, 2]))
@@ -264,6 +264,7 @@ def make_stage(
             buffer=spec.buffer,
             ordered=spec.ordered,
             exclusive=exclusive,
+            uses={"p": 1} if spec.pooled else {},
         )
     else:
         fn = consume if spec.kind == "consume" else consume_gen

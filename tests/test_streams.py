@@ -603,3 +603,42 @@ async def test_per_item_sync_function_in_processes() -> None:
 
     result, _ = await go(pipe)
     assert result.stages["collect"].value == [0, 1, 8, 27]
+
+
+async def test_pools_apply_per_item_call_shared_with_task_stages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    in_use = {"now": 0, "max": 0}
+    pipe = tp.Pipeline("p", pools={"gpu": 2})
+    pipe.stage(source_of(6), name="src")
+
+    def using(seconds: float) -> Any:
+        async def hold() -> None:
+            in_use["now"] += 1
+            in_use["max"] = max(in_use["max"], in_use["now"])
+            await trio.sleep(seconds)
+            in_use["now"] -= 1
+
+        return hold
+
+    hold_item = using(1.0)
+
+    @pipe.stage(each="src", workers=4, uses="gpu")
+    async def infer(ctx: tp.StageContext, item: int) -> int:
+        await hold_item()
+        return item
+
+    hold_task = using(1.5)
+
+    @pipe.stage(uses={"gpu": 1})
+    async def train(ctx: tp.StageContext) -> None:
+        await hold_task()
+
+    result, events = await go(pipe, max_parallel=2)
+    assert result.ok
+    # 4 workers, but the pool has 2 slots, shared with `train`: never more than 2 at once.
+    assert in_use["max"] == 2
+    assert finished(events)["infer"].items_out == 6
+    # train holds a slot over 0-1.5 s, so items run one at a time until then (0-1, 1-2),
+    # then two at a time (1.5-2.5, 2-3, 2.5-3.5, 3-4): the stream ends at 4.0.
+    assert finished(events)["infer"].time == pytest.approx(4.0)

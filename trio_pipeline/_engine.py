@@ -88,6 +88,7 @@ class _Run:
         self.plan = plan
         self.progress_interval = progress_interval
         self._group_runs: dict[int, GroupRun] = {}  # running stream groups by first member
+        self._slots_freed = trio.Event()  # set (and replaced) when pool slots come back
         self.params = params
         self.run_id = uuid.uuid4().hex[:12]
         self.sched = Scheduler(
@@ -171,6 +172,9 @@ class _Run:
         if out.close_streams:
             for group_run in self._group_runs.values():
                 group_run.request_close()
+        if out.slots_freed:
+            self._slots_freed.set()
+            self._slots_freed = trio.Event()
         scopes = self._scopes
         for i in out.cancel:
             scope = scopes.get(i)
@@ -353,6 +357,19 @@ class _Run:
 
     def inputs_of(self, index: int) -> Mapping[str, Any]:
         return self.sched.inputs_of(index)
+
+    async def take_item_slots(self, index: int) -> None:
+        sched = self.sched
+        while True:
+            freed = self._slots_freed
+            if sched.take_item_slots(index):
+                return
+            await freed.wait()
+
+    def give_item_slots(self, index: int) -> None:
+        now = self._now()
+        self.sched.give_item_slots(index, now)
+        self._apply(now)
 
     def member_finished(
         self,

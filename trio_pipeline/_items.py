@@ -220,18 +220,19 @@ def check_item_scheduling(name: str, items: ItemOptions | None, options: StageOp
     """Refuse the stage options a stream group does not honour yet (rather than ignore them).
 
     A group is scheduled as one unit with the ALL_SUCCESS rule, ranked by its first
-    member; ``exclusive`` makes the whole group run alone.
+    member; ``exclusive`` makes the whole group run alone; an each= stage's ``uses=``
+    is taken per item call (`Scheduler.take_item_slots`).
 
     Raises:
-        StageDefinitionError: ``uses=`` or a ``trigger=`` other than ALL_SUCCESS on an
-            item stage.
+        StageDefinitionError: ``uses=`` on a source or consumes= stage, or a
+            ``trigger=`` other than ALL_SUCCESS on an item stage.
     """
     if items is None:
         return
-    if options.uses:
+    if options.uses and items.kind != "each":
         raise StageDefinitionError(
-            f"stage {name!r}: uses= (pools) is not supported on item stages yet;"
-            " take the pool in a task stage, or bound the calls with workers="
+            f"stage {name!r}: uses= (pools) applies per item call of each= stages;"
+            f" a {items.kind} stage cannot take pool slots yet"
         )
     if options.trigger != "all_success":
         raise StageDefinitionError(

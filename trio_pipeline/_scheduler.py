@@ -202,6 +202,7 @@ class Outbox:
         "events",
         "finished",
         "rare",
+        "slots_freed",
         "start",
         "timer",
         "wait",
@@ -215,6 +216,7 @@ class Outbox:
         self.deadline: list[int] = []
         self.cancel_running = False
         self.close_streams = False  # ask running stream groups to close their sources
+        self.slots_freed = False  # pool slots came back: wake item calls waiting for some
         self.timer = False
         self.finished = False
         self.rare = False
@@ -228,6 +230,7 @@ class Outbox:
             self.deadline.clear()
             self.cancel_running = False
             self.close_streams = False
+            self.slots_freed = False
             self.timer = False
             self.rare = False
 
@@ -298,6 +301,7 @@ class Scheduler:
         self._marks: dict[int, _Marks] = {}
         self._trigger: dict[int, Trigger] = {}
         self._uses: dict[int, tuple[tuple[str, int], ...]] = {}
+        self._item_uses: dict[int, tuple[tuple[str, int], ...]] = {}  # each= stages
         self._free: dict[str, int] = dict(pools or {})
         self._parked: dict[str, list[int]] = {}
         teardown: set[int] = set()
@@ -312,7 +316,9 @@ class Scheduler:
                 self._marks[i] = _Marks()
                 if options.trigger is _ALWAYS:
                     teardown.add(i)
-            if options.uses:
+            if options.uses and stage.items is not None:
+                self._item_uses[i] = tuple(options.uses.items())  # per item call
+            elif options.uses:
                 self._uses[i] = tuple(options.uses.items())
             if options.exclusive:
                 exclusive.add(i)
@@ -626,6 +632,33 @@ class Scheduler:
         """A seq for an event the engine builds itself (`StageProgress`, `ItemFailed`)."""
         return self._next_seq()
 
+    def take_item_slots(self, i: int) -> bool:
+        """An item call of each= stage `i` takes its pool slots, all at once, if free.
+
+        False: some are taken; the engine waits for `Outbox.slots_freed` and asks
+        again. The call holds nothing while it waits (no hold-and-wait), and gives
+        the slots back (`give_item_slots`) before its result is emitted.
+        """
+        self._expect(i, _RUNNING, "take pool slots for an item")
+        uses, free = self._item_uses[i], self._free
+        if any(free[pool] < slots for pool, slots in uses):
+            return False
+        for pool, slots in uses:
+            free[pool] -= slots
+        return True
+
+    def give_item_slots(self, i: int, now: float) -> None:
+        """An item call of stage `i` is over: its slots are free for stages and items."""
+        free, parked = self._free, self._parked
+        for pool, slots in self._item_uses[i]:
+            free[pool] += slots
+            for j in parked.pop(pool, ()):
+                self._push(j)
+        out = self.out
+        out.slots_freed = True
+        out.rare = True
+        self._pump(now)
+
     def group_of(self, i: int) -> tuple[int, ...] | None:
         """The members of the stream group that stage `i` leads, or None."""
         return self._members.get(i)
@@ -856,6 +889,9 @@ class Scheduler:
                 if waiters:
                     for j in waiters:
                         self._push(j)
+            if self._item_uses:
+                self.out.slots_freed = True  # item calls may be waiting for them
+                self.out.rare = True
 
     def _cancel_waiting(self, i: int) -> None:
         if i in self._waiting:

@@ -74,6 +74,14 @@ class StreamHost(Protocol):
         """The values of the stage's ordinary (non-stream) upstream stages."""
         ...
 
+    async def take_item_slots(self, index: int) -> None:
+        """Wait until an item call of stage `index` holds all its pool slots (``uses=``)."""
+        ...
+
+    def give_item_slots(self, index: int) -> None:
+        """The item call is over: give its pool slots back."""
+        ...
+
     def member_finished(
         self,
         index: int,
@@ -415,6 +423,7 @@ class GroupRun:
             and m.emit_lock is None
             and m.stage.timeout is None
             and m.stage.executor is None
+            and not m.stage.options.uses
             and self._chaos is None
         )
         ctx = self._context(m, 1)
@@ -447,6 +456,16 @@ class GroupRun:
         ctx = self._context(m, attempt)
         if self._chaos is not None:
             await self._chaos("item.call")
+        stage = m.stage
+        if stage.options.uses:
+            await self.host.take_item_slots(m.index)
+            try:
+                return await self._run_call(m, attempt, item, ctx)
+            finally:
+                self.host.give_item_slots(m.index)
+        return await self._run_call(m, attempt, item, ctx)
+
+    async def _run_call(self, m: _Member, attempt: int, item: Any, ctx: StageContext) -> Any:
         stage = m.stage
         if stage.executor is not None:
             fn = cast(Callable[[Any, Any], Any], stage.fn)
@@ -504,6 +523,15 @@ class GroupRun:
     async def _step(self, m: _Member, agen: Any, attempt: int) -> Any:
         if self._chaos is not None:
             await self._chaos("item.call")
+        if m.stage.options.uses:  # slots per step: never held while emitting
+            await self.host.take_item_slots(m.index)
+            try:
+                return await self._timed_step(m, agen, attempt)
+            finally:
+                self.host.give_item_slots(m.index)
+        return await self._timed_step(m, agen, attempt)
+
+    async def _timed_step(self, m: _Member, agen: Any, attempt: int) -> Any:
         timeout = m.stage.timeout
         if timeout is None:
             return await agen.__anext__()

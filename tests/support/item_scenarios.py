@@ -51,6 +51,7 @@ class ItemStageSpec:
     hang_mod: int  # item % hang_mod == 1 hangs (0: never)
     retries: int
     timeout: float | None
+    pooled: bool = False  # takes a slot of pool "p" (2 slots): per item call for each=
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def item_stage_specs(draw: st.DrawFn, i: int) -> ItemStageSpec:
         hang_mod=draw(st.sampled_from([0, 0, 0, 3])) if per_item else 0,
         retries=draw(st.integers(0, 2)) if per_item else 0,
         timeout=draw(st.sampled_from([None, None, 1.5])) if per_item else None,
+        pooled=(per_item or kind == "task") and draw(st.booleans()),
     )
 
 
@@ -99,7 +101,7 @@ def item_scenarios(draw: st.DrawFn, *, max_stages: int = 6) -> ItemScenario:
 
 
 def build_item_pipeline(sc: ItemScenario) -> tp.Pipeline:
-    pipe = tp.Pipeline("items")
+    pipe = tp.Pipeline("items", pools={"p": 2})
     calls: dict[tuple[str, int], int] = {}
     for i, spec in enumerate(sc.stages):
         _add_stage(pipe, f"s{i}", spec, calls)
@@ -154,8 +156,9 @@ def _add_stage(
                 await trio.sleep(spec.delay)
             yield item
 
+    uses = {"p": 1} if spec.pooled else {}
     if spec.kind == "task":
-        pipe.add_stage(name, task, after=after)
+        pipe.add_stage(name, task, after=after, uses=uses)
     elif spec.kind == "source":
         pipe.add_stage(name, source, after=after)
     elif spec.kind in ("map", "flat"):
@@ -171,6 +174,7 @@ def _add_stage(
             retries=spec.retries,
             retry_delay=0.5,
             timeout=spec.timeout,
+            uses=uses,
         )
     else:
         fn = consume if spec.kind == "consume" else consume_gen

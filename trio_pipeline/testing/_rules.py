@@ -152,6 +152,13 @@ class Schedule:
                 self.downstream[up].append(name)
         # Stream groups (item stages): members start as one unit.
         self.units = stream_units(pipeline)[0]
+        # Pools item calls take (each= stages' uses=): not visible in the events.
+        self.item_pools = {
+            pool
+            for stage in self.stages.values()
+            if stage.items is not None
+            for pool in stage.options.uses
+        }
         self.status: dict[str, StageStatus] = {}
         self.running: set[str] = set()
         self.alone: str | None = None  # the running exclusive stage
@@ -201,10 +208,16 @@ class Schedule:
 
     def _fits(self, name: str) -> bool:
         """Whether `name` could start now as far as pools and exclusive stages go."""
-        options = self.stages[name].options
         if self._in_the_way(name):
             return False
-        return all(self.free.get(pool, 0) >= n for pool, n in options.uses.items())
+        uses = self._uses(name)
+        if any(pool in self.item_pools for pool in uses):
+            return False  # item calls may hold these slots: events do not show it
+        return all(self.free.get(pool, 0) >= n for pool, n in uses.items())
+
+    def _uses(self, name: str) -> Mapping[str, int]:
+        """Slots held for the whole attempt (an each= stage's are per item call)."""
+        return {} if self.stages[name].items is not None else self.stages[name].options.uses
 
     def _exclusive(self, name: str) -> bool:
         """Exclusive: the stage, or for a stream group member, any member of its group."""
@@ -308,7 +321,7 @@ class Schedule:
                 "an exclusive stage runs alone",
                 f"{name!r} started at seq={event.seq} while {sorted(self.running)} ran",
             )
-        for pool, n in options.uses.items():
+        for pool, n in self._uses(name).items():
             if pool not in self.free:
                 raise RuleError("stages use only the run's pools", f"{name!r} uses {pool!r}")
             if self.free[pool] < n:
@@ -330,7 +343,7 @@ class Schedule:
         self.attempt_started[name] = event.time
         if self._exclusive(name):
             self.alone = name
-        for pool, n in options.uses.items():
+        for pool, n in self._uses(name).items():
             self.free[pool] -= n
 
     def _check_first_start(self, event: StageStarted, trigger: Trigger) -> None:
@@ -357,7 +370,7 @@ class Schedule:
         self.running.discard(name)
         if self.alone == name:
             self.alone = None
-        for pool, n in self.stages[name].options.uses.items():
+        for pool, n in self._uses(name).items():
             self.free[pool] += n
 
     def _check_timeout(self, name: str, error: str | None, now: float) -> None:
