@@ -33,6 +33,7 @@ from types import ModuleType, TracebackType
 import trio
 from rich.console import Console
 
+from ._cache import _commands as _cache_commands
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError
 from ._events import Event, RunFinished
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "graph":
             return _cmd_graph(args)
+        if args.command in _cache_commands.COMMANDS:
+            return _cache_commands.main(args)
         return _cmd_list(args)
     except UsageError as exc:
         _error(str(exc))
@@ -152,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         description="List stages in start order; without NAME, of every pipeline in FILE.",
     )
     listing.add_argument("target", metavar="FILE[:NAME]", help=target_help)
+    _cache_commands.add_commands(commands)
     return parser
 
 

@@ -1,0 +1,248 @@
+"""The cache's CLI commands: ``cache stats|clear|prune``, ``history [FILE]``, ``show RUN_ID``.
+
+`add_commands` registers them on the ``trio-pipeline`` parser; `main` runs one. They
+open the store directly (no event loop). A corrupt or foreign store is reported as
+one message naming the file and the way out, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from ._files import ObjectCache
+from ._store import (
+    DEFAULT_CACHE_DIR,
+    OBJECTS_DIRNAME,
+    STORE_FILENAME,
+    CacheStoreError,
+    RunRecord,
+    SQLiteStore,
+    remove_store_files,
+)
+
+COMMANDS = frozenset({"cache", "history", "show"})
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_USAGE = 2
+_PROG = "trio-pipeline"
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=DEFAULT_CACHE_DIR,
+        help=f"where the cache and run history live (default: {DEFAULT_CACHE_DIR}/)",
+    )
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``cache``, ``history`` and ``show`` on the CLI's subparsers."""
+    cache = commands.add_parser(
+        "cache",
+        help="inspect or empty the result cache",
+        description="Inspect or empty the result cache (and the run history kept with it).",
+    )
+    actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    stats = actions.add_parser("stats", help="entries, sizes and runs recorded")
+    add_cache_dir_option(stats)
+    clear = actions.add_parser(
+        "clear", help="delete the cache and history (also a corrupt or foreign store file)"
+    )
+    add_cache_dir_option(clear)
+    prune = actions.add_parser("prune", help="delete entries and runs older than DAYS")
+    prune.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
+    add_cache_dir_option(prune)
+
+    history = commands.add_parser(
+        "history",
+        help="list recent runs",
+        description="List recent runs (newest first), of FILE's pipelines if FILE is given.",
+    )
+    history.add_argument("file", nargs="?", metavar="FILE", help="a pipeline file")
+    history.add_argument("-n", "--limit", type=_limit, default=20, metavar="N")
+    add_cache_dir_option(history)
+
+    show = commands.add_parser("show", help="print one run's summary and failures")
+    show.add_argument("run_id", metavar="RUN_ID", help="a run id (or a unique prefix of one)")
+    add_cache_dir_option(show)
+
+
+def main(args: argparse.Namespace, out: IO[str] | None = None) -> int:
+    """Run the ``cache``, ``history`` or ``show`` command in `args`; return the exit code."""
+    out = sys.stdout if out is None else out
+    try:
+        if args.command == "cache":
+            if args.cache_command == "clear":
+                return _clear(args.cache_dir, out)
+            if args.cache_command == "stats":
+                return _with_store(args.cache_dir, out, _stats)
+            return _with_store(args.cache_dir, out, lambda s, o: _prune(s, o, args.older_than))
+        if args.command == "history":
+            return _with_store(args.cache_dir, out, lambda s, o: _history(s, o, args))
+        return _with_store(args.cache_dir, out, lambda s, o: _show(s, o, args.run_id))
+    except CacheStoreError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{_PROG}: error: {message}\n")
+    sys.stderr.flush()
+
+
+def _with_store(cache_dir: str, out: IO[str], command: Any) -> int:
+    if not (Path(cache_dir) / STORE_FILENAME).exists():
+        out.write(f"no cache in {cache_dir}/ (nothing recorded yet)\n")
+        return EXIT_OK
+    store = SQLiteStore(cache_dir)
+    try:
+        return int(command(store, out))
+    finally:
+        store.close()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _stats(store: SQLiteStore, out: IO[str]) -> int:
+    stats = store.stats()
+    objects = ObjectCache(store.cache_dir / OBJECTS_DIRNAME)
+    lines = [
+        f"cache store: {store.path.resolve()}",
+        f"entries: {stats.entries} ({stats.stages} stages), values {_size(stats.value_bytes)}",
+        f"oldest entry: {_when(stats.oldest)}; newest: {_when(stats.newest)}",
+        f"restorable outputs: {_size(objects.size())}",
+        f"runs recorded: {stats.runs}",
+        f"store file: {_size(stats.file_bytes)}",
+    ]
+    out.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+def _clear(cache_dir: str, out: IO[str]) -> int:
+    removed = remove_store_files(cache_dir)
+    if removed:
+        out.write(f"removed the cache and history in {cache_dir}/\n")
+    else:
+        out.write(f"no cache in {cache_dir}/\n")
+    return EXIT_OK
+
+
+def _prune(store: SQLiteStore, out: IO[str], days: float) -> int:
+    removed = store.prune(days * 86400)
+    objects = ObjectCache(store.cache_dir / OBJECTS_DIRNAME)
+    dropped = objects.prune(store.referenced_objects())
+    noun = "entry" if removed == 1 else "entries"
+    extra = f" and {dropped} stored outputs" if dropped else ""
+    out.write(f"removed {removed} {noun}{extra} older than {days:g} days\n")
+    return EXIT_OK
+
+
+def format_counts(counts: dict[str, int] | Any) -> str:
+    parts = [f"{n} {status}" for status, n in counts.items() if n]
+    return ", ".join(parts) if parts else "no stages"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _history(store: SQLiteStore, out: IO[str], args: argparse.Namespace) -> int:
+    file = None
+    if args.file is not None:
+        from .._cli import split_target
+
+        file = os.path.abspath(split_target(args.file)[0])
+    runs = store.runs(limit=args.limit, file=file)
+    if not runs:
+        out.write("no runs recorded" + (f" for {args.file}" if args.file else "") + "\n")
+        return EXIT_OK
+    rows = [["RUN", "STARTED", "PIPELINE", "STATE", "DURATION", "STAGES"]]
+    for run in runs:
+        state = run.state if run.ok or run.state != "closed" else "failed"
+        rows.append(
+            [
+                run.run_id,
+                _when(run.started),
+                run.pipeline,
+                state,
+                f"{run.duration:.2f}s",
+                format_counts(run.counts),
+            ]
+        )
+    out.write(_table(rows))
+    return EXIT_OK
+
+
+def format_run(run: RunRecord) -> str:
+    """``show``'s text: the summary, then every stage that did not succeed or hit."""
+    lines = [
+        f"run {run.run_id} of pipeline {run.pipeline!r}"
+        + (f" ({run.file})" if run.file else ""),
+        f"started {_when(run.started)}, took {run.duration:.2f}s, ended {run.state}"
+        + ("" if run.ok else " with failures"),
+        f"stages: {format_counts(run.counts)}",
+    ]
+    if run.params:
+        shown = ", ".join(f"{k}={v!r}" for k, v in run.params.items())
+        lines.append(f"params: {shown}")
+    notable = [s for s in run.stages if s.status not in ("succeeded", "cached", "skipped")]
+    for stage in notable:
+        detail = stage.error or stage.reason or ""
+        attempts = f" after {stage.attempts} attempts" if stage.attempts > 1 else ""
+        lines.append(f"  {stage.name}: {stage.status}{attempts}" + (f": {detail}" if detail else ""))
+    cached = [s.name for s in run.stages if s.status == "cached"]
+    if cached:
+        shown = ", ".join(cached[:10]) + (", ..." if len(cached) > 10 else "")
+        lines.append(f"cached: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def _show(store: SQLiteStore, out: IO[str], run_id: str) -> int:
+    run = store.run(run_id)
+    if run is None:
+        _error(f"no run {run_id!r} in {store.cache_dir}/ (or the prefix is ambiguous)")
+        return EXIT_NOT_FOUND
+    out.write(format_run(run))
+    return EXIT_OK

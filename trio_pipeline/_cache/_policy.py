@@ -1,0 +1,105 @@
+"""`CachePolicy`: how one stage is cached. Pure: no trio import."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .._errors import StageDefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How a stage is cached: ``cache=CachePolicy(...)`` (``cache=True`` is the default one).
+
+    Attributes:
+        expire: Seconds an entry stays valid after it was stored; None: forever.
+        restore_outs: Keep a copy of the stage's declared ``outs`` in the content-addressed
+            object cache and restore them after a hit, instead of re-running the stage
+            when they are missing or were changed.
+        params: The names of the run parameters that enter the key (None: all of them).
+            A stage that reads only some parameters re-runs only when those change.
+        code: Whether the code fingerprint enters the key. False keeps results across
+            code edits (bump ``version=`` by hand instead).
+    """
+
+    expire: float | None = None
+    restore_outs: bool = False
+    params: tuple[str, ...] | None = None
+    code: bool = True
+
+    def __init__(
+        self,
+        *,
+        expire: float | None = None,
+        restore_outs: bool = False,
+        params: Iterable[str] | None = None,
+        code: bool = True,
+    ) -> None:
+        if expire is not None and (
+            isinstance(expire, bool)
+            or not isinstance(expire, int | float)
+            or math.isnan(expire)
+            or expire <= 0
+        ):
+            raise StageDefinitionError(
+                f"CachePolicy: expire must be a number of seconds > 0 or None, got {expire!r}"
+            )
+        if not isinstance(restore_outs, bool):
+            raise StageDefinitionError(
+                f"CachePolicy: restore_outs must be a bool, got {restore_outs!r}"
+            )
+        if not isinstance(code, bool):
+            raise StageDefinitionError(f"CachePolicy: code must be a bool, got {code!r}")
+        names: tuple[str, ...] | None = None
+        if params is not None:
+            if isinstance(params, str | bytes) or not isinstance(params, Iterable):
+                raise StageDefinitionError(
+                    f"CachePolicy: params must be an iterable of parameter names, got {params!r}"
+                )
+            names = tuple(params)
+            if not all(isinstance(n, str) for n in names):
+                raise StageDefinitionError(
+                    f"CachePolicy: params must be parameter names (str), got {params!r}"
+                )
+        object.__setattr__(self, "expire", None if expire is None else float(expire))
+        object.__setattr__(self, "restore_outs", restore_outs)
+        object.__setattr__(self, "params", names)
+        object.__setattr__(self, "code", code)
+
+
+DEFAULT_POLICY = CachePolicy()
+
+
+def resolve_policy(
+    stage_cache: bool | CachePolicy | None, pipeline_cache: bool | CachePolicy | None
+) -> CachePolicy | None:
+    """The policy a stage runs with, or None if it is not cached.
+
+    A stage's own setting wins (``cache=False`` opts out of a pipeline-wide default);
+    None defers to the pipeline's.
+    """
+    setting = pipeline_cache if stage_cache is None else stage_cache
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        return DEFAULT_POLICY
+    return setting
+
+
+def check_cache_option(owner: str, value: object) -> bool | CachePolicy | None:
+    """Validate a ``cache=`` option (of a stage or a pipeline).
+
+    Raises:
+        StageDefinitionError: not a bool, a `CachePolicy` or None (it is also a TypeError).
+    """
+    if value is None or isinstance(value, bool | CachePolicy):
+        return value
+    raise _CacheOptionTypeError(
+        f"{owner}: cache must be True, False, a tp.CachePolicy or None, got {value!r}"
+    )
+
+
+class _CacheOptionTypeError(StageDefinitionError, TypeError):
+    """A ``cache=`` option of the wrong type."""
