@@ -97,17 +97,22 @@ def add_commands(commands: Any) -> None:
 
 def main(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     """Run the ``cache``, ``history`` or ``show`` command in `args`; return the exit code."""
-    out = sys.stdout if out is None else out
+    stream: IO[str] = sys.stdout if out is None else out
+    cache_dir: str = args.cache_dir
     try:
-        if args.command == "cache":
-            if args.cache_command == "clear":
-                return _clear(args.cache_dir, out)
-            if args.cache_command == "stats":
-                return _with_store(args.cache_dir, out, _stats)
-            return _with_store(args.cache_dir, out, lambda s, o: _prune(s, o, args.older_than))
-        if args.command == "history":
-            return _with_store(args.cache_dir, out, lambda s, o: _history(s, o, args))
-        return _with_store(args.cache_dir, out, lambda s, o: _show(s, o, args.run_id))
+        if args.command == "cache" and args.cache_command == "clear":
+            return _clear(cache_dir, stream)
+        if not (Path(cache_dir) / STORE_FILENAME).exists():
+            stream.write(f"no cache in {cache_dir}/ (nothing recorded yet)\n")
+            return EXIT_OK
+        with SQLiteStore(cache_dir) as store:
+            if args.command == "cache":
+                if args.cache_command == "stats":
+                    return _stats(store, stream)
+                return _prune(store, stream, args.older_than)
+            if args.command == "history":
+                return _history(store, stream, args)
+            return _show(store, stream, args.run_id)
     except CacheStoreError as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -116,17 +121,6 @@ def main(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 def _error(message: str) -> None:
     sys.stderr.write(f"{_PROG}: error: {message}\n")
     sys.stderr.flush()
-
-
-def _with_store(cache_dir: str, out: IO[str], command: Any) -> int:
-    if not (Path(cache_dir) / STORE_FILENAME).exists():
-        out.write(f"no cache in {cache_dir}/ (nothing recorded yet)\n")
-        return EXIT_OK
-    store = SQLiteStore(cache_dir)
-    try:
-        return int(command(store, out))
-    finally:
-        store.close()
 
 
 def _size(n: float) -> str:
@@ -218,8 +212,7 @@ def _history(store: SQLiteStore, out: IO[str], args: argparse.Namespace) -> int:
 def format_run(run: RunRecord) -> str:
     """``show``'s text: the summary, then every stage that did not succeed or hit."""
     lines = [
-        f"run {run.run_id} of pipeline {run.pipeline!r}"
-        + (f" ({run.file})" if run.file else ""),
+        f"run {run.run_id} of pipeline {run.pipeline!r}" + (f" ({run.file})" if run.file else ""),
         f"started {_when(run.started)}, took {run.duration:.2f}s, ended {run.state}"
         + ("" if run.ok else " with failures"),
         f"stages: {format_counts(run.counts)}",
@@ -231,7 +224,9 @@ def format_run(run: RunRecord) -> str:
     for stage in notable:
         detail = stage.error or stage.reason or ""
         attempts = f" after {stage.attempts} attempts" if stage.attempts > 1 else ""
-        lines.append(f"  {stage.name}: {stage.status}{attempts}" + (f": {detail}" if detail else ""))
+        lines.append(
+            f"  {stage.name}: {stage.status}{attempts}" + (f": {detail}" if detail else "")
+        )
     cached = [s.name for s in run.stages if s.status == "cached"]
     if cached:
         shown = ", ".join(cached[:10]) + (", ..." if len(cached) > 10 else "")

@@ -1,4 +1,4 @@
-"""Cache keys: the code fingerprint follows own code, counts libraries by version; values by bytes."""
+"""Cache keys: code fingerprints follow own code, count libraries by version; values by bytes."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -54,7 +55,7 @@ async def test_jobs_run_off_the_event_loop_and_deliver_after_commit(tmp_path: Pa
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.serve)
         for i in range(20):
-            worker.submit(lambda i=i: put(store, f"k{i}"), deliver)
+            worker.submit(functools.partial(put, store, f"k{i}"), deliver)
         worker.close()
     assert got == [f"k{i}" for i in range(20)]  # in submission order
     assert threading.get_ident() not in store.threads
@@ -70,7 +71,7 @@ async def test_queued_jobs_share_one_transaction(tmp_path: Path) -> None:
     # The first job holds the thread until all the others are queued.
     worker.submit(gate.wait, got.append)
     for i in range(50):
-        worker.submit(lambda i=i: put(store, f"k{i}"), got.append)
+        worker.submit(functools.partial(put, store, f"k{i}"), got.append)
     worker.close()
     gate.set()
     async with trio.open_nursery() as nursery:

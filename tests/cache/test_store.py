@@ -148,7 +148,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "garbage", [b"this is not a database at all, just text" * 10, b"SQLite format 3\x00" + b"\xff" * 5000]
+    "garbage",
+    [b"this is not a database at all, just text" * 10, b"SQLite format 3\x00" + b"\xff" * 5000],
 )
 def test_a_corrupt_file_gives_a_clear_error(tmp_path: Path, garbage: bytes) -> None:
     folder = tmp_path / "c"
@@ -191,9 +192,14 @@ def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
             assert other.get("a") is None  # not committed yet
         assert other.get("a") is not None
         assert other.get("b") is not None
-        with pytest.raises(ZeroDivisionError), store.batch():
-            store.put(entry("c"))
-            raise ZeroDivisionError
+
+        def failing_batch() -> None:
+            with store.batch():
+                store.put(entry("c"))
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            failing_batch()
         assert store.get("c") is None
 
 

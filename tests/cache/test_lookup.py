@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import trio_pipeline as tp
 from trio_pipeline._cache._explain import (
     DecisionKind,
-    explain_changes,
-    format_age,
 )
-from trio_pipeline._cache._files import ObjectCache, file_digest, path_digests
+from trio_pipeline._cache._files import ObjectCache
 from trio_pipeline._cache._keys import Fingerprint
 from trio_pipeline._cache._lookup import RunJobs, StageSpec, simulate
 from trio_pipeline._cache._policy import (
     CachePolicy,
-    check_cache_option,
-    resolve_policy,
 )
 from trio_pipeline._cache._store import SQLiteStore
 
@@ -245,46 +239,6 @@ def test_restore_outs(store: SQLiteStore, tmp_path: Path) -> None:
     assert jobs(store).lookup(s, {}).decision.kind is DecisionKind.OUTS
 
 
-def test_file_hashes_are_memoised_by_stat(
-    store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import trio_pipeline._cache._files as files
-
-    reads: list[str] = []
-    real = files._hash_file
-
-    def counting(path: str) -> str:
-        reads.append(path)
-        return real(path)
-
-    monkeypatch.setattr(files, "_hash_file", counting)
-    path = tmp_path / "f.txt"
-    path.write_text("one")
-    first = file_digest(str(path), store)
-    assert file_digest(str(path), store) == first
-    assert len(reads) == 1
-    path.write_text("two!")  # another size: the memo no longer matches
-    assert file_digest(str(path), store) != first
-    assert len(reads) == 2
-    os.utime(path, ns=(1, 1))  # same size, another mtime: read again
-    file_digest(str(path), store)
-    assert len(reads) == 3
-
-
-def test_directories_list_their_files(tmp_path: Path) -> None:
-    folder = tmp_path / "d"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "x").write_text("x")
-    (folder / "sub" / "y").write_text("y")
-    digests = path_digests(str(folder), None)
-    assert set(digests) == {f"{folder}/x", f"{folder}/sub/y"}
-    assert path_digests(str(tmp_path / "nope"), None) == {str(tmp_path / "nope"): "missing"}
-    (tmp_path / "empty").mkdir()
-    assert path_digests(str(tmp_path / "empty"), None) == {
-        str(tmp_path / "empty"): "empty directory"
-    }
-
-
 def test_simulate_runs_nothing_and_propagates_runs(store: SQLiteStore) -> None:
     a, b, c = spec("a"), spec("b", upstream=("a",)), spec("c", upstream=("b",))
     j = jobs(store)
@@ -304,80 +258,4 @@ def test_simulate_runs_nothing_and_propagates_runs(store: SQLiteStore) -> None:
     assert decisions[1].reason == "version changed: None -> '2'"
     assert "upstream 'b' will run" in decisions[2].reason
     forced = simulate(jobs(store), [spec("a", forced=True), b, c], ["a", "b", "c"])
-    assert [d.kind for d in forced][0] is DecisionKind.FORCED
-
-
-def test_explain_changes_lists_every_kind() -> None:
-    old = {
-        "format": 1,
-        "code": "1",
-        "functions": {"p.py:f": "1", "p.py:g": "1", "numpy 1.0": "x"},
-        "version": None,
-        "inputs": {"a": "1", "b": "1"},
-        "params": {"lr": "1"},
-        "deps": {"d": "1"},
-    }
-    new = {
-        "format": 1,
-        "code": "2",
-        "functions": {"p.py:f": "2", "p.py:g": "1", "numpy 2.0": "y"},
-        "version": "v2",
-        "inputs": {"a": "2", "b": "1"},
-        "params": {"lr": "2", "new": "1"},
-        "deps": {"d": "2"},
-    }
-    assert explain_changes(old, new) == [
-        "version changed: None -> 'v2'",
-        "code changed: function 'p.py:f'",
-        "code changed: packages 'numpy 2.0', 'numpy 1.0'",
-        "input changed: upstream 'a'",
-        "params changed: keys 'lr', 'new'",
-        "dep changed: file 'd'",
-    ]
-    assert explain_changes({**old, "format": 0}, old) == [
-        "cache format changed (a new trio_pipeline)"
-    ]
-
-
-def test_format_age() -> None:
-    assert format_age(5) == "5s"
-    assert format_age(600) == "10.0 min"
-    assert format_age(7200) == "2.0 h"
-    assert format_age(86400 * 3) == "3.0 days"
-
-
-def test_cache_policy_validates() -> None:
-    assert CachePolicy(expire=5).expire == 5.0
-    assert CachePolicy(params=iter(["a"])).params == ("a",)
-    for bad in (
-        {"expire": 0},
-        {"expire": -1},
-        {"expire": float("nan")},
-        {"expire": True},
-        {"expire": "1"},
-        {"restore_outs": 1},
-        {"code": None},
-        {"params": "lr"},
-        {"params": [1]},
-    ):
-        with pytest.raises(tp.StageDefinitionError):
-            CachePolicy(**bad)
-    with pytest.raises(TypeError):
-        CachePolicy(1)  # type: ignore[misc]
-    assert CachePolicy(expire=1) == CachePolicy(expire=1.0)
-    with pytest.raises(AttributeError):
-        CachePolicy().expire = 3  # type: ignore[misc]
-
-
-def test_resolve_policy() -> None:
-    custom = CachePolicy(expire=9)
-    assert resolve_policy(None, None) is None
-    assert resolve_policy(None, True) == CachePolicy()
-    assert resolve_policy(False, True) is None  # a stage opts out of the pipeline default
-    assert resolve_policy(True, None) == CachePolicy()
-    assert resolve_policy(None, custom) is custom
-    assert resolve_policy(custom, False) is custom
-    with pytest.raises(TypeError, match="cache must be"):
-        check_cache_option("stage 'a'", "yes")
-    with pytest.raises(tp.StageDefinitionError):
-        check_cache_option("stage 'a'", 1)
+    assert forced[0].kind is DecisionKind.FORCED
