@@ -2,6 +2,17 @@
 
 import contextlib as _contextlib
 
+from ._cache import (
+    CacheEntry,
+    CachePolicy,
+    CacheStore,
+    CacheStoreError,
+    Decision,
+    DecisionKind,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+)
 from ._command import Command, CommandError
 from ._context import StageContext
 from ._engine import RunHandle, open_run, run
@@ -40,11 +51,17 @@ from ._state import RunState, StageStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheEntry",
+    "CachePolicy",
+    "CacheStore",
+    "CacheStoreError",
     "Command",
     "CommandError",
     "ConsoleSink",
     "CycleError",
     "DaskExecutor",
+    "Decision",
+    "DecisionKind",
     "DuplicateStageError",
     "Event",
     "Executor",
@@ -54,9 +71,11 @@ __all__ = [
     "ProcessExecutor",
     "RunFinished",
     "RunHandle",
+    "RunRecord",
     "RunResult",
     "RunStarted",
     "RunState",
+    "SQLiteStore",
     "SerializationError",
     "Sink",
     "Stage",
@@ -66,6 +85,7 @@ __all__ = [
     "StageFunction",
     "StageLog",
     "StageOutcome",
+    "StageRecord",
     "StageRetrying",
     "StageSnapshot",
     "StageStarted",

@@ -26,14 +26,18 @@ import sys
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import Any
 
 import trio
 from rich.console import Console
 
 from ._cache import _commands as _cache_commands
+from ._cache import _run as _cache_run
+from ._cache import _watch as _cache_watch
+from ._cache._store import CacheStoreError
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError
 from ._events import Event, RunFinished
@@ -80,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         if exc.detail:
             sys.stderr.write(exc.detail)
+        return EXIT_USAGE
+    except CacheStoreError as exc:
+        _error(str(exc))
         return EXIT_USAGE
     except PipelineError as exc:
         _error(f"invalid pipeline: {exc}")
@@ -144,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"after the second Ctrl-C, exit at most this long after (default {DEFAULT_GRACE:g})",
     )
+    _cache_commands.add_run_options(run)
 
     graph = commands.add_parser("graph", help="print the dependency graph")
     graph.add_argument("target", metavar="FILE[:NAME]", help=target_help)
@@ -345,11 +353,17 @@ class _RunOptions:
     jsonl: str | None
     mode: str  # "live", "plain" or "quiet"
     grace: float
+    cache: dict[str, Any] = field(default_factory=dict[str, Any])  # open_run's cache options
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _cache_watch.watch(args)
     pipeline = select_pipeline(args.target)
     plan = _compile(pipeline, args.target)
+    if args.dry_run and args.explain:
+        order = pipeline.start_order()
+        return _cache_commands.print_dry_run_explain(plan, pipeline.cache, order, args)
     if args.dry_run:
         sys.stdout.write(render_order(plan, pipeline.start_order()))
         return EXIT_OK
@@ -359,9 +373,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         keep_going=args.keep_going,
         jobs=args.jobs,
         jsonl=args.jsonl,
-        mode=_output_mode(plain=args.plain, quiet=args.quiet),
+        mode=_output_mode(plain=args.plain or args.explain, quiet=args.quiet),
         grace=args.grace,
+        cache=_cache_commands.run_keywords(args),
     )
+    _cache_run.pipeline_file.set(os.path.abspath(split_target(args.target)[0]))
     result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
     _report_failures(result)
     if interrupted:
@@ -409,6 +425,8 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     sinks.append(ConsoleSink(sys.stdout, logs=True))
                 else:
                     sinks.append(_SummarySink())
+                if options.cache.get("explain"):
+                    sinks.append(_cache_commands.ExplainSink(sys.stdout))
             interrupts = _Interrupts(tracker, live, grace=options.grace)
             async with trio.open_nursery() as nursery:
                 async with open_run(
@@ -416,6 +434,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     sinks=sinks,
                     keep_going=options.keep_going,
                     max_parallel=options.jobs,
+                    **options.cache,
                 ) as handle:
                     nursery.start_soon(interrupts.watch, signals, handle, nursery)
                     result = await handle.wait_finished()

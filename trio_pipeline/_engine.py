@@ -25,8 +25,9 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, cast
@@ -34,6 +35,9 @@ from typing import Any, cast
 import trio
 
 from . import _chaos
+from ._cache._lookup import LookupResult
+from ._cache._run import RunCache, open_run_cache
+from ._cache._store import CacheStore
 from ._context import StageContext
 from ._dispatch import Dispatcher
 from ._errors import StageTimeout
@@ -71,6 +75,7 @@ class _StageRecord:
         "index",
         "inputs",
         "machine",
+        "reason",
         "scope",
         "stage",
         "started_at",
@@ -92,6 +97,7 @@ class _StageRecord:
         self.value: Any = None
         self.error: BaseException | None = None
         self.blocked_by: str | None = None
+        self.reason: str | None = None
 
     def outcome(self) -> StageOutcome:
         started, finished = self.started_at, self.finished_at
@@ -119,9 +125,11 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        run_id: str | None = None,
     ) -> None:
         self.plan = plan
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.cache: RunCache | None = None  # set by open_run when a cache store is used
         self.machine: Machine[RunState] = run_machine(self.run_id)
         self.keep_going = keep_going
         self.drain_timeout = drain_timeout
@@ -167,9 +175,15 @@ class _Run:
     async def host_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Own the stages' nursery: begin the run in it, then keep it open until all are done."""
         async with trio.open_nursery() as nursery:
-            self.begin(nursery)
-            task_status.started()
-            await self._stages_done.wait()
+            if self.cache is not None:
+                await nursery.start(self.cache.serve)
+            try:
+                self.begin(nursery)
+                task_status.started()
+                await self._stages_done.wait()
+            finally:
+                if self.cache is not None:
+                    self.cache.close()
 
     def begin(self, nursery: trio.Nursery) -> None:
         """Emit `RunStarted` and start the stages that have no dependencies."""
@@ -183,6 +197,10 @@ class _Run:
         )
         # Ascending indices already form a valid heap.
         self._ready = [rec.index for rec in self.records if rec.waiting == 0]
+        if self.cache is not None and self.cache.lookups:
+            ready, self._ready = self._ready, []
+            for i in ready:
+                self._make_ready(i)
         self._pump()
         self._check_done()
 
@@ -227,6 +245,8 @@ class _Run:
             RunFinished(self.run_id, self._next_seq(), now, final, counts, now - self.started_at)
         )
         self._send.close()
+        if self.cache is not None:
+            self.cache.close()
         self._stages_done.set()
         if self.machine.state is RunState.CLOSING:
             self.machine.advance(RunState.DRAINING)
@@ -312,11 +332,23 @@ class _Run:
         try:
             if _chaos.hook is not None:
                 await _chaos.hook("stage.start")
+            cache = self.cache
+            if cache is not None and rec.attempt == 1 and rec.index in cache.logs:
+                ctx.log(cache.logs[rec.index])  # why this stage is not cached
             if scope is None:
                 value = await rec.stage.fn(ctx)
             else:
                 with scope:
                     value = await rec.stage.fn(ctx)
+            if (
+                cache is not None
+                and cache.wants_commit(rec.index)
+                and (scope is None or not scope.cancelled_caught)
+            ):
+                # Durable before StageFinished; not cancellable (a bounded wait).
+                message = await cache.commit(rec.index, value)
+                if message is not None:
+                    ctx.log(message)
             if _chaos.hook is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
@@ -400,17 +432,49 @@ class _Run:
             heapq.heappush(self._ready, rec.index)
             self._pump()
 
-    def _succeeded(self, rec: _StageRecord, value: Any) -> None:
+    def _succeeded(
+        self, rec: _StageRecord, value: Any, status: StageStatus = StageStatus.SUCCEEDED
+    ) -> None:
         rec.value = value
-        self._terminate(rec, StageStatus.SUCCEEDED)
+        self._terminate(rec, status)
         records, ready = self.records, self._ready
+        lookups = () if self.cache is None else self.cache.lookups
         for j in self.plan.downstream[rec.index]:
             down = records[j]
             down.waiting -= 1
             if down.waiting == 0 and down.machine.state is _PENDING:
-                heapq.heappush(ready, j)
+                if j in lookups:
+                    self._make_ready(j)
+                else:
+                    heapq.heappush(ready, j)
         self._pump()
         self._check_done()
+
+    # -- the cache (issue 14): a lookup holds no slot; a hit ends the stage CACHED ----
+
+    def _make_ready(self, i: int) -> None:
+        cache = self.cache
+        if cache is None or i not in cache.lookups:
+            heapq.heappush(self._ready, i)
+            return
+        upstream = self.plan.upstream[i]
+        records = self.records
+        inputs = {records[j].stage.name: records[j].value for j in upstream}
+        cache.lookup(i, inputs, self._looked_up)
+
+    def _looked_up(self, i: int, result: LookupResult) -> None:
+        rec = self.records[i]
+        if rec.machine.state is not _PENDING or self.machine.state is not RunState.RUNNING:
+            return  # a stop ended it while the lookup was out
+        decision = result.decision
+        if decision.hit:
+            rec.reason = decision.reason
+            self._succeeded(rec, result.value, StageStatus.CACHED)
+            return
+        if self.cache is not None and self.cache.jobs.explain:
+            rec.reason = f"cache: {decision.reason}"
+        heapq.heappush(self._ready, i)
+        self._pump()
 
     def _failed(self, rec: _StageRecord, exc: Exception) -> None:
         self._terminate(rec, StageStatus.FAILED, error=exc)
@@ -453,6 +517,7 @@ class _Run:
                 0.0 if started is None else now - started,
                 None if error is None else describe_error(error),
                 rec.blocked_by,
+                rec.reason,
             )
         )
 
@@ -544,6 +609,11 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    store: CacheStore | None = None,
+    force: bool | Iterable[str] = False,
+    explain: bool = False,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -559,33 +629,60 @@ async def open_run(
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
             remaining events; after that the run ends CANCELLED and reports the
             undelivered counts.
+        cache: False: read and write no cache entry (``--no-cache``); the run is still
+            recorded in the history when a store is used.
+        cache_dir: The cache and history folder (default ``.trio-pipeline/`` in the
+            working directory, used when a stage is cached or `cache_dir` is given).
+        store: A `CacheStore` to use instead (the run does not close it).
+        force: Re-run every cached stage (True), or the named stages and their
+            downstream; their new results are stored.
+        explain: Compare each miss with the stage's latest entry and say what changed
+            in its `StageFinished.reason` (a cache hit always says why).
 
     Raises:
         PipelineError: the pipeline is invalid; raised before anything starts.
+        CacheStoreError: the cache store is corrupt or not a trio_pipeline store.
     """
     plan = pipeline.compile()
     sinks = tuple(sinks)
     _check_options(sinks, max_parallel, drain_timeout)
+    run_id = uuid.uuid4().hex[:12]
+    run_cache = await open_run_cache(
+        plan,
+        run_id=run_id,
+        pipeline_cache=pipeline.cache,
+        cache=cache,
+        cache_dir=cache_dir,
+        store=store,
+        force=force,
+        explain=explain,
+    )
     run = _Run(
         plan,
         sinks=sinks,
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        run_id=run_id,
     )
+    run.cache = run_cache
     handle = RunHandle(run)
-    async with trio.open_nursery() as nursery:
-        # Shielded: once entered, a run always reports in full. A cancellation
-        # arriving now reaches the stages instead, which then end CANCELLED.
-        with trio.CancelScope(shield=True):
-            await nursery.start(run.dispatcher.run)
-            await nursery.start(run.host_stages)
-        try:
-            yield handle
-            await run.finished.wait()
-        except BaseException:
-            run.abort()
-            raise
+    try:
+        async with trio.open_nursery() as nursery:
+            # Shielded: once entered, a run always reports in full. A cancellation
+            # arriving now reaches the stages instead, which then end CANCELLED.
+            with trio.CancelScope(shield=True):
+                await nursery.start(run.dispatcher.run)
+                await nursery.start(run.host_stages)
+            try:
+                yield handle
+                await run.finished.wait()
+            except BaseException:
+                run.abort()
+                raise
+    finally:
+        if run_cache is not None:
+            await run_cache.finish(run.result, pipeline=plan.name)
 
 
 async def run(
@@ -595,6 +692,11 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    store: CacheStore | None = None,
+    force: bool | Iterable[str] = False,
+    explain: bool = False,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -609,6 +711,11 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        cache=cache,
+        cache_dir=cache_dir,
+        store=store,
+        force=force,
+        explain=explain,
     ) as handle:
         pass
     return handle.result

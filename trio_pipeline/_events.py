@@ -85,6 +85,7 @@ class StageFinished:
     duration: float
     error: str | None
     blocked_by: str | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,13 @@ import difflib
 import heapq
 import inspect
 import math
+import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
+from ._cache._policy import CacheOptions, CachePolicy, cache_options, check_cache_option
 from ._context import StageContext
 from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
 
@@ -44,6 +46,7 @@ class Stage:
     retry_delay: float
     timeout: float | None
     executor: Executor | None = None
+    cache: CacheOptions | None = None  # cache=, deps=, outs=, version= (issue 14)
 
     def __call__(self, ctx: StageContext) -> Awaitable[Any]:
         return self.fn(ctx)
@@ -74,10 +77,11 @@ class Pipeline:
     checks its options at once; `validate` checks the graph as a whole.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, cache: bool | CachePolicy | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise StageDefinitionError(f"pipeline name must be a non-empty string, got {name!r}")
         self.name = name
+        self.cache = check_cache_option(f"pipeline {name!r}", cache)
         self._stages: dict[str, Stage] = {}
         self._names_by_fn: dict[int, list[str]] = {}
 
@@ -92,6 +96,10 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        cache: bool | CachePolicy | None = None,
+        deps: Iterable[str | os.PathLike[str]] = (),
+        outs: Iterable[str | os.PathLike[str]] = (),
+        version: str | None = None,
     ) -> Stage: ...
 
     @overload
@@ -105,6 +113,10 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        cache: bool | CachePolicy | None = None,
+        deps: Iterable[str | os.PathLike[str]] = (),
+        outs: Iterable[str | os.PathLike[str]] = (),
+        version: str | None = None,
     ) -> Callable[[StageFunction | SyncStageFunction], Stage]: ...
 
     def stage(
@@ -117,6 +129,10 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        cache: bool | CachePolicy | None = None,
+        deps: Iterable[str | os.PathLike[str]] = (),
+        outs: Iterable[str | os.PathLike[str]] = (),
+        version: str | None = None,
     ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
@@ -139,6 +155,10 @@ class Pipeline:
                 retry_delay=retry_delay,
                 timeout=timeout,
                 executor=executor,
+                cache=cache,
+                deps=deps,
+                outs=outs,
+                version=version,
             )
 
         if fn is not None:
@@ -155,6 +175,10 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         executor: Executor | None = None,
+        cache: bool | CachePolicy | None = None,
+        deps: Iterable[str | os.PathLike[str]] = (),
+        outs: Iterable[str | os.PathLike[str]] = (),
+        version: str | None = None,
     ) -> Stage:
         """Define a stage.
 
@@ -170,6 +194,13 @@ class Pipeline:
             timeout: Seconds allowed per attempt, or None for no limit.
             executor: Where a sync `fn` runs (`ThreadExecutor`, `ProcessExecutor`,
                 `DaskExecutor`); None runs an async `fn` in its own Trio task.
+            cache: True or a `CachePolicy`: skip the stage when its key (code, inputs,
+                params, deps, version) has a stored result; False opts out of the
+                pipeline's default; None follows it.
+            deps: Files or directories whose content enters the key.
+            outs: Files or directories the stage writes; a hit needs them unchanged
+                (or restores them, with ``CachePolicy(restore_outs=True)``).
+            version: A string you bump by hand to invalidate stored results.
 
         Raises:
             DuplicateStageError: `name` is taken.
@@ -198,6 +229,7 @@ class Pipeline:
             retry_delay=_check_retry_delay(name, retry_delay),
             timeout=_check_timeout(name, timeout),
             executor=executor,
+            cache=cache_options(name, cache=cache, deps=deps, outs=outs, version=version),
         )
         self._stages[name] = stage
         self._names_by_fn.setdefault(id(fn), []).append(name)
@@ -215,6 +247,10 @@ class Pipeline:
         retry_delay: float = 0.0,
         timeout: float | None = None,
         grace_period: float = 5.0,
+        cache: bool | CachePolicy | None = None,
+        deps: Iterable[str | os.PathLike[str]] = (),
+        outs: Iterable[str | os.PathLike[str]] = (),
+        version: str | None = None,
     ) -> Stage:
         """Define a stage that runs an external program (see `Command`).
 
@@ -229,7 +265,8 @@ class Pipeline:
             env: Variables added to (or overriding) the inherited environment.
             grace_period: Seconds between SIGTERM and SIGKILL when the attempt is
                 cancelled or times out.
-            after, retries, retry_delay, timeout: As for `add_stage`.
+            after, retries, retry_delay, timeout, cache, deps, outs, version: As for
+                `add_stage`.
 
         Raises:
             StageDefinitionError: `argv`, `env` or an option is invalid.
@@ -263,6 +300,10 @@ class Pipeline:
             retries=retries,
             retry_delay=retry_delay,
             timeout=timeout,
+            cache=cache,
+            deps=deps,
+            outs=outs,
+            version=version,
         )
 
     @property

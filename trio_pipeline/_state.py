@@ -44,6 +44,7 @@ class StageStatus(enum.StrEnum):
     BLOCKED = "blocked"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    CACHED = "cached"  # answered from the cache without running; counts as SUCCEEDED
 
     @property
     def is_terminal(self) -> bool:
@@ -68,18 +69,20 @@ TERMINAL_STATUSES: frozenset[StageStatus] = frozenset(
         StageStatus.BLOCKED,
         StageStatus.SKIPPED,
         StageStatus.CANCELLED,
+        StageStatus.CACHED,
     }
 )
 
 _S = StageStatus
 STAGE_TRANSITIONS: Mapping[StageStatus, frozenset[StageStatus]] = {
-    _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED}),
+    _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED, _S.CACHED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PENDING}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.BLOCKED: frozenset(),
     _S.SKIPPED: frozenset(),
     _S.CANCELLED: frozenset(),
+    _S.CACHED: frozenset(),
 }
 
 _R = RunState

@@ -241,3 +241,115 @@ def _show(store: SQLiteStore, out: IO[str], run_id: str) -> int:
         return EXIT_NOT_FOUND
     out.write(format_run(run))
     return EXIT_OK
+
+
+# -- `run` options ----------------------------------------------------------------------
+
+
+def add_run_options(run: argparse.ArgumentParser) -> None:
+    """``--force [STAGE...]``, ``--no-cache``, ``--cache-dir``, ``--explain``, ``--watch``."""
+    group = run.add_argument_group("incremental runs")
+    group.add_argument(
+        "--force",
+        nargs="*",
+        metavar="STAGE",
+        default=None,
+        help="re-run cached stages: all of them, or the named ones and their downstream",
+    )
+    group.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write cached results"
+    )
+    group.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        default=DEFAULT_CACHE_DIR,
+        help=f"cache and run history folder (default: {DEFAULT_CACHE_DIR}/)",
+    )
+    group.add_argument(
+        "--explain",
+        action="store_true",
+        help="say for each stage why it ran or was cached (with --dry-run: run nothing)",
+    )
+    group.add_argument(
+        "--watch",
+        action="store_true",
+        help="re-run on each change of a dep file or of the pipeline's code (Ctrl-C ends)",
+    )
+    group.add_argument(
+        "--debounce",
+        type=_milliseconds,
+        default=300,
+        metavar="MS",
+        help="with --watch: wait this long for changes to settle (default 300)",
+    )
+
+
+def _milliseconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected milliseconds >= 0, got {text!r}")
+    return value
+
+
+def force_option(args: argparse.Namespace) -> bool | tuple[str, ...]:
+    """``--force`` alone: True; with names: those; absent: False."""
+    force: list[str] | None = args.force
+    if force is None:
+        return False
+    return tuple(force) if force else True
+
+
+def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The `open_run` keywords the cache options of ``run`` stand for."""
+    return {
+        "cache": not args.no_cache,
+        "cache_dir": args.cache_dir,
+        "force": force_option(args),
+        "explain": bool(args.explain),
+    }
+
+
+def print_dry_run_explain(
+    plan: Any, pipeline_cache: Any, order: Sequence[str], args: argparse.Namespace
+) -> int:
+    """``--dry-run --explain``: each stage, whether it would run or hit, and why."""
+    from ._run import dry_run_decisions
+
+    if args.no_cache:
+        decisions = None
+    else:
+        decisions = dry_run_decisions(
+            plan,
+            pipeline_cache=pipeline_cache,
+            order=order,
+            cache_dir=args.cache_dir,
+            force=force_option(args),
+        )
+    rows = [["STAGE", "WOULD", "WHY"]]
+    if decisions is None:
+        rows.extend([name, "run", "--no-cache"] for name in order)
+    else:
+        rows.extend([d.stage, d.verb, d.reason] for d in decisions)
+    sys.stdout.write(_table(rows))
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+class ExplainSink:
+    """``--explain``: one line per finished stage that has a reason (why it ran or hit)."""
+
+    def __init__(self, out: IO[str] | None = None) -> None:
+        self._out = sys.stdout if out is None else out
+
+    async def handle(self, event: Any, /) -> None:
+        reason = getattr(event, "reason", None)
+        status = getattr(event, "status", None)
+        if reason is not None and status is not None and hasattr(event, "stage"):
+            self._out.write(f"{event.stage} | why {status.value}: {reason}\n")
+            self._out.flush()
+
+    async def aclose(self) -> None:
+        pass

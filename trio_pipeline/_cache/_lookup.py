@@ -67,6 +67,7 @@ class RunJobs:
     run_id: str
     params: Mapping[str, Any]
     objects: ObjectCache | None = None
+    explain: bool = True  # False: a miss is not compared with the latest entry (cheaper)
     value_digests: dict[str, str] = field(default_factory=dict[str, str])
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
@@ -143,6 +144,10 @@ class RunJobs:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
         entry = self.store.get(key)
         if entry is None:
+            if not self.explain:
+                return LookupResult(
+                    Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
+                )
             latest = self.store.latest(self.pipeline, spec.name)
             decision = miss_reason(None if latest is None else latest.parts, parts)
             return LookupResult(_with_key(decision, key), parts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from .._errors import StageDefinitionError
 
@@ -103,3 +104,58 @@ def check_cache_option(owner: str, value: object) -> bool | CachePolicy | None:
 
 class _CacheOptionTypeError(StageDefinitionError, TypeError):
     """A ``cache=`` option of the wrong type."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """A stage's cache options (``cache=``, ``deps=``, ``outs=``, ``version=``), checked.
+
+    `cache` None defers to the pipeline's ``cache=``; declaring `deps` or `outs` on a
+    stage of a pipeline without a default turns the cache on for it.
+    """
+
+    cache: bool | CachePolicy | None = None
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    version: str | None = None
+
+
+def cache_options(
+    stage: str,
+    *,
+    cache: object = None,
+    deps: object = (),
+    outs: object = (),
+    version: object = None,
+) -> CacheOptions | None:
+    """Check a stage's cache keywords; None when none was given (the common case).
+
+    Raises:
+        StageDefinitionError: a bad value, naming the stage and the option (a
+            TypeError too when it is of the wrong type).
+    """
+    owner = f"stage {stage!r}"
+    if cache is None and deps == () and outs == () and version is None:
+        return None
+    checked = check_cache_option(owner, cache)
+    if version is not None and not isinstance(version, str):
+        raise _CacheOptionTypeError(f"{owner}: version must be a str or None, got {version!r}")
+    return CacheOptions(checked, _paths(owner, "deps", deps), _paths(owner, "outs", outs), version)
+
+
+def _paths(owner: str, option: str, value: object) -> tuple[str, ...]:
+    import os
+
+    items: object = (value,) if isinstance(value, str | os.PathLike) else value  # pyright: ignore[reportUnknownVariableType]
+    if isinstance(items, bytes) or not isinstance(items, Iterable):
+        raise _CacheOptionTypeError(
+            f"{owner}: {option} must be a list of paths (str or os.PathLike), got {value!r}"
+        )
+    paths: list[str] = []
+    for item in cast(Iterable[object], items):  # pyright: ignore[reportUnknownVariableType]
+        if not isinstance(item, str | os.PathLike) or not os.fspath(item):  # pyright: ignore[reportUnknownArgumentType]
+            raise _CacheOptionTypeError(
+                f"{owner}: {option} entries must be non-empty paths, got {item!r}"
+            )
+        paths.append(os.fspath(item))  # pyright: ignore[reportUnknownArgumentType]
+    return tuple(paths)

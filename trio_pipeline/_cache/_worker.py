@@ -71,6 +71,24 @@ class CacheWorker:
             raise RuntimeError("the cache worker is closed")
         self._jobs.put(_Job(work, deliver))
 
+    async def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the worker thread and wait for its (committed) result.
+
+        Not cancellable once submitted: the job runs anyway, so the caller waits for
+        it (a bounded wait: the store's busy timeout) and a cancellation is delivered
+        at the caller's next checkpoint. Raises what `work` raised.
+        """
+        task = trio.lowlevel.current_task()
+        result: list[outcome.Outcome[T]] = []
+
+        def deliver(answer: outcome.Outcome[T]) -> None:
+            result.append(answer)
+            trio.lowlevel.reschedule(task)
+
+        self.submit(work, deliver)
+        await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+        return result[0].unwrap()
+
     def close(self) -> None:
         """No more jobs; the worker finishes those queued and the serving task returns."""
         if not self._closed:
