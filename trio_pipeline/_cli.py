@@ -369,6 +369,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)
+    _cache_commands.check_run_options(plan, args)
     options = _RunOptions(
         keep_going=args.keep_going,
         jobs=args.jobs,

@@ -472,7 +472,7 @@ class _Run:
             self._succeeded(rec, result.value, StageStatus.CACHED)
             return
         if self.cache is not None and self.cache.jobs.explain:
-            rec.reason = f"cache: {decision.reason}"
+            rec.reason = f"cache miss: {decision.reason}"
         heapq.heappush(self._ready, i)
         self._pump()
 
@@ -631,8 +631,9 @@ async def open_run(
             undelivered counts.
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
-        cache_dir: The cache and history folder (default ``.trio-pipeline/`` in the
-            working directory, used when a stage is cached or `cache_dir` is given).
+        cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
+            or ``.trio-pipeline/`` in the working directory; used when a stage is
+            cached or `cache_dir` is given).
         store: A `CacheStore` to use instead (the run does not close it).
         force: Re-run every cached stage (True), or the named stages and their
             downstream; their new results are stored.

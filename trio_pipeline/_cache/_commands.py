@@ -18,12 +18,12 @@ from typing import IO, Any
 
 from ._files import ObjectCache
 from ._store import (
-    DEFAULT_CACHE_DIR,
     OBJECTS_DIRNAME,
     STORE_FILENAME,
     CacheStoreError,
     RunRecord,
     SQLiteStore,
+    default_cache_dir,
     remove_store_files,
 )
 
@@ -58,8 +58,8 @@ def add_cache_dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         metavar="DIR",
-        default=DEFAULT_CACHE_DIR,
-        help=f"where the cache and run history live (default: {DEFAULT_CACHE_DIR}/)",
+        default=default_cache_dir(),
+        help="cache and run history folder (default: $TRIO_PIPELINE_CACHE_DIR or .trio-pipeline/)",
     )
 
 
@@ -262,8 +262,8 @@ def add_run_options(run: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--cache-dir",
         metavar="DIR",
-        default=DEFAULT_CACHE_DIR,
-        help=f"cache and run history folder (default: {DEFAULT_CACHE_DIR}/)",
+        default=default_cache_dir(),
+        help="cache and run history folder (default: $TRIO_PIPELINE_CACHE_DIR or .trio-pipeline/)",
     )
     group.add_argument(
         "--explain",
@@ -302,6 +302,18 @@ def force_option(args: argparse.Namespace) -> bool | tuple[str, ...]:
     return tuple(force) if force else True
 
 
+def check_run_options(plan: Any, args: argparse.Namespace) -> None:
+    """Before the run: ``--force`` names stages, and the store opens (else one message)."""
+    from .._cli import UsageError
+    from ._run import UnknownForcedStageError, forced_stages
+
+    try:
+        forced_stages(plan, force_option(args))
+    except UnknownForcedStageError as exc:
+        raise UsageError(f"--force: {str(exc).removeprefix('force= names ')}") from None
+    SQLiteStore(args.cache_dir).close()  # CacheStoreError: reported by the CLI, exit 2
+
+
 def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
     """The `open_run` keywords the cache options of ``run`` stand for."""
     return {
@@ -318,6 +330,7 @@ def print_dry_run_explain(
     """``--dry-run --explain``: each stage, whether it would run or hit, and why."""
     from ._run import dry_run_decisions
 
+    check_run_options(plan, args)
     if args.no_cache:
         decisions = None
     else:

@@ -311,10 +311,15 @@ class _ClosureValue(_Ref):
 
 def _describe_ref(ref: _Ref) -> tuple[str, str, tuple[object, ...]]:
     value = ref.value
-    if _is_const(value):
-        if not isinstance(ref, _GlobalRef):
-            label = ref.label if isinstance(ref, _ClosureValue) else "value"
-            return label, digest_bytes(_const_text(value).encode()), ()
+    if isinstance(ref, _ClosureValue):
+        if _is_const(value, frozen=True):
+            return ref.label, digest_bytes(_const_text(value).encode()), ()
+        if isinstance(value, list | dict | set):
+            # A mutable container a closure shares (a counter, a cache): its
+            # contents are state, not code.
+            return "", "", ()
+        return "", "", (value,)
+    if isinstance(ref, _GlobalRef) and _is_const(value):
         file = _own_file(ref.module)
         where = _display_path(file) if file is not None else ref.module
         return f"{where}:{ref.name}", digest_bytes(_const_text(value).encode()), ()
@@ -332,12 +337,13 @@ def _describe_ref(ref: _Ref) -> tuple[str, str, tuple[object, ...]]:
     return "", "", (value,)
 
 
-def _is_const(value: object) -> bool:
+def _is_const(value: object, *, frozen: bool = False) -> bool:
+    """A constant: scalars and containers of them (only immutable ones if `frozen`)."""
     if isinstance(value, (*_CONST_TYPES, enum.Enum)):
         return True
-    if isinstance(value, tuple | list | frozenset | set):
-        return all(_is_const(v) for v in cast(Iterable[object], value))
-    if isinstance(value, dict):
+    if isinstance(value, tuple | frozenset) or (not frozen and isinstance(value, list | set)):
+        return all(_is_const(v, frozen=frozen) for v in cast(Iterable[object], value))
+    if isinstance(value, dict) and not frozen:
         items = cast(dict[object, object], value).items()
         return all(_is_const(k) and _is_const(v) for k, v in items)
     return False

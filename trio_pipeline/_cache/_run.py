@@ -32,12 +32,12 @@ from ._keys import CodeFingerprinter
 from ._lookup import CommitResult, LookupResult, RunJobs, StageSpec, simulate
 from ._policy import CacheOptions, CachePolicy, resolve_policy
 from ._store import (
-    DEFAULT_CACHE_DIR,
     OBJECTS_DIRNAME,
     CacheStore,
     RunRecord,
     SQLiteStore,
     StageRecord,
+    default_cache_dir,
 )
 from ._worker import CacheWorker
 
@@ -57,6 +57,18 @@ def stage_cache_options(stage: Stage) -> CacheOptions | None:
     return getattr(stage, "cache", None)
 
 
+class UnknownForcedStageError(UnknownStageError):
+    """``force=`` names a stage that is not in the pipeline."""
+
+    def __init__(self, stage: str, pipeline: str, known: list[str]) -> None:
+        import difflib
+
+        close = difflib.get_close_matches(stage, known, n=2)
+        super().__init__(stage, "force=", close)
+        hint = " (did you mean " + " or ".join(repr(s) for s in close) + "?)" if close else ""
+        self.args = (f"force= names {stage!r}, not a stage of pipeline {pipeline!r}{hint}",)
+
+
 def forced_stages(plan: Plan, force: bool | Iterable[str]) -> set[int]:
     """Indices of the stages `force` re-runs: all, or the named ones and their downstream.
 
@@ -73,9 +85,7 @@ def forced_stages(plan: Plan, force: bool | Iterable[str]) -> set[int]:
     stack: list[int] = []
     for name in names:
         if name not in index:
-            import difflib
-
-            raise UnknownStageError(name, "force=", difflib.get_close_matches(name, index, n=2))
+            raise UnknownForcedStageError(name, plan.name, list(index))
         stack.append(index[name])
     seen: set[int] = set()
     while stack:
@@ -285,7 +295,7 @@ async def open_run_cache(
     specs = build_specs(plan, pipeline_cache, force)
     if store is None and cache_dir is None and all(s is None for s in specs):
         return None
-    folder = os.fspath(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
+    folder = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     owns = store is None
     if store is None:
         store = await trio.to_thread.run_sync(SQLiteStore, folder)
@@ -301,13 +311,13 @@ def dry_run_decisions(
     *,
     pipeline_cache: bool | CachePolicy | None,
     order: Sequence[str],
-    cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR,
+    cache_dir: str | os.PathLike[str] | None = None,
     force: bool | Iterable[str] = False,
     params: Mapping[str, Any] | None = None,
 ) -> list[Decision]:
     """``--dry-run --explain``: every stage's decision in `order`, running nothing (blocking)."""
     specs = build_specs(plan, pipeline_cache, force)
     index = {stage.name: i for i, stage in enumerate(plan.stages)}
-    with SQLiteStore(cache_dir) as store:
+    with SQLiteStore(default_cache_dir() if cache_dir is None else cache_dir) as store:
         jobs = RunJobs(store, plan.name, "dry-run", dict(params or {}), None, explain=True)
         return simulate(jobs, [specs[index[name]] for name in order], list(order))

@@ -46,6 +46,7 @@ SCHEMA_VERSION = 1
 STORE_FILENAME = "cache.sqlite"
 OBJECTS_DIRNAME = "objects"
 DEFAULT_CACHE_DIR = ".trio-pipeline"
+CACHE_DIR_VARIABLE = "TRIO_PIPELINE_CACHE_DIR"
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _BUSY_TIMEOUT = 60.0  # seconds SQLite itself waits for a lock
@@ -67,6 +68,11 @@ class CacheStoreError(PipelineError, OSError):
             f" `trio-pipeline cache clear --cache-dir {folder}` (or delete the folder)"
         )
         self.path = where
+
+
+def default_cache_dir() -> str:
+    """``$TRIO_PIPELINE_CACHE_DIR`` if set, else ``.trio-pipeline`` (in the working directory)."""
+    return os.environ.get(CACHE_DIR_VARIABLE) or DEFAULT_CACHE_DIR
 
 
 def digest_bytes(data: bytes | bytearray | memoryview) -> str:

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -146,8 +146,8 @@ def watch(args: argparse.Namespace) -> int:
 
 def _is_interrupt(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
-        group: BaseExceptionGroup[BaseException] = exc
-        return group.split(KeyboardInterrupt)[1] is None
+        rest = cast(BaseExceptionGroup[BaseException], exc).split(KeyboardInterrupt)[1]
+        return rest is None
     return isinstance(exc, KeyboardInterrupt)
 
 

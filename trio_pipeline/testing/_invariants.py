@@ -213,7 +213,7 @@ def _check_sequence(
             if event.attempt > stages[name].retries + 1:
                 raise _fail("at most retries + 1 attempts", repr(event))
             for up in stages[name].after:
-                if status.get(up) is not StageStatus.SUCCEEDED:
+                if status.get(up) not in (StageStatus.SUCCEEDED, StageStatus.CACHED):
                     raise _fail(
                         "a stage starts only after every upstream SUCCEEDED",
                         f"{name!r} started while {up!r} is {status.get(up, 'unfinished')}",
@@ -259,7 +259,7 @@ def _check_finished(
     started = name in attempts
     if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
         raise _fail("StageStarted before its StageFinished", repr(event))
-    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started:
+    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED, StageStatus.CACHED) and started:
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
         raise _fail("StageFinished.error is set exactly for FAILED", repr(event))
