@@ -20,7 +20,9 @@ from ._errors import (
     CycleError,
     DuplicateStageError,
     PipelineError,
+    PipelineInternalError,
     StageDefinitionError,
+    StageDefinitionTypeError,
     StageTimeout,
     TransitionError,
     UnknownStageError,
@@ -44,6 +46,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._options import RetryPolicy, StageOptions, Trigger
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -68,7 +71,9 @@ __all__ = [
     "JsonlSink",
     "Pipeline",
     "PipelineError",
+    "PipelineInternalError",
     "ProcessExecutor",
+    "RetryPolicy",
     "RunFinished",
     "RunHandle",
     "RunRecord",
@@ -81,9 +86,11 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageDefinitionError",
+    "StageDefinitionTypeError",
     "StageFinished",
     "StageFunction",
     "StageLog",
+    "StageOptions",
     "StageOutcome",
     "StageRecord",
     "StageRetrying",
@@ -94,6 +101,7 @@ __all__ = [
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
+    "Trigger",
     "UnknownStageError",
     "open_run",
     "run",

@@ -46,6 +46,7 @@ class Dispatcher:
         self._on_done = on_done
         self._closed: set[int] = set()
         self._scope = trio.CancelScope(shield=True)
+        self._chaos = _chaos.current()  # read once, at run start: scoped to the run
 
     def set_deadline(self, deadline: float) -> None:
         """Bound the rest of the drain: at `deadline` delivery stops and is reported."""
@@ -101,8 +102,8 @@ class Dispatcher:
                 if now() - yielded_at >= _YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded_at = now()
-            if _chaos.hook is not None:
-                await _chaos.hook("dispatch")
+            if self._chaos is not None:
+                await self._chaos("dispatch")
             for i, sink in enumerate(sinks):
                 if i in self.errors:
                     continue
@@ -115,8 +116,8 @@ class Dispatcher:
 
     async def _close_sinks(self) -> None:
         for i, sink in enumerate(self.sinks):
-            if _chaos.hook is not None:
-                await _chaos.hook("sink.aclose")
+            if self._chaos is not None:
+                await self._chaos("sink.aclose")
             self._closed.add(i)
             try:
                 await sink.aclose()

@@ -40,7 +40,7 @@ from ._cache._run import RunCache, open_run_cache
 from ._cache._store import CacheStore
 from ._context import StageContext
 from ._dispatch import Dispatcher
-from ._errors import StageTimeout
+from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
     Event,
     RunFinished,
@@ -52,6 +52,7 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._options import check_optional_int, check_seconds
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
@@ -153,6 +154,7 @@ class _Run:
         self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
         self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -330,8 +332,8 @@ class _Run:
         )
         value: Any = None
         try:
-            if _chaos.hook is not None:
-                await _chaos.hook("stage.start")
+            if self._chaos is not None:
+                await self._chaos("stage.start")
             cache = self.cache
             if cache is not None and rec.attempt == 1 and rec.index in cache.logs:
                 ctx.log(cache.logs[rec.index])  # why this stage is not cached
@@ -349,10 +351,10 @@ class _Run:
                 message = await cache.commit(rec.index, value)
                 if message is not None:
                     ctx.log(message)
-            if _chaos.hook is not None:
+            if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
-                    await _chaos.hook("stage.end")
+                    await self._chaos("stage.end")
         except Exception as exc:
             self._release(rec)
             self._attempt_failed(rec, exc)
@@ -387,14 +389,15 @@ class _Run:
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
         rec.error = exc
+        policy = stage.options.retry
         if (
-            rec.attempt > stage.retries
-            or rec.cancel_requested
+            rec.cancel_requested
             or self.machine.state is not RunState.RUNNING
+            or not policy.should_retry(exc, rec.attempt)
         ):
             self._failed(rec, exc)
             return
-        delay = stage.retry_delay * 2 ** (rec.attempt - 1)
+        delay = policy.delay_before(rec.attempt)
         rec.machine.advance(_PENDING)
         self._send.send_nowait(
             StageRetrying(
@@ -419,8 +422,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
-            if _chaos.hook is not None:
-                await _chaos.hook("retry.wake")
+            if self._chaos is not None:
+                await self._chaos("retry.wake")
         except BaseException:
             # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
             if rec.machine.state is _PENDING:
@@ -583,22 +586,18 @@ class RunHandle:
 
 
 def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    if (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, int | float)
-        or math.isnan(drain_timeout)
-        or drain_timeout < 0
-    ):
-        raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager

@@ -15,7 +15,6 @@ from contextlib import ExitStack, asynccontextmanager, suppress
 import trio
 
 import trio_pipeline as tp
-from trio_pipeline import _chaos
 from trio_pipeline._dispatch import Dispatcher
 from trio_pipeline._engine import RunHandle, _Run
 from trio_pipeline._events import Event
@@ -111,8 +110,8 @@ class FanOutDispatcher(Dispatcher):
                             nursery.start_soon(self._feed, i, receive)
                         with self._receive:
                             async for event in self._receive:
-                                if _chaos.hook is not None:
-                                    await _chaos.hook("dispatch")
+                                if self._chaos is not None:
+                                    await self._chaos("dispatch")
                                 for feed in feeds:
                                     # A feeder stops after its sink raised.
                                     with suppress(trio.BrokenResourceError):

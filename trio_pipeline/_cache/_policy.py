@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
-from .._errors import StageDefinitionError
+from .._errors import StageDefinitionError, StageDefinitionTypeError
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +97,9 @@ def check_cache_option(owner: str, value: object) -> bool | CachePolicy | None:
     """
     if value is None or isinstance(value, bool | CachePolicy):
         return value
-    raise _CacheOptionTypeError(
+    raise StageDefinitionTypeError(
         f"{owner}: cache must be True, False, a tp.CachePolicy or None, got {value!r}"
     )
-
-
-class _CacheOptionTypeError(StageDefinitionError, TypeError):
-    """A ``cache=`` option of the wrong type."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,28 +130,32 @@ def cache_options(
         StageDefinitionError: a bad value, naming the stage and the option (a
             TypeError too when it is of the wrong type).
     """
-    owner = f"stage {stage!r}"
     if cache is None and deps == () and outs == () and version is None:
         return None
-    checked = check_cache_option(owner, cache)
+    if cache is not None and not isinstance(cache, bool | CachePolicy):
+        raise StageDefinitionTypeError(
+            f"cache must be True, False, a tp.CachePolicy or None, got {cache!r}", stage=stage
+        )
     if version is not None and not isinstance(version, str):
-        raise _CacheOptionTypeError(f"{owner}: version must be a str or None, got {version!r}")
-    return CacheOptions(checked, _paths(owner, "deps", deps), _paths(owner, "outs", outs), version)
+        raise StageDefinitionTypeError(
+            f"version must be a str or None, got {version!r}", stage=stage
+        )
+    return CacheOptions(cache, _paths(stage, "deps", deps), _paths(stage, "outs", outs), version)
 
 
-def _paths(owner: str, option: str, value: object) -> tuple[str, ...]:
+def _paths(stage: str, option: str, value: object) -> tuple[str, ...]:
     import os
 
     items: object = (value,) if isinstance(value, str | os.PathLike) else value  # pyright: ignore[reportUnknownVariableType]
     if isinstance(items, bytes) or not isinstance(items, Iterable):
-        raise _CacheOptionTypeError(
-            f"{owner}: {option} must be a list of paths (str or os.PathLike), got {value!r}"
+        raise StageDefinitionTypeError(
+            f"{option} must be a list of paths (str or os.PathLike), got {value!r}", stage=stage
         )
     paths: list[str] = []
     for item in cast(Iterable[object], items):  # pyright: ignore[reportUnknownVariableType]
         if not isinstance(item, str | os.PathLike) or not os.fspath(item):  # pyright: ignore[reportUnknownArgumentType]
-            raise _CacheOptionTypeError(
-                f"{owner}: {option} entries must be non-empty paths, got {item!r}"
+            raise StageDefinitionTypeError(
+                f"{option} entries must be non-empty paths, got {item!r}", stage=stage
             )
         paths.append(os.fspath(item))  # pyright: ignore[reportUnknownArgumentType]
     return tuple(paths)
