@@ -264,6 +264,9 @@ class MemoryStore:
     def delete(self, key: str) -> None:
         self.entries.pop(key, None)
 
+    def keys(self, pipeline: str) -> set[str]:
+        return {k for k, e in self.entries.items() if e.pipeline == pipeline}
+
     def file_memo(self, path: str) -> Any:
         return None
 

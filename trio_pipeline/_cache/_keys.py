@@ -417,16 +417,20 @@ def key_parts(
 
 def key_of(parts: Mapping[str, Any]) -> str:
     """The key for `parts` (`key_parts`); the per-function digests are covered by ``code``."""
-    body = [
-        parts["format"],
-        parts["stage"],
-        parts["code"],
-        parts["version"],
-        sorted(parts["inputs"].items()),
-        sorted(parts["params"].items()),
-        sorted(parts["deps"].items()),
-    ]
-    return digest_bytes(json.dumps(body, separators=(",", ":")).encode())
+    # A plain text, not JSON: this runs once per stage. Names are repr()ed, so no
+    # name can imitate a separator; digests are hex.
+    body = "|".join(
+        (
+            str(parts["format"]),
+            repr(parts["stage"]),
+            parts["code"],
+            repr(parts["version"]),
+            repr(sorted(parts["inputs"].items())),
+            repr(sorted(parts["params"].items())),
+            repr(sorted(parts["deps"].items())),
+        )
+    )
+    return digest_bytes(body.encode())
 
 
 def hash_params(params: Mapping[str, Any], only: Iterable[str] | None = None) -> dict[str, str]:

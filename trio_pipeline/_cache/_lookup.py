@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ class RunJobs:
     params: Mapping[str, Any]
     objects: ObjectCache | None = None
     explain: bool = True  # False: a miss is not compared with the latest entry (cheaper)
+    known: Collection[str] | None = None  # the store's keys (`CacheStore.keys`), read once
     value_digests: dict[str, str] = field(default_factory=dict[str, str])
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
@@ -142,7 +143,7 @@ class RunJobs:
         key = key_of(parts)
         if spec.forced:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
-        entry = self.store.get(key)
+        entry = None if self.known is not None and key not in self.known else self.store.get(key)
         if entry is None:
             if not self.explain:
                 return LookupResult(

@@ -303,6 +303,9 @@ async def open_run_cache(
     if not owns and isinstance(store, SQLiteStore):
         objects = ObjectCache(store.objects_dir)
     jobs = RunJobs(store, plan.name, run_id, dict(params or {}), objects, explain=explain)
+    if cache and any(spec is not None for spec in specs):
+        # One query now instead of one per miss during the run.
+        jobs.known = await trio.to_thread.run_sync(store.keys, plan.name)
     return RunCache(store, specs, jobs, owns_store=owns, enabled=cache)
 
 

@@ -31,7 +31,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -181,7 +181,8 @@ class CacheStore(Protocol):
     """
 
     def get(self, key: str) -> CacheEntry | None:
-        """The entry stored under `key`, or None."""
+        """The entry stored under `key`, or None. Its `parts` may be left empty (a hit
+        does not need them; `latest` fills them)."""
         ...
 
     def put(self, entry: CacheEntry) -> None:
@@ -190,6 +191,11 @@ class CacheStore(Protocol):
 
     def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
         """The most recently stored entry of `stage` in `pipeline` (explains a miss)."""
+        ...
+
+    def keys(self, pipeline: str) -> Collection[str]:
+        """The keys of `pipeline`'s entries: a run reads them once, before it starts,
+        and looks up only those (an entry another process stores later is a miss)."""
         ...
 
     def delete(self, key: str) -> None:
@@ -313,6 +319,8 @@ class SQLiteStore:
         self.objects_dir = self.cache_dir / OBJECTS_DIRNAME
         self._db: sqlite3.Connection | None = None
         self._depth = 0
+        self._pending: list[tuple[Any, ...]] = []  # entries put inside batch(), not yet written
+        self._in_tx = False  # batch() has begun its transaction
         try:
             ensure_private_dir(self.cache_dir)
         except OSError as exc:
@@ -421,6 +429,7 @@ class SQLiteStore:
         db = self._conn
         try:
             if self._depth:
+                self._begin()
                 return work(db)  # inside batch(): committed when it exits
             return self._run_locked(db, work)
         except sqlite3.DatabaseError as exc:
@@ -430,20 +439,42 @@ class SQLiteStore:
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         try:
+            if self._pending:
+                self._flush()
             return self._conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
                 raise
             raise CacheStoreError(self.path, f"corrupt ({exc})") from None
 
+    def _begin(self) -> None:
+        """Start the batch's IMMEDIATE transaction (at its first write), waiting out locks."""
+        if self._in_tx:
+            return
+        db = self._conn
+        give_up = time.monotonic() + _LOCKED_RETRY_FOR
+        pause = 0.01
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            else:
+                self._in_tx = True
+                return
+
     @contextlib.contextmanager
     def batch(self) -> Generator[None]:
-        """One IMMEDIATE transaction for the calls inside; committed on a clean exit.
+        """One IMMEDIATE transaction for the writes inside; committed on a clean exit.
 
-        Nested batches join the outer one. On an exception everything inside is
-        rolled back.
+        The transaction starts at the first write (a batch of lookups takes no lock);
+        puts are written together, with one ``executemany``, at the end or before a
+        read. Nested batches join the outer one. On an exception everything written
+        inside is rolled back.
         """
-        db = self._conn
         if self._depth:
             self._depth += 1
             try:
@@ -451,25 +482,23 @@ class SQLiteStore:
             finally:
                 self._depth -= 1
             return
-        give_up = time.monotonic() + _LOCKED_RETRY_FOR
-        pause = 0.01
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or time.monotonic() > give_up:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
         self._depth = 1
         try:
             yield
+            if self._pending:
+                self._flush()
         except BaseException:
             self._depth = 0
-            db.execute("ROLLBACK")
+            self._pending.clear()
+            if self._in_tx:
+                self._in_tx = False
+                self._conn.execute("ROLLBACK")
             raise
         self._depth = 0
+        if not self._in_tx:
+            return
+        self._in_tx = False
+        db = self._conn
         try:
             db.execute("COMMIT")
         except sqlite3.OperationalError:
@@ -482,17 +511,28 @@ class SQLiteStore:
 
     def get(self, key: str) -> CacheEntry | None:
         rows = self._read(
-            "SELECT key, pipeline, stage, value, value_digest, parts, outs, created, run_id"
+            "SELECT value, value_digest, outs, created, run_id, pipeline, stage"
             " FROM entries WHERE key = ?",
             (key,),
         )
         if not rows:
             return None
-        entry = _entry_from_row(rows[0])
-        if entry is None:
+        value, value_digest, outs, created, run_id, pipeline, stage = rows[0]
+        if digest_bytes(value) != value_digest:
             # Bytes that do not match their hash: never hand them out.
             self.delete(key)
-        return entry
+            return None
+        return CacheEntry(
+            key,
+            pipeline,
+            stage,
+            value,
+            value_digest,
+            _EMPTY,  # the parts are for explanations: `latest` reads them
+            json.loads(outs) if outs != "{}" else _EMPTY,
+            created,
+            run_id,
+        )
 
     def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
         rows = self._read(
@@ -509,16 +549,34 @@ class SQLiteStore:
             entry.stage,
             entry.value,
             entry.value_digest,
-            json.dumps(dict(entry.parts), sort_keys=True, separators=(",", ":")),
-            json.dumps(dict(entry.outs), sort_keys=True, separators=(",", ":")),
+            json.dumps(_plain(entry.parts), sort_keys=True, separators=(",", ":")),
+            json.dumps(_plain(entry.outs), sort_keys=True, separators=(",", ":"))
+            if entry.outs
+            else "{}",
             entry.created,
             entry.run_id,
         )
-        self._write(
-            lambda db: db.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-            )
-        )
+        if self._depth:
+            # Written together when the batch ends (or before a read): one executemany
+            # for a batch of commits costs a fraction of one execute each.
+            self._pending.append(row)
+            return
+        self._write(lambda db: db.execute(_INSERT_ENTRY, row))
+
+    def _flush(self) -> None:
+        rows, self._pending = self._pending, []
+        try:
+            self._begin()
+            self._conn.executemany(_INSERT_ENTRY, rows)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise
+            raise CacheStoreError(self.path, f"corrupt ({exc})") from None
+
+    def keys(self, pipeline: str) -> set[str]:
+        return {
+            key for (key,) in self._read("SELECT key FROM entries WHERE pipeline = ?", (pipeline,))
+        }
 
     def delete(self, key: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM entries WHERE key = ?", (key,)))
@@ -636,6 +694,13 @@ class SQLiteStore:
         return f"SQLiteStore({os.fspath(self.cache_dir)!r})"
 
 
+_INSERT_ENTRY = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return mapping if isinstance(mapping, dict) else dict(mapping)
+
+
 def _corrupt(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text
@@ -658,7 +723,7 @@ def _entry_from_row(row: Sequence[Any]) -> CacheEntry | None:
         value=value,
         value_digest=value_digest,
         parts=json.loads(parts),
-        outs=json.loads(outs),
+        outs=json.loads(outs) if outs != "{}" else _EMPTY,
         created=created,
         run_id=run_id,
     )
