@@ -39,6 +39,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -69,6 +70,7 @@ __all__ = [
     "Event",
     "Executor",
     "JsonlSink",
+    "MissingExtraError",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",

@@ -53,9 +53,11 @@ from ._events import (
 )
 from ._graph import Pipeline, Plan, Stage
 from ._options import check_optional_int, check_seconds
+from ._params import NO_PARAMS, Params, check_params
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
+from ._targets import select_stages, subpipeline
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -126,9 +128,11 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        params: Params = NO_PARAMS,
         run_id: str | None = None,
     ) -> None:
         self.plan = plan
+        self.params = params
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.cache: RunCache | None = None  # set by open_run when a cache store is used
         self.machine: Machine[RunState] = run_machine(self.run_id)
@@ -195,7 +199,7 @@ class _Run:
         self.started_at = now = self._now()
         names = tuple(rec.stage.name for rec in self.records)
         self._send.send_nowait(
-            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names)
+            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names, self.params)
         )
         # Ascending indices already form a valid heap.
         self._ready = [rec.index for rec in self.records if rec.waiting == 0]
@@ -329,6 +333,7 @@ class _Run:
             attempt=rec.attempt,
             run_id=self.run_id,
             emit_log=self._log,
+            params=self.params,
         )
         value: Any = None
         try:
@@ -585,8 +590,15 @@ class RunHandle:
         return f"<RunHandle {self._run.plan.name!r} run={self.run_id} {self.state}>"
 
 
-def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
+def _check_options(
+    sinks: Sequence[Sink], keep_going: bool, max_parallel: int | None, drain_timeout: float
+) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
+        raise StageDefinitionTypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
+    sinks = tuple(sinks)
+    if not isinstance(keep_going, bool):
+        raise StageDefinitionTypeError(f"keep_going must be a bool, got {keep_going!r}")
     check_optional_int(max_parallel, "max_parallel", minimum=1)
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
     for sink in sinks:
@@ -598,6 +610,18 @@ def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeou
         raise StageDefinitionError(
             "the same sink was passed twice; each sink receives each event once"
         )
+    return sinks
+
+
+def _compile_selected(
+    pipeline: Pipeline, targets: Iterable[str | Stage] | None, *, only: bool
+) -> Plan:
+    plan = pipeline.compile()  # the whole graph is validated, targets or not
+    if targets is None:
+        if only:
+            raise StageDefinitionError("only=True needs targets: the stages to run")
+        return plan
+    return subpipeline(pipeline, select_stages(pipeline, targets, only=only)).compile()
 
 
 @asynccontextmanager
@@ -608,6 +632,9 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -628,6 +655,13 @@ async def open_run(
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
             remaining events; after that the run ends CANCELLED and reports the
             undelivered counts.
+        params: The run's parameters, read by every stage as `StageContext.params`
+            (a read-only mapping with str keys) and carried by `RunStarted.params`.
+        targets: Run only these stages (names or `Stage` objects) and, unless
+            `only`, every stage they depend on. Other stages are not part of the run:
+            absent from `RunStarted.stages` and from the result. None: every stage.
+        only: With `targets`, just the targets: dependencies on stages that are not
+            targets are dropped (those stages' results are missing from ``inputs``).
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
         cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
@@ -641,11 +675,14 @@ async def open_run(
 
     Raises:
         PipelineError: the pipeline is invalid; raised before anything starts.
+        UnknownStageError: a target is not a stage (with a did-you-mean).
+        StageDefinitionError: an invalid option (a `StageDefinitionTypeError`, also a
+            TypeError, for a value of the wrong type).
         CacheStoreError: the cache store is corrupt or not a trio_pipeline store.
     """
-    plan = pipeline.compile()
-    sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout)
+    plan = _compile_selected(pipeline, targets, only=only)
+    run_params = check_params(params)
+    sinks = _check_options(sinks, keep_going, max_parallel, drain_timeout)
     run_id = uuid.uuid4().hex[:12]
     run_cache = await open_run_cache(
         plan,
@@ -655,6 +692,7 @@ async def open_run(
         cache_dir=cache_dir,
         store=store,
         force=force,
+        params=run_params,
         explain=explain,
     )
     run = _Run(
@@ -663,6 +701,7 @@ async def open_run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        params=run_params,
         run_id=run_id,
     )
     run.cache = run_cache
@@ -682,7 +721,7 @@ async def open_run(
                 raise
     finally:
         if run_cache is not None:
-            await run_cache.finish(run.result, pipeline=plan.name)
+            await run_cache.finish(run.result, pipeline=plan.name, params=run_params)
 
 
 async def run(
@@ -692,6 +731,9 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -711,6 +753,9 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        params=params,
+        targets=targets,
+        only=only,
         cache=cache,
         cache_dir=cache_dir,
         store=store,

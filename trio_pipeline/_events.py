@@ -13,19 +13,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ._params import NO_PARAMS
 from ._slots import set_slots_directly
 from ._state import RunState, StageStatus
 
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
-    """The run began; `stages` lists every stage name in definition order."""
+    """The run began; `stages` lists every stage of the run in definition order.
+
+    `stages` holds only the selected stages when the run has targets; `params` is
+    the run's read-only parameters (empty when none were given).
+    """
 
     run_id: str
     seq: int
     time: float
     pipeline: str
     stages: tuple[str, ...]
+    params: Mapping[str, Any] = NO_PARAMS
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -71,6 +71,7 @@ def add_commands(commands: Any) -> None:
         description="Inspect or empty the result cache (and the run history kept with it).",
     )
     actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache.set_defaults(handler=main)
     stats = actions.add_parser("stats", help="entries, sizes and runs recorded")
     add_cache_dir_option(stats)
     clear = actions.add_parser(
@@ -88,10 +89,12 @@ def add_commands(commands: Any) -> None:
     )
     history.add_argument("file", nargs="?", metavar="FILE", help="a pipeline file")
     history.add_argument("-n", "--limit", type=_limit, default=20, metavar="N")
+    history.set_defaults(handler=main)
     add_cache_dir_option(history)
 
     show = commands.add_parser("show", help="print one run's summary and failures")
     show.add_argument("run_id", metavar="RUN_ID", help="a run id (or a unique prefix of one)")
+    show.set_defaults(handler=main)
     add_cache_dir_option(show)
 
 
@@ -325,7 +328,11 @@ def run_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_dry_run_explain(
-    plan: Any, pipeline_cache: Any, order: Sequence[str], args: argparse.Namespace
+    plan: Any,
+    pipeline_cache: Any,
+    order: Sequence[str],
+    args: argparse.Namespace,
+    params: Mapping[str, Any] | None = None,
 ) -> int:
     """``--dry-run --explain``: each stage, whether it would run or hit, and why."""
     from ._run import dry_run_decisions
@@ -340,6 +347,7 @@ def print_dry_run_explain(
             order=order,
             cache_dir=args.cache_dir,
             force=force_option(args),
+            params=params,
         )
     rows = [["STAGE", "WOULD", "WHY"]]
     if decisions is None:

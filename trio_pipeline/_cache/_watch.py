@@ -19,6 +19,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -174,6 +175,7 @@ async def _watch_loop(args: argparse.Namespace) -> int:
     from .. import _cli
     from . import _commands
 
+    params = _cli._run_params(args)  # pyright: ignore[reportPrivateUsage]
     while True:
         pipeline, files, folders = _prepare_round(args)
         seen = _Changes()
@@ -186,10 +188,13 @@ async def _watch_loop(args: argparse.Namespace) -> int:
                     jsonl=args.jsonl,
                     mode=_cli._output_mode(plain=True, quiet=args.quiet),  # pyright: ignore[reportPrivateUsage]
                     grace=args.grace,
+                    drain_timeout=args.drain_timeout,
+                    params=params,
+                    started=time.monotonic(),
                     cache=_commands.run_keywords(args),
                 )
                 result, interrupted = await _cli._execute(pipeline, options=options)  # pyright: ignore[reportPrivateUsage]
-                _cli._report_failures(result)  # pyright: ignore[reportPrivateUsage]
+                _cli._report_failures(result, jsonl=args.jsonl)  # pyright: ignore[reportPrivateUsage]
                 if interrupted:
                     nursery.cancel_scope.cancel()
                     return EXIT_INTERRUPTED
