@@ -56,3 +56,17 @@ def test_directories_list_their_files(tmp_path: Path) -> None:
     assert path_digests(str(tmp_path / "empty"), None) == {
         str(tmp_path / "empty"): "empty directory"
     }
+
+
+def test_a_replaced_file_with_the_same_size_and_mtime_is_read_again(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "f.txt"
+    path.write_text("aaaa")
+    os.utime(path, ns=(10**18, 10**18))
+    first = file_digest(str(path), store)
+    other = tmp_path / "g.txt"
+    other.write_text("bbbb")  # same size
+    os.utime(other, ns=(10**18, 10**18))  # same mtime
+    os.replace(other, path)  # another inode
+    assert file_digest(str(path), store) != first

@@ -186,6 +186,26 @@ async def test_force(tmp_path: Path) -> None:
         await run(pipe, tmp_path, force=["bb"])
 
 
+async def test_force_reruns_the_downstream_even_when_its_key_is_unchanged(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("f", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[a])
+    async def b(ctx: tp.StageContext) -> int:
+        return 2  # the same value every time: d's key does not change
+
+    @pipe.stage(after=[b])
+    async def d(ctx: tp.StageContext) -> int:
+        return 3
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path, force=["b"])
+    assert statuses(result) == {"a": S.CACHED, "b": S.SUCCEEDED, "d": S.SUCCEEDED}
+
+
 async def test_no_cache_run_reads_and_writes_nothing_but_is_recorded(tmp_path: Path) -> None:
     calls: dict[str, int] = {}
     pipe = chain(calls)
