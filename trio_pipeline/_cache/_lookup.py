@@ -193,7 +193,13 @@ class RunJobs:
         return f"outs changed: {noun} {shown} {what}"
 
     def commit(
-        self, spec: StageSpec, parts: Mapping[str, Any], value: Any, *, created: float | None = None
+        self,
+        spec: StageSpec,
+        parts: Mapping[str, Any],
+        value: Any,
+        *,
+        created: float | None = None,
+        key: str | None = None,
     ) -> CommitResult:
         """Store `value` under the key of `parts`; durable when this returns (outside a batch)."""
         try:
@@ -215,7 +221,7 @@ class RunJobs:
                 self.objects.save(path, file_digest)
         self.store.put(
             CacheEntry(
-                key=key_of(parts),
+                key=key_of(parts) if key is None else key,
                 pipeline=self.pipeline,
                 stage=spec.name,
                 value=data,

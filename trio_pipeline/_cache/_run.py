@@ -149,7 +149,7 @@ class RunCache:
         self.lookups: frozenset[int] = frozenset(
             i for i, spec in enumerate(specs) if spec is not None and enabled
         )
-        self._parts: dict[int, dict[str, Any]] = {}
+        self._parts: dict[int, tuple[dict[str, Any], str | None]] = {}  # key parts, key
         self.decisions: dict[str, Decision] = {}
         self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
         self.wall_started = time.time()
@@ -180,7 +180,7 @@ class RunCache:
                 return
             found = result.unwrap()
             if found.parts is not None:
-                self._parts[i] = found.parts
+                self._parts[i] = (found.parts, found.decision.key)
             if found.log is not None:
                 self.logs[i] = found.log
             self.decisions[spec.name] = found.decision
@@ -194,11 +194,11 @@ class RunCache:
     async def commit(self, i: int, value: Any) -> str | None:
         """Store stage `i`'s value; returns when durable. A message if it was not stored."""
         spec = self.specs[i]
-        parts = self._parts.pop(i)
+        parts, key = self._parts.pop(i)
         assert spec is not None
         try:
             result: CommitResult = await self.worker.call(
-                functools.partial(self.jobs.commit, spec, parts, value)
+                functools.partial(self.jobs.commit, spec, parts, value, key=key)
             )
         except Exception as exc:
             return f"not cached: the store failed ({exc})"
