@@ -384,6 +384,22 @@ async def test_deps_and_outs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert runs == ["one", "two"]
 
 
+async def test_a_teardown_stage_is_never_cached(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("t", cache=True)
+
+    @pipe.stage
+    async def work(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[work], trigger=tp.Trigger.ALWAYS)
+    async def cleanup(ctx: tp.StageContext) -> None:
+        pass
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"work": S.CACHED, "cleanup": S.SUCCEEDED}
+
+
 async def test_a_retried_stage_is_stored_once_it_succeeds(tmp_path: Path) -> None:
     attempts: list[int] = []
     pipe = tp.Pipeline("r", cache=True)

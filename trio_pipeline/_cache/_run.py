@@ -109,7 +109,8 @@ def build_specs(
         if setting is None and options is not None and (options.deps or options.outs):
             setting = True if pipeline_cache is None else None  # declaring files asks for it
         policy = resolve_policy(setting, pipeline_cache)
-        if policy is None:
+        if policy is None or _is_teardown(stage):
+            # A teardown stage (trigger ALWAYS) always runs: it is there for its effect.
             specs.append(None)
             continue
         fn = getattr(stage.fn, "__wrapped__", None) or stage.fn
@@ -126,6 +127,11 @@ def build_specs(
             )
         )
     return specs
+
+
+def _is_teardown(stage: Stage) -> bool:
+    options = getattr(stage, "options", None)
+    return str(getattr(options, "trigger", "")) == "always"
 
 
 class RunCache:
