@@ -48,6 +48,8 @@ from ._executors import (
 )
 from ._graph import Pipeline, Stage, StageFunction
 from ._options import RetryPolicy, StageOptions, Trigger
+from ._otel import OtelSink
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -71,6 +73,7 @@ __all__ = [
     "Executor",
     "JsonlSink",
     "MissingExtraError",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
@@ -80,6 +83,7 @@ __all__ = [
     "RunHandle",
     "RunRecord",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SQLiteStore",
@@ -107,6 +111,7 @@ __all__ = [
     "UnknownStageError",
     "open_run",
     "run",
+    "write_report",
 ]
 
 

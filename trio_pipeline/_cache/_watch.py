@@ -186,6 +186,7 @@ async def _watch_loop(args: argparse.Namespace) -> int:
                     keep_going=args.keep_going,
                     jobs=args.jobs,
                     jsonl=args.jsonl,
+                    report=args.report,
                     mode=_cli._output_mode(plain=True, quiet=args.quiet),  # pyright: ignore[reportPrivateUsage]
                     grace=args.grace,
                     drain_timeout=args.drain_timeout,
