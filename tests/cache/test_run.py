@@ -284,8 +284,8 @@ class MemoryStore:
     def delete(self, key: str) -> None:
         self.entries.pop(key, None)
 
-    def keys(self, pipeline: str) -> set[str]:
-        return {k for k, e in self.entries.items() if e.pipeline == pipeline}
+    def snapshot(self, pipeline: str, max_bytes: int) -> dict[str, tp.CacheEntry | None]:
+        return {k: None for k, e in self.entries.items() if e.pipeline == pipeline}
 
     def file_memo(self, path: str) -> Any:
         return None

@@ -407,3 +407,22 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
             for key in (f"one-{i}", f"two-{i}", f"shared-{i}"):
                 assert store.get(key) is not None, key
         assert len(store.runs(limit=100)) == 12
+
+
+def test_snapshot_reads_a_pipelines_entries_once(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.put(entry("k1", b"one"))
+        store.put(entry("k2", b"two"))
+        store.put(CacheEntry("k3", "other", "a", b"x", digest_bytes(b"x")))
+        snap = store.snapshot("p", 1 << 20)
+        assert set(snap) == {"k1", "k2"}
+        one = snap["k1"]
+        assert one is not None
+        assert one.value == b"one"
+        assert one.outs == {"out.txt": "abc"}
+        assert store.snapshot("p", 0) == {"k1": None, "k2": None}  # too big: keys only
+        db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+        db.execute("UPDATE entries SET value = ? WHERE key = 'k2'", (b"tw",))
+        db.commit()
+        db.close()
+        assert set(store.snapshot("p", 1 << 20)) == {"k1"}  # a torn value is left out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from ._store import CacheEntry, CacheStore, digest_bytes
 _NO_CODE = Fingerprint("", {})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per stage per run, and frozen costs 2x
 class StageSpec:
     """What the cache needs to know about one stage for one run (built at run start)."""
 
@@ -68,7 +68,9 @@ class RunJobs:
     params: Mapping[str, Any]
     objects: ObjectCache | None = None
     explain: bool = True  # False: a miss is not compared with the latest entry (cheaper)
-    known: Collection[str] | None = None  # the store's keys (`CacheStore.keys`), read once
+    # The store's entries of this pipeline (`CacheStore.snapshot`), read once: a miss
+    # then costs no query, and neither does a hit whose value was read with them.
+    known: Mapping[str, CacheEntry | None] | None = None
     value_digests: dict[str, str] = field(default_factory=dict[str, str])
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
@@ -143,7 +145,12 @@ class RunJobs:
         key = key_of(parts)
         if spec.forced:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
-        entry = None if self.known is not None and key not in self.known else self.store.get(key)
+        if self.known is None:
+            entry = self.store.get(key)
+        else:
+            entry = self.known.get(key)
+            if entry is None and key in self.known:
+                entry = self.store.get(key)  # too big to have been read with the rest
         if entry is None:
             if not self.explain:
                 return LookupResult(

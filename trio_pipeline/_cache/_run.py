@@ -26,6 +26,7 @@ import outcome
 import trio
 
 from .._errors import UnknownStageError
+from .._options import Trigger
 from ._explain import Decision, DecisionKind
 from ._files import ObjectCache
 from ._keys import CodeFingerprinter
@@ -46,6 +47,9 @@ if TYPE_CHECKING:
     from .._result import RunResult
 
 Answer = Callable[[int, LookupResult], None]
+
+SNAPSHOT_BYTES = 64 << 20
+"""Stored values up to this total are read in one query when a run starts."""
 
 pipeline_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "pipeline_file", default=None
@@ -130,8 +134,7 @@ def build_specs(
 
 
 def _is_teardown(stage: Stage) -> bool:
-    options = getattr(stage, "options", None)
-    return str(getattr(options, "trigger", "")) == "always"
+    return stage.options.trigger is Trigger.ALWAYS
 
 
 class RunCache:
@@ -311,7 +314,7 @@ async def open_run_cache(
     jobs = RunJobs(store, plan.name, run_id, dict(params or {}), objects, explain=explain)
     if cache and any(spec is not None for spec in specs):
         # One query now instead of one per miss during the run.
-        jobs.known = await trio.to_thread.run_sync(store.keys, plan.name)
+        jobs.known = await trio.to_thread.run_sync(store.snapshot, plan.name, SNAPSHOT_BYTES)
     return RunCache(store, specs, jobs, owns_store=owns, enabled=cache)
 
 

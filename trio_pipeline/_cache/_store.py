@@ -31,7 +31,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Collection, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -193,9 +193,11 @@ class CacheStore(Protocol):
         """The most recently stored entry of `stage` in `pipeline` (explains a miss)."""
         ...
 
-    def keys(self, pipeline: str) -> Collection[str]:
-        """The keys of `pipeline`'s entries: a run reads them once, before it starts,
-        and looks up only those (an entry another process stores later is a miss)."""
+    def snapshot(self, pipeline: str, max_bytes: int) -> Mapping[str, CacheEntry | None]:
+        """`pipeline`'s entries by key, read once before a run starts: with their values
+        (checked against their hashes) if those total at most `max_bytes`, else as None
+        (the run then calls `get` per hit). The run looks up only these keys: an entry
+        another process stores meanwhile is a miss."""
         ...
 
     def delete(self, key: str) -> None:
@@ -573,10 +575,34 @@ class SQLiteStore:
                 raise
             raise CacheStoreError(self.path, f"corrupt ({exc})") from None
 
-    def keys(self, pipeline: str) -> set[str]:
-        return {
-            key for (key,) in self._read("SELECT key FROM entries WHERE pipeline = ?", (pipeline,))
-        }
+    def snapshot(self, pipeline: str, max_bytes: int) -> dict[str, CacheEntry | None]:
+        (total,) = self._read(
+            "SELECT coalesce(sum(length(value)), 0) FROM entries WHERE pipeline = ?", (pipeline,)
+        )[0]
+        if total > max_bytes:
+            rows = self._read("SELECT key FROM entries WHERE pipeline = ?", (pipeline,))
+            return dict.fromkeys((key for (key,) in rows), None)
+        found: dict[str, CacheEntry | None] = {}
+        rows = self._read(
+            "SELECT key, value, value_digest, outs, created, run_id, stage FROM entries"
+            " WHERE pipeline = ?",
+            (pipeline,),
+        )
+        for key, value, value_digest, outs, created, run_id, stage in rows:
+            if digest_bytes(value) != value_digest:
+                continue  # never handed out; `get` deletes it if it is ever asked for
+            found[key] = CacheEntry(
+                key,
+                pipeline,
+                stage,
+                value,
+                value_digest,
+                _EMPTY,
+                json.loads(outs) if outs != "{}" else _EMPTY,
+                created,
+                run_id,
+            )
+        return found
 
     def delete(self, key: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM entries WHERE key = ?", (key,)))
