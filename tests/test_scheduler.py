@@ -843,3 +843,32 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_outcomes_are_a_read_only_ordered_mapping_built_on_access() -> None:
+    import pickle
+
+    d = Driver(pipeline(("b", [], {}), ("a", ["b"], {"retries": 1}))).begin()
+    d.ok("b", 7)
+    d.fail("a")  # retried at once
+    d.fail("a")
+    outcomes = d.sched.outcomes()
+    assert list(outcomes) == ["b", "a"]
+    assert len(outcomes) == 2
+    assert "a" in outcomes
+    assert "c" not in outcomes
+    assert outcomes["a"] is outcomes["a"]
+    assert (outcomes["b"].status, outcomes["b"].value) == (S.SUCCEEDED, 7)
+    assert (outcomes["a"].status, outcomes["a"].attempts) == (S.FAILED, 2)
+    assert isinstance(outcomes["a"].error, Boom)
+    with pytest.raises(KeyError):
+        outcomes["c"]
+    with pytest.raises(TypeError):
+        outcomes["a"] = outcomes["b"]  # type: ignore[index]
+    assert dict(outcomes.items()) == outcomes
+    copied = pickle.loads(pickle.dumps(outcomes))  # a plain dict of plain outcomes
+    assert type(copied) is dict
+    assert {k: (o.status, o.attempts) for k, o in copied.items()} == {
+        "b": (S.SUCCEEDED, 1),
+        "a": (S.FAILED, 2),
+    }

@@ -327,7 +327,7 @@ class _Run:
             logger.error("run %s: a sink did not close within the drain deadline", self.run_id)
         self.result = RunResult(
             state=sched.state,
-            stages=MappingProxyType(sched.outcomes()),
+            stages=sched.outcomes(),
             counts=MappingProxyType(sched.counts()),
             run_id=self.run_id,
             duration=self._now() - sched.started_at,
