@@ -24,6 +24,7 @@ from typing import IO
 
 import pytest
 
+from tests.support.report_page import parse
 from tests.support.terminal import assert_display_ended
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -599,6 +600,25 @@ def test_stage_ignoring_cancellation_cannot_outlive_the_grace_period(spawn: Spaw
     assert normalise(child.lines["out"][-1]) == [
         "Summary: 1 succeeded, 1 cancelled, 1 still running in T (forced exit)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "state", "work"),
+    [("forever", "cancelled", "cancel"), ("stubborn", "incomplete log (no RunFinished)", "run")],
+)
+def test_report_is_written_after_ctrl_c_twice_and_after_a_forced_exit(
+    spawn: Spawn, tmp_path: Path, mode: str, state: str, work: str
+) -> None:
+    report = tmp_path / "report.html"
+    child: Child = spawn(mode, "--report", str(report), "--grace", "0.2")
+    for needle in ("closing", "cancelling"):
+        child.proc.send_signal(signal.SIGINT)
+        child.wait_for("err", needle)
+    assert child.finish() == 130
+    assert "written to " + str(report) in child.lines["err"][-1]
+    html = report.read_text()
+    assert f'id="tp-state">{state}<' in html
+    assert [cls for cls, _ in parse(html).rows["work"]["bars"]] == [work]
 
 
 def test_third_signal_exits_at_once(spawn: Spawn) -> None:

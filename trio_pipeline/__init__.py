@@ -37,6 +37,8 @@ from ._executors import (
 )
 from ._graph import Pipeline, Stage, StageFunction
 from ._options import RetryPolicy, StageOptions, Trigger
+from ._otel import OtelSink
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -54,6 +56,7 @@ __all__ = [
     "Executor",
     "JsonlSink",
     "MissingExtraError",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
@@ -62,6 +65,7 @@ __all__ = [
     "RunFinished",
     "RunHandle",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SerializationError",
@@ -87,6 +91,7 @@ __all__ = [
     "UnknownStageError",
     "open_run",
     "run",
+    "write_report",
 ]
 
 

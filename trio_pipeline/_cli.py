@@ -51,6 +51,7 @@ from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
 from ._params import load_params_file, parse_param
 from ._render import FORMATS, render_graph, render_order
+from ._report import ReportInputError, ReportSink, report_from_log
 from ._result import RunResult
 from ._sinks import ConsoleSink, JsonlSink, Sink, format_summary
 from ._state import StageStatus
@@ -217,6 +218,11 @@ def _add_run(commands: _Commands) -> None:
     )
     run.add_argument("--jsonl", metavar="PATH", help="write every event as a JSON line to PATH")
     run.add_argument(
+        "--report",
+        metavar="PATH",
+        help="write the HTML run report to PATH when the run ends (also after Ctrl-C)",
+    )
+    run.add_argument(
         "--dry-run",
         action="store_true",
         help=(
@@ -256,6 +262,20 @@ def _add_graph(commands: _Commands) -> None:
     graph.add_argument("target", metavar="FILE[:NAME]", help=_TARGET_HELP)
     graph.add_argument("--format", choices=FORMATS, default="mermaid", help="default: mermaid")
     graph.set_defaults(handler=_cmd_graph)
+
+
+def _add_report(commands: _Commands) -> None:
+    report = _subcommand(
+        commands,
+        "report",
+        help="write the HTML run report of a --jsonl log",
+        description="Write the run report (timeline, graph, failures): one HTML file, no network.",
+    )
+    report.add_argument("log", metavar="LOG", help="a log written by run --jsonl")
+    report.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write it (default: LOG with .html)"
+    )
+    report.set_defaults(handler=_cmd_report)
 
 
 def _add_list(commands: _Commands) -> None:
@@ -483,6 +503,15 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        path = report_from_log(args.log, args.output)
+    except ReportInputError as exc:
+        raise UsageError(str(exc)) from None
+    _notice(f"report written to {path}")
+    return EXIT_OK
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     path, name = split_target(args.target)
     if name is not None:
@@ -502,6 +531,7 @@ class _RunOptions:
     keep_going: bool
     jobs: int | None
     jsonl: str | None
+    report: str | None
     mode: str  # "live", "plain" or "quiet"
     grace: float
     drain_timeout: float
@@ -531,10 +561,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)
+    if args.report is not None:
+        _check_writable(args.report, option="--report")
     options = _RunOptions(
         keep_going=args.keep_going,
         jobs=args.jobs,
         jsonl=args.jsonl,
+        report=args.report,
         mode=_output_mode(plain=args.plain, quiet=args.quiet),
         grace=args.grace,
         drain_timeout=args.drain_timeout,
@@ -546,6 +579,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         _close_executors(pipeline)
     _report_failures(result, jsonl=options.jsonl)
+    report_failed = any(isinstance(sink, ReportSink) for sink in result.sink_errors)
+    if options.report is not None and options.mode != "quiet" and not report_failed:
+        _notice(f"report written to {options.report}")
     if interrupted:
         return EXIT_INTERRUPTED
     if result.ok and not result.sink_errors and not result.undelivered:
@@ -595,14 +631,14 @@ def _output_mode(*, plain: bool, quiet: bool) -> str:
     return "live" if console.is_terminal and not console.is_dumb_terminal else "plain"
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, *, option: str = "--jsonl") -> None:
     # The sink opens the file at the first event; a typo in the path should not wait
     # for (and then silently lose) a whole run.
     try:
         with open(path, "w", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise UsageError(f"--jsonl {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResult, int]:
@@ -611,6 +647,9 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
         async with AsyncExitStack() as stack:
             # JSONL first: when a console line appears, the file already holds its event.
             sinks: list[Sink] = [] if options.jsonl is None else [JsonlSink(options.jsonl)]
+            report = None if options.report is None else ReportSink(options.report)
+            if report is not None:
+                sinks.append(report)
             live: LiveSink | None = None
             display: Sink
             if options.mode == "live":
@@ -626,6 +665,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     display = _SummarySink()
             sinks.append(_WallClockSummary(display, options.started))
             interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
+            interrupts.report = report
             stack.enter_context(_reported_by_cli(sinks))
             async with trio.open_nursery() as nursery:
                 async with open_run(
@@ -720,6 +760,7 @@ class _Interrupts:
         self._live = live
         self._grace = grace
         self._started = started
+        self.report: ReportSink | None = None  # written by force_exit too
 
     async def watch(
         self,
@@ -777,6 +818,10 @@ class _Interrupts:
             self._live.stop()
         stuck = ", ".join(self._tracker.running) or "none"
         _notice(f"{reason}; still running: {stuck}. The run did not finish: no RunFinished event")
+        if self.report is not None:
+            with contextlib.suppress(OSError):
+                self.report.write()  # marked incomplete: the stuck stages show as running
+                _notice(f"report (incomplete) written to {self.report.path}")
         # Wall time since the command started, as in a finished run's summary.
         run_started = self._tracker.started_at
         now = trio.current_time()
@@ -820,5 +865,10 @@ def _skip_package_frames(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
-_SUBCOMMANDS: tuple[Callable[[_Commands], None], ...] = (_add_run, _add_graph, _add_list)
+_SUBCOMMANDS: tuple[Callable[[_Commands], None], ...] = (
+    _add_run,
+    _add_graph,
+    _add_report,
+    _add_list,
+)
 """Each adds one subcommand's parser (with ``handler=``); add yours here."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -185,7 +186,16 @@ class _Run:
         self.started_at = now = self._now()
         names = tuple(rec.stage.name for rec in self.records)
         self._send.send_nowait(
-            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names, self.params)
+            RunStarted(
+                self.run_id,
+                self._next_seq(),
+                now,
+                self.plan.name,
+                names,
+                self.params,
+                tuple(rec.stage.after for rec in self.records),
+                time.time(),
+            )
         )
         # Ascending indices already form a valid heap.
         self._ready = [rec.index for rec in self.records if rec.waiting == 0]

@@ -23,7 +23,10 @@ class RunStarted:
     """The run began; `stages` lists every stage of the run in definition order.
 
     `stages` holds only the selected stages when the run has targets; `params` is
-    the run's read-only parameters (empty when none were given).
+    the run's read-only parameters (empty when none were given). `after[i]` names
+    the stages that `stages[i]` waits for, so that a log alone can draw the graph;
+    `wall_time` is ``time.time()`` at the start (the trio clock's `time` has no
+    fixed origin); both are empty/None in events built by hand.
     """
 
     run_id: str
@@ -32,6 +35,8 @@ class RunStarted:
     pipeline: str
     stages: tuple[str, ...]
     params: Mapping[str, Any] = NO_PARAMS
+    after: tuple[tuple[str, ...], ...] = ()
+    wall_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
