@@ -110,3 +110,24 @@ def test_the_teardowns_of_selected_stages_come_along() -> None:
     ]
     assert select_stages(pipe, ["work"], only=True) == ["work"]
     assert select_stages(pipe, ["setup"], only=False) == ["setup"]
+
+
+async def test_a_targeted_run_runs_the_teardown_after_a_failure() -> None:
+    pipe = tp.Pipeline("p")
+
+    async def step(ctx: tp.StageContext) -> None:
+        pass
+
+    async def boom(ctx: tp.StageContext) -> None:
+        raise RuntimeError("boom")
+
+    pipe.add_stage("setup", step)
+    pipe.add_stage("work", boom, after=["setup"])
+    pipe.add_stage("other", step)
+    pipe.add_stage("teardown", step, after=["setup", "work"], trigger=tp.Trigger.ALWAYS)
+    result = await tp.run(pipe, targets=["work"])
+    assert {name: o.status.value for name, o in result.stages.items()} == {
+        "setup": "succeeded",
+        "work": "failed",
+        "teardown": "succeeded",
+    }
