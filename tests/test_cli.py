@@ -187,8 +187,8 @@ pipeline 'files': 7 stages in start order
   2. word_counts  after make_inputs
   3. checksums    after make_inputs
   4. normalise    after make_inputs
-  5. archive      after normalise
-  6. index        after word_counts, checksums
+  5. index        after word_counts, checksums
+  6. archive      after normalise
   7. report       after index, archive
 """
 
@@ -200,8 +200,8 @@ dry run of pipeline 'files': 7 stages in start order; nothing runs
   2  word_counts  make_inputs             task     0        -        all_success  -
   3  checksums    make_inputs             task     0        -        all_success  -
   4  normalise    make_inputs             task     0        -        all_success  -
-  5  archive      normalise               task     0        -        all_success  -
-  6  index        word_counts, checksums  task     0        -        all_success  -
+  5  index        word_counts, checksums  task     0        -        all_success  -
+  6  archive      normalise               task     0        -        all_success  -
   7  report       index, archive          task     0        -        all_success  -
 """
 

@@ -216,7 +216,22 @@ def test_start_order_is_definition_order_among_ready_stages() -> None:
     pipe.add_stage("root", noop)
     pipe.add_stage("solo", noop)
     pipe.add_stage("leaf", noop, after=["late", "solo"])
-    assert pipe.start_order() == ["root", "late", "solo", "leaf"]
+    # root and solo are ready at once; late only once root has succeeded.
+    assert pipe.start_order() == ["root", "solo", "late", "leaf"]
+
+
+async def test_start_order_is_the_order_a_run_starts_stages() -> None:
+    # Regression: start_order() had a ready-heap of its own and said [a, c, b]
+    # where a run starts [a, b, c] (b is ready from the start, c only after a).
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("a", noop)
+    pipe.add_stage("c", noop, after=["a"])
+    pipe.add_stage("b", noop)
+    sink = RecordingSink()
+    await tp.run(pipe, sinks=[sink])
+    started = [e.stage for e in sink.events if isinstance(e, tp.StageStarted)]
+    assert started == ["a", "b", "c"]
+    assert pipe.start_order() == started
 
 
 @pytest.mark.parametrize("error", ["cycle", "unknown"])

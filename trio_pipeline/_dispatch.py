@@ -46,6 +46,10 @@ class Dispatcher:
         self._on_done = on_done
         self._closed: set[int] = set()
         self._scope = trio.CancelScope(shield=True)
+        # Called when a sink raises a BaseException that is not Cancelled (say a
+        # KeyboardInterrupt): the sink is disabled like one that raised an Exception,
+        # and the engine cancels the run and re-raises it at the end.
+        self.on_fatal: Callable[[BaseException], None] | None = None
         self._chaos = _chaos.current()  # read once, at run start: scoped to the run
 
     def set_deadline(self, deadline: float) -> None:
@@ -111,6 +115,8 @@ class Dispatcher:
                     await sink.handle(event)
                 except Exception as exc:
                     self._disable(i, exc, f"handling event seq={event.seq}")
+                except BaseException as exc:
+                    self._fatal(i, exc, f"handling event seq={event.seq}")
                 else:
                     self.delivered[i] += 1
 
@@ -126,6 +132,8 @@ class Dispatcher:
                     self._disable(i, exc, "closing")
                 else:
                     logger.warning("sink %r raised again while closing: %r", sink, exc)
+            except BaseException as exc:
+                self._fatal(i, exc, "closing")
 
     async def _close_sinks_after_overrun(self) -> None:
         # The deadline has passed, so each aclose runs already cancelled: a sink that
@@ -142,6 +150,13 @@ class Dispatcher:
                     if i not in self.errors:
                         self._disable(i, exc, "closing after the drain deadline")
 
-    def _disable(self, i: int, exc: Exception, when: str) -> None:
+    def _fatal(self, i: int, exc: BaseException, when: str) -> None:
+        if isinstance(exc, trio.Cancelled) or self.on_fatal is None:
+            raise exc
+        if i not in self.errors:
+            self._disable(i, exc, when)
+        self.on_fatal(exc)
+
+    def _disable(self, i: int, exc: BaseException, when: str) -> None:
         self.errors[i] = exc
         logger.error("sink %r raised while %s and was disabled: %r", self.sinks[i], when, exc)

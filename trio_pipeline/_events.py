@@ -84,7 +84,10 @@ class StageFinished:
     `attempt` is the number of attempts started (0 if the stage never started),
     `duration` the seconds from its first start to now (0.0 if never started),
     `error` the failure as ``"Type: message"`` text, `blocked_by` the failed stage
-    that blocked it.
+    that blocked it, `reason` why a stage that did not succeed or fail ended as it did
+    (``"upstream 'a' failed"``, ``"fail-fast stop"``, ``"close requested"``, ``"run
+    cancelled"``, ``"trigger all_success not met: upstream 'a' skipped"``, ``"raised
+    KeyboardInterrupt"``, ...; None for SUCCEEDED and FAILED).
     """
 
     run_id: str
@@ -96,6 +99,7 @@ class StageFinished:
     duration: float
     error: str | None
     blocked_by: str | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

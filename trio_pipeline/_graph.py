@@ -9,7 +9,6 @@ later, so unknown names and cycles are reported by `Pipeline.validate` (which
 from __future__ import annotations
 
 import difflib
-import heapq
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -359,20 +358,16 @@ class Pipeline:
     def start_order(self) -> list[str]:
         """Stage names in the order an unlimited, failure-free run would start them.
 
-        Raises the same errors as `validate`.
+        The run's own scheduler decides it (priorities, pools and exclusive stages
+        included; each attempt succeeds in the order it started). A stage such a
+        run skips (a ``one_failed`` stage) is not listed. Raises the same errors as
+        `validate`.
         """
+        from ._options import check_pools
+        from ._scheduler import start_order  # pure, like this module
+
         plan = self.compile()
-        waiting = [len(ups) for ups in plan.upstream]
-        ready = [i for i, n in enumerate(waiting) if n == 0]
-        order: list[str] = []
-        while ready:
-            i = heapq.heappop(ready)
-            order.append(plan.stages[i].name)
-            for j in plan.downstream[i]:
-                waiting[j] -= 1
-                if waiting[j] == 0:
-                    heapq.heappush(ready, j)
-        return order
+        return start_order(plan, check_pools(plan, self.pools))
 
     def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
         if isinstance(after, str | Stage) or callable(after):
