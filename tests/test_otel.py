@@ -120,6 +120,7 @@ async def test_span_tree_of_a_retry_a_failure_a_blocked_stage_and_a_cancel(
         P + "count.blocked": 1,
         P + "count.skipped": 0,
         P + "count.cancelled": 2,
+        P + "count.cached": 0,
     }
 
     first, second = spans["stage flaky"]

@@ -2,6 +2,17 @@
 
 import contextlib as _contextlib
 
+from ._cache import (
+    CacheEntry,
+    CachePolicy,
+    CacheStore,
+    CacheStoreError,
+    Decision,
+    DecisionKind,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+)
 from ._command import Command, CommandError
 from ._context import StageContext
 from ._engine import RunHandle, open_run, run
@@ -46,11 +57,17 @@ from ._state import RunState, StageStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheEntry",
+    "CachePolicy",
+    "CacheStore",
+    "CacheStoreError",
     "Command",
     "CommandError",
     "ConsoleSink",
     "CycleError",
     "DaskExecutor",
+    "Decision",
+    "DecisionKind",
     "DuplicateStageError",
     "Event",
     "Executor",
@@ -64,10 +81,12 @@ __all__ = [
     "RetryPolicy",
     "RunFinished",
     "RunHandle",
+    "RunRecord",
     "RunResult",
     "ReportSink",
     "RunStarted",
     "RunState",
+    "SQLiteStore",
     "SerializationError",
     "Sink",
     "Stage",
@@ -79,6 +98,7 @@ __all__ = [
     "StageLog",
     "StageOptions",
     "StageOutcome",
+    "StageRecord",
     "StageRetrying",
     "StageSnapshot",
     "StageStarted",
