@@ -29,6 +29,7 @@ async def test_jsonl_sink_writes_every_event(tmp_path: Any) -> None:
         "blocked": 1,
         "skipped": 0,
         "cancelled": 0,
+        "cached": 0,
     }
     failed = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "first")
     assert failed["status"] == "failed"

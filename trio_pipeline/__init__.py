@@ -2,6 +2,17 @@
 
 import contextlib as _contextlib
 
+from ._cache import (
+    CacheEntry,
+    CachePolicy,
+    CacheStore,
+    CacheStoreError,
+    Decision,
+    DecisionKind,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+)
 from ._command import Command, CommandError
 from ._context import StageContext
 from ._engine import RunHandle, open_run, run
@@ -49,11 +60,17 @@ from ._state import RunState, StageStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheEntry",
+    "CachePolicy",
+    "CacheStore",
+    "CacheStoreError",
     "Command",
     "CommandError",
     "ConsoleSink",
     "CycleError",
     "DaskExecutor",
+    "Decision",
+    "DecisionKind",
     "DuplicateStageError",
     "Event",
     "Executor",
@@ -70,10 +87,12 @@ __all__ = [
     "RetryPolicy",
     "RunFinished",
     "RunHandle",
+    "RunRecord",
     "RunResult",
     "ReportSink",
     "RunStarted",
     "RunState",
+    "SQLiteStore",
     "SerializationError",
     "Sink",
     "Stage",
@@ -86,6 +105,7 @@ __all__ = [
     "StageOptions",
     "StageOutcome",
     "StageProgress",
+    "StageRecord",
     "StageRetrying",
     "StageSnapshot",
     "StageStarted",

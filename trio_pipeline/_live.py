@@ -51,8 +51,9 @@ _MARKS: dict[StageStatus, tuple[str, str]] = {
     StageStatus.BLOCKED: ("⊘", "yellow"),
     StageStatus.CANCELLED: ("■", "magenta"),
     StageStatus.SKIPPED: ("-", "dim"),
+    StageStatus.CACHED: ("↺", "cyan"),
 }
-_OK = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED})
+_OK = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED})
 
 
 class RunTracker:

@@ -290,11 +290,8 @@ def _check_finished(
         raise _fail("StageStarted before its StageFinished", repr(event))
     # A stream reader ends BLOCKED after finishing what its failed producer sent it.
     reader_blocked = event.status is StageStatus.BLOCKED and name in stream_inputs
-    if (
-        event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED)
-        and started
-        and not reader_blocked
-    ):
+    never_started = (StageStatus.BLOCKED, StageStatus.SKIPPED, StageStatus.CACHED)
+    if event.status in never_started and started and not reader_blocked:
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
         raise _fail("StageFinished.error is set exactly for FAILED", repr(event))

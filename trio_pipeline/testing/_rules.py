@@ -167,6 +167,14 @@ class Schedule:
         self.attempt_started: dict[str, float] = {}
         self.stops: list[str] = []
         self.still: frozenset[Trigger] | None = None  # None: no stop yet
+        # Stages the cache looks up first (issue 14): the lookup holds no slot and
+        # answers later, so such a stage may start after lower-ranked ones.
+        self.looked_up = {
+            name
+            for name, stage in self.stages.items()
+            if (getattr(pipeline, "cache", None) if stage.cache is None else stage.cache.cache)
+            or (stage.cache is not None and (stage.cache.deps or stage.cache.outs))
+        }
         # Ready for a first attempt; `_ranked` orders them (priority, then definition),
         # holding stale entries that `ready` no longer has.
         self.ready: set[str] = set()
@@ -241,6 +249,8 @@ class Schedule:
     def _make_ready(self, name: str) -> None:
         if self.units.get(name, name) != name:
             return  # a stream group is ready as one, through its first member
+        if name in self.looked_up:
+            return  # ready only once its lookup missed, which no event shows
         self.ready.add(name)
         heapq.heappush(self._ranked, (*self._rank(name), name))
 
