@@ -642,3 +642,26 @@ async def test_pools_apply_per_item_call_shared_with_task_stages(
     # train holds a slot over 0-1.5 s, so items run one at a time until then (0-1, 1-2),
     # then two at a time (1.5-2.5, 2-3, 2.5-3.5, 3-4): the stream ends at 4.0.
     assert finished(events)["infer"].time == pytest.approx(4.0)
+
+
+async def test_a_pipeline_cache_skips_item_stages(
+    autojump_clock: trio.testing.MockClock, tmp_path: Any
+) -> None:
+    calls: list[int] = []
+    pipe = tp.Pipeline("p", cache=True)
+
+    @pipe.stage
+    async def files(ctx: tp.StageContext) -> list[int]:
+        return [1, 2, 3]
+
+    @pipe.stage(each=files)
+    async def double(ctx: tp.StageContext, item: int) -> int:
+        calls.append(item)
+        return 2 * item
+
+    for _ in range(2):
+        result = await tp.run(pipe, cache_dir=tmp_path)
+        assert result.stages["double"].items_out == 3
+    assert calls == [1, 2, 3, 1, 2, 3]  # files was a cache hit the second time; double ran
+    with pytest.raises(tp.StageDefinitionError, match="do not apply to item stages"):
+        pipe.stage(double.fn, name="again", each=files, cache=True)

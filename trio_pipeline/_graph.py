@@ -351,6 +351,11 @@ class Pipeline:
             retries=stage_options.retry.retries,
         )
         check_item_scheduling(name, items, stage_options)
+        if items is not None and cache is not None:
+            raise StageDefinitionError(
+                f"stage {name!r}: cache=, deps=, outs= and version= do not apply to item"
+                " stages (their items flow while they run); a pipeline's cache= skips them"
+            )
         try:
             if items is not None:
                 run_fn = fn  # type: ignore[assignment]  # `_streams` calls it per item or once

@@ -113,8 +113,9 @@ def build_specs(
         if setting is None and options is not None and (options.deps or options.outs):
             setting = True if pipeline_cache is None else None  # declaring files asks for it
         policy = resolve_policy(setting, pipeline_cache)
-        if policy is None or _is_teardown(stage):
+        if policy is None or _is_teardown(stage) or stage.items is not None:
             # A teardown stage (trigger ALWAYS) always runs: it is there for its effect.
+            # An item stage's items flow while it runs: there is no one value to store.
             specs.append(None)
             continue
         fn = getattr(stage.fn, "__wrapped__", None) or stage.fn
