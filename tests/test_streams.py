@@ -665,3 +665,31 @@ async def test_a_pipeline_cache_skips_item_stages(
     assert calls == [1, 2, 3, 1, 2, 3]  # files was a cache hit the second time; double ran
     with pytest.raises(tp.StageDefinitionError, match="do not apply to item stages"):
         pipe.stage(double.fn, name="again", each=files, cache=True)
+
+
+async def test_a_stop_that_cancels_part_of_an_unstarted_group_ends_all_of_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression (found by the item property): the stop cancelled `a`, whose ending
+    # re-evaluated its group and tried to end `a` again; `b` stayed PENDING forever.
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def seed(ctx: tp.StageContext) -> list[int]:
+        await trio.sleep(1.0)
+        return [1, 2]
+
+    @pipe.stage(each=seed)
+    async def a(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    pipe.stage(source_of(3), name="other", after=[seed])
+
+    @pipe.stage(each=a, after=["other"])
+    async def b(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    with trio.fail_after(10):
+        result, _ = await go(pipe, control=tp.RunHandle.cancel, at=0.5, max_parallel=1)
+    assert result.state is tp.RunState.CANCELLED
+    assert {o.status for o in result.stages.values()} == {S.CANCELLED}

@@ -804,6 +804,8 @@ class Scheduler:
             return
         for m in members:
             self._marks[m].decided = True
+        # A stop may have ended some members already (it walks the stages in order).
+        members = tuple(m for m in members if status[m] is _PENDING)
         if failed is not None:
             for m in members:
                 reason = f"upstream {failed!r} failed"
