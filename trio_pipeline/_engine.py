@@ -37,6 +37,7 @@ or not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -130,6 +131,9 @@ class _Run:
     def _apply(self, now: float) -> None:
         """Carry out the scheduler's outbox (see `Outbox` for the order)."""
         out = self.sched.out
+        if out.lookup:
+            # First: lookups answered at once add their decisions to this outbox.
+            self._look_up(out.lookup, now)
         events = out.events
         if events:
             send = self._send.send_nowait
@@ -155,8 +159,6 @@ class _Run:
                 else:
                     self._spawn(i, now)
             starts.clear()
-        if out.lookup:
-            self._look_up(out.lookup)
         if out.rare:
             for i, delay in out.wait:
                 self._spawn_wait(i, delay)
@@ -170,16 +172,24 @@ class _Run:
                 self.dispatcher.set_deadline(now + self.drain_timeout)
             out.clear()
 
-    def _look_up(self, lookups: list[int]) -> None:
-        """Send ready stages to the cache's worker; each answer is a fact (issue 14)."""
-        cache, inputs_of = self.cache, self.sched.inputs_of
-        assert cache is not None
-        for i in lookups:
-            cache.lookup(i, inputs_of(i), self._looked_up)
-        lookups.clear()
+    def _look_up(self, lookups: list[int], now: float) -> None:
+        """Look ready stages up in the cache; each answer is a fact (issue 14).
 
-    def _looked_up(self, i: int, result: LookupResult) -> None:
-        now = self._now()
+        Most are answered at once, from memory; their facts can make more stages
+        ready to look up, hence the loop (not recursion: a chain of hits is long).
+        The others go to the cache's worker and come back through `_looked_up`.
+        """
+        cache, inputs_of, answer = self.cache, self.sched.inputs_of, self._answer
+        assert cache is not None
+        while lookups:
+            batch = lookups[:]
+            lookups.clear()
+            for i in batch:
+                found = cache.lookup(i, inputs_of(i), self._looked_up)
+                if found is not None:
+                    answer(i, found, now)
+
+    def _answer(self, i: int, result: LookupResult, now: float) -> None:
         decision = result.decision
         if decision.hit:
             self.sched.cache_hit(i, result.value, decision.reason, now)
@@ -187,6 +197,10 @@ class _Run:
             cache = self.cache
             explain = cache is not None and cache.jobs.explain
             self.sched.cache_miss(i, now, f"cache miss: {decision.reason}" if explain else None)
+
+    def _looked_up(self, i: int, result: LookupResult) -> None:
+        now = self._now()
+        self._answer(i, result, now)
         self._apply(now)
 
     def _apply_cancels(self, out: Outbox) -> None:
@@ -368,6 +382,16 @@ class _Run:
                 del self._scopes[i]
             if (
                 cache is not None
+                and scope is None
+                and self._chaos is None
+                and cache.wants_commit(i)
+            ):
+                # The common case: the commit's callback reports the success, once the
+                # entry is durable (before StageFinished); this task is done.
+                cache.commit_soon(i, value, functools.partial(self._committed, i, value, ctx))
+                return
+            if (
+                cache is not None
                 and cache.wants_commit(i)
                 and not (scope is not None and scope.cancelled_caught)
             ):
@@ -405,6 +429,13 @@ class _Run:
             else:
                 sched.attempt_succeeded(i, value, now)
             self._apply(now)
+
+    def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
+        if message is not None:
+            ctx.log(message)
+        now = self._now()
+        self.sched.attempt_succeeded(i, value, now)
+        self._apply(now)
 
     async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
         sched = self.sched

@@ -22,6 +22,9 @@ from ._store import CacheEntry, CacheStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
 
+IN_MEMORY_LOAD_BYTES = 64 << 10
+"""A hit whose pickled value is at most this big may be loaded on the event loop."""
+
 
 @dataclass(slots=True)  # not frozen: built once per stage per run, and frozen costs 2x
 class StageSpec:
@@ -129,6 +132,51 @@ class RunJobs:
             deps=digests_of(spec.deps, self.store),
         )
 
+    def lookup_in_memory(self, spec: StageSpec, inputs: Mapping[str, Any]) -> LookupResult | None:
+        """`lookup`, when it can be answered from memory alone; None when it cannot.
+
+        Safe on the event loop: it touches no store and no file and pickles nothing
+        (it answers only when every upstream hash and the parameters' hashes are
+        already known, the run's entries were read with `CacheStore.snapshot`, and a
+        hit's value is small). Called from the Trio thread while the worker thread
+        may be committing: it only reads the snapshot and adds to `value_digests`,
+        and an upstream's hash is there before its `StageFinished`.
+        """
+        known = self.known
+        if known is None or spec.deps:
+            return None
+        digests = self.value_digests
+        inputs_digests: dict[str, str] = {}
+        for name in spec.upstream:
+            digest = digests.get(name)
+            if digest is None:
+                return None
+            inputs_digests[name] = digest
+        params = self._param_digests.get(spec.policy.params)
+        if params is None or isinstance(params, str):
+            return None
+        parts = key_parts(
+            stage=spec.name,
+            code=spec.fingerprint if spec.policy.code else _NO_CODE,
+            version=spec.version,
+            inputs=inputs_digests,
+            params=params,
+            deps={},
+        )
+        key = key_of(parts)
+        if spec.forced:
+            return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
+        if key not in known:
+            if self.explain:
+                return None  # the explanation reads the latest entry from the store
+            return LookupResult(
+                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
+            )
+        entry = known[key]
+        if entry is None or entry.outs or len(entry.value) > IN_MEMORY_LOAD_BYTES:
+            return None
+        return self._hit(spec, entry, parts, key, load=True)
+
     def lookup(
         self,
         spec: StageSpec,
@@ -159,6 +207,11 @@ class RunJobs:
             latest = self.store.latest(self.pipeline, spec.name)
             decision = miss_reason(None if latest is None else latest.parts, parts)
             return LookupResult(_with_key(decision, key), parts)
+        return self._hit(spec, entry, parts, key, load=load)
+
+    def _hit(
+        self, spec: StageSpec, entry: CacheEntry, parts: dict[str, Any], key: str, *, load: bool
+    ) -> LookupResult:
         now = time.time()
         expire = spec.policy.expire
         if expire is not None and now - entry.created > expire:
@@ -240,6 +293,13 @@ class RunJobs:
             )
         )
         return CommitResult(True)
+
+    def commit_many(
+        self, commits: Sequence[tuple[StageSpec, Mapping[str, Any], str | None, Any]]
+    ) -> list[CommitResult]:
+        """`commit` each ``(spec, parts, key, value)``; one result each, in order."""
+        commit = self.commit
+        return [commit(spec, parts, value, key=key) for spec, parts, key, value in commits]
 
 
 def _with_key(decision: Decision, key: str) -> Decision:

@@ -161,6 +161,10 @@ class RunCache:
         self._parts: dict[int, tuple[dict[str, Any], str | None]] = {}  # key parts, key
         self.decisions: dict[str, Decision] = {}
         self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
+        self._group: list[
+            tuple[StageSpec, dict[str, Any], str | None, Any, Callable[[str | None], None]]
+        ] = []
+        self._token: trio.lowlevel.TrioToken | None = None
         self.wall_started = time.time()
 
     # -- the run ----------------------------------------------------------------------
@@ -172,14 +176,20 @@ class RunCache:
     def close(self) -> None:
         self.worker.close()
 
-    def lookup(self, i: int, inputs: Mapping[str, Any], answer: Answer) -> None:
-        """Look stage `i` up off the loop; `answer(i, result)` is called in Trio. Never blocks.
+    def lookup(self, i: int, inputs: Mapping[str, Any], answer: Answer) -> LookupResult | None:
+        """Look stage `i` up; never blocks.
 
-        A store failure (a corrupt file found mid-run) is answered as a miss that says
-        so: the stage runs.
+        Answered at once (returned) when memory suffices (`RunJobs.lookup_in_memory`:
+        no worker round trip, the common case); otherwise None is returned, the lookup
+        runs off the loop and `answer(i, result)` is called in Trio. A store failure
+        (a corrupt file found mid-run) is answered as a miss that says so: the stage runs.
         """
         spec = self.specs[i]
         assert spec is not None
+        found = self.jobs.lookup_in_memory(spec, inputs)
+        if found is not None:
+            self._found(i, spec, found)
+            return found
         work = functools.partial(self.jobs.lookup, spec, dict(inputs))
 
         def deliver(result: outcome.Outcome[LookupResult]) -> None:
@@ -188,14 +198,18 @@ class RunCache:
                 answer(i, LookupResult(Decision(spec.name, DecisionKind.UNREADABLE, reason)))
                 return
             found = result.unwrap()
-            if found.parts is not None:
-                self._parts[i] = (found.parts, found.decision.key)
-            if found.log is not None:
-                self.logs[i] = found.log
-            self.decisions[spec.name] = found.decision
+            self._found(i, spec, found)
             answer(i, found)
 
         self.worker.submit(work, deliver)
+        return None
+
+    def _found(self, i: int, spec: StageSpec, found: LookupResult) -> None:
+        if found.parts is not None:
+            self._parts[i] = (found.parts, found.decision.key)
+        if found.log is not None:
+            self.logs[i] = found.log
+        self.decisions[spec.name] = found.decision
 
     def wants_commit(self, i: int) -> bool:
         return i in self._parts
@@ -212,6 +226,40 @@ class RunCache:
         except Exception as exc:
             return f"not cached: the store failed ({exc})"
         return result.log
+
+    def commit_soon(self, i: int, value: Any, done: Callable[[str | None], None]) -> None:
+        """Store stage `i`'s value; `done(message)` is called in Trio once it is durable.
+
+        Never blocks. Commits reported in the same scheduler tick go to the worker as
+        one job (a list of commits, one transaction), delivered together: a layer of
+        stages that finish together costs one round trip, not one per stage.
+        `message` says why the value was not stored, or is None.
+        """
+        spec = self.specs[i]
+        parts, key = self._parts.pop(i)
+        assert spec is not None
+        group = self._group
+        group.append((spec, parts, key, value, done))
+        if len(group) == 1:
+            if self._token is None:
+                self._token = trio.lowlevel.current_trio_token()
+            self._token.run_sync_soon(self._send_group)
+
+    def _send_group(self) -> None:
+        group, self._group = self._group, []
+        work = [(spec, parts, key, value) for spec, parts, key, value, _ in group]
+        dones = [done for *_, done in group]
+
+        def deliver(result: outcome.Outcome[list[CommitResult]]) -> None:
+            if isinstance(result, outcome.Error):
+                message = f"not cached: the store failed ({result.error})"
+                for done in dones:
+                    done(message)
+                return
+            for done, committed in zip(dones, result.unwrap(), strict=True):
+                done(committed.log)
+
+        self.worker.submit(functools.partial(self.jobs.commit_many, work), deliver)
 
     # -- history ----------------------------------------------------------------------
 
