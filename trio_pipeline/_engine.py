@@ -94,6 +94,8 @@ class _Run:
         self.params = params
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.cache = cache  # the result cache's side of the run (issue 14), if any
+        if cache is not None:
+            cache.settled = self._settle
         self.sched = Scheduler(
             plan,
             run_id=self.run_id,
@@ -431,11 +433,13 @@ class _Run:
             self._apply(now)
 
     def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
+        # A `RunCache.commit_soon` callback; `_settle` follows each group of them.
         if message is not None:
             ctx.log(message)
-        now = self._now()
-        self.sched.attempt_succeeded(i, value, now)
-        self._apply(now)
+        self.sched.attempt_succeeded(i, value, self._now())
+
+    def _settle(self) -> None:
+        self._apply(self._now())
 
     async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
         sched = self.sched

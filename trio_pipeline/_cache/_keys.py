@@ -433,6 +433,19 @@ def key_of(parts: Mapping[str, Any]) -> str:
     return digest_bytes(body.encode())
 
 
+def key_head(stage: str, code: str, version: str | None) -> str:
+    """The start of `key_of`'s text: what depends on the stage alone (memoise it per stage)."""
+    return f"{KEY_FORMAT}|{stage!r}|{code}|{version!r}|"
+
+
+def key_from(
+    head: str, inputs: Mapping[str, str], params_text: str, deps: Mapping[str, str]
+) -> str:
+    """`key_of`, from `key_head` and ``repr(sorted(params.items()))``: the same key, cheaper."""
+    body = f"{head}{sorted(inputs.items())!r}|{params_text}|{sorted(deps.items())!r}"
+    return digest_bytes(body.encode())
+
+
 def hash_params(params: Mapping[str, Any], only: Iterable[str] | None = None) -> dict[str, str]:
     """Each parameter's hash (of its pickled bytes); `only` limits the names.
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
 from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
-from ._keys import Fingerprint, hash_params, key_of, key_parts, pickle_value
+from ._keys import Fingerprint, hash_params, key_from, key_head, key_of, key_parts, pickle_value
 from ._policy import CachePolicy
 from ._store import CacheEntry, CacheStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
+_EMPTY_DEPS: Mapping[str, str] = {}
 
 IN_MEMORY_LOAD_BYTES = 64 << 10
 """A hit whose pickled value is at most this big may be loaded on the event loop."""
@@ -38,6 +39,7 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     forced: bool = False
     upstream: tuple[str, ...] = ()
+    key_head: str = ""  # `_keys.key_head` of this stage, filled by the first lookup
 
 
 @dataclass(slots=True)
@@ -77,6 +79,9 @@ class RunJobs:
     value_digests: dict[str, str] = field(default_factory=dict[str, str])
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
+    )
+    _param_texts: dict[tuple[str, ...] | None, str] = field(
+        default_factory=dict[tuple[str, ...] | None, str]
     )
 
     def note_value(self, stage: str, value: Any) -> str | None:
@@ -152,18 +157,26 @@ class RunJobs:
             if digest is None:
                 return None
             inputs_digests[name] = digest
-        params = self._param_digests.get(spec.policy.params)
+        only = spec.policy.params
+        params = self._param_digests.get(only)
         if params is None or isinstance(params, str):
             return None
+        code = spec.fingerprint if spec.policy.code else _NO_CODE
+        head = spec.key_head
+        if not head:
+            head = spec.key_head = key_head(spec.name, code.digest, spec.version)
+        params_text = self._param_texts.get(only)
+        if params_text is None:
+            params_text = self._param_texts[only] = repr(sorted(params.items()))
+        key = key_from(head, inputs_digests, params_text, _EMPTY_DEPS)
         parts = key_parts(
             stage=spec.name,
-            code=spec.fingerprint if spec.policy.code else _NO_CODE,
+            code=code,
             version=spec.version,
             inputs=inputs_digests,
             params=params,
-            deps={},
+            deps=_EMPTY_DEPS,
         )
-        key = key_of(parts)
         if spec.forced:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
         if key not in known:

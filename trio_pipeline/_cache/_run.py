@@ -137,6 +137,10 @@ def _is_teardown(stage: Stage) -> bool:
     return stage.options.trigger is Trigger.ALWAYS
 
 
+def _nothing() -> None:
+    pass
+
+
 class RunCache:
     """One run's cache: its specs, the worker thread, the decisions made."""
 
@@ -165,6 +169,9 @@ class RunCache:
             tuple[StageSpec, dict[str, Any], str | None, Any, Callable[[str | None], None]]
         ] = []
         self._token: trio.lowlevel.TrioToken | None = None
+        # Called in Trio after each group of `commit_soon` callbacks (the engine
+        # carries out their decisions once per group).
+        self.settled: Callable[[], None] = _nothing
         self.wall_started = time.time()
 
     # -- the run ----------------------------------------------------------------------
@@ -230,6 +237,8 @@ class RunCache:
     def commit_soon(self, i: int, value: Any, done: Callable[[str | None], None]) -> None:
         """Store stage `i`'s value; `done(message)` is called in Trio once it is durable.
 
+        `settled` is called after the callbacks of a group.
+
         Never blocks. Commits reported in the same scheduler tick go to the worker as
         one job (a list of commits, one transaction), delivered together: a layer of
         stages that finish together costs one round trip, not one per stage.
@@ -255,9 +264,10 @@ class RunCache:
                 message = f"not cached: the store failed ({result.error})"
                 for done in dones:
                     done(message)
-                return
-            for done, committed in zip(dones, result.unwrap(), strict=True):
-                done(committed.log)
+            else:
+                for done, committed in zip(dones, result.unwrap(), strict=True):
+                    done(committed.log)
+            self.settled()
 
         self.worker.submit(functools.partial(self.jobs.commit_many, work), deliver)
 
