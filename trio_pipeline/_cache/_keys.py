@@ -27,6 +27,7 @@ import sysconfig
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
 from typing import Any, cast
 
@@ -431,6 +432,46 @@ def key_of(parts: Mapping[str, Any]) -> str:
         )
     )
     return digest_bytes(body.encode())
+
+
+def parts_frame(parts: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The pieces of `parts_json` that are the same for every entry of one stage in a run."""
+
+    def dump(value: object) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+    return (
+        '{"code":' + dump(parts["code"]) + ',"deps":',
+        ',"format":' + dump(parts["format"]) + ',"functions":' + dump(parts["functions"]),
+        ',"stage":' + dump(parts["stage"]) + ',"version":' + dump(parts["version"]) + "}",
+    )
+
+
+def _flat_json(mapping: Mapping[str, str]) -> str:
+    if not mapping:
+        return "{}"
+    quote = _quote
+    return "{" + ",".join([f"{quote(k)}:{quote(v)}" for k, v in sorted(mapping.items())]) + "}"
+
+
+def parts_json(frame: tuple[str, str, str], parts: Mapping[str, Any]) -> str:
+    """``json.dumps(parts, sort_keys=True, separators=(",", ":"))``, from `parts_frame`.
+
+    Exactly the same text, a fraction of the cost (no encoder is built per call):
+    this runs once per commit.
+    """
+    return "".join(
+        (
+            frame[0],
+            _flat_json(parts["deps"]),
+            frame[1],
+            ',"inputs":',
+            _flat_json(parts["inputs"]),
+            ',"params":',
+            _flat_json(parts["params"]),
+            frame[2],
+        )
+    )
 
 
 def key_head(stage: str, code: str, version: str | None) -> str:

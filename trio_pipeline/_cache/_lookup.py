@@ -16,7 +16,17 @@ from typing import Any
 
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
 from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
-from ._keys import Fingerprint, hash_params, key_from, key_head, key_of, key_parts, pickle_value
+from ._keys import (
+    Fingerprint,
+    hash_params,
+    key_from,
+    key_head,
+    key_of,
+    key_parts,
+    parts_frame,
+    parts_json,
+    pickle_value,
+)
 from ._policy import CachePolicy
 from ._store import CacheEntry, CacheStore, digest_bytes
 
@@ -40,6 +50,7 @@ class StageSpec:
     forced: bool = False
     upstream: tuple[str, ...] = ()
     key_head: str = ""  # `_keys.key_head` of this stage, filled by the first lookup
+    parts_frame: tuple[str, str, str] | None = None  # `_keys.parts_frame`, by the first commit
 
 
 @dataclass(slots=True)
@@ -292,6 +303,9 @@ class RunJobs:
         if spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
+        frame = spec.parts_frame
+        if frame is None:
+            frame = spec.parts_frame = parts_frame(parts)
         self.store.put(
             CacheEntry(
                 key=key_of(parts) if key is None else key,
@@ -303,6 +317,7 @@ class RunJobs:
                 outs=outs,
                 created=time.time() if created is None else created,
                 run_id=self.run_id,
+                parts_json=parts_json(frame, parts),
             )
         )
         return CommitResult(True)
