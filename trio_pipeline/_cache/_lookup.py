@@ -18,12 +18,12 @@ from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reaso
 from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
 from ._keys import (
     Fingerprint,
+    functions_json,
     hash_params,
     key_from,
     key_head,
     key_of,
     key_parts,
-    parts_frame,
     parts_json,
     pickle_value,
 )
@@ -50,7 +50,6 @@ class StageSpec:
     forced: bool = False
     upstream: tuple[str, ...] = ()
     key_head: str = ""  # `_keys.key_head` of this stage, filled by the first lookup
-    parts_frame: tuple[str, str, str] | None = None  # `_keys.parts_frame`, by the first commit
 
 
 @dataclass(slots=True)
@@ -94,6 +93,8 @@ class RunJobs:
     _param_texts: dict[tuple[str, ...] | None, str] = field(
         default_factory=dict[tuple[str, ...] | None, str]
     )
+    # The code digest -> `functions_json` of its items (one per stage function, not per stage).
+    _functions_json: dict[str, str] = field(default_factory=dict[str, str])
 
     def note_value(self, stage: str, value: Any) -> str | None:
         """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
@@ -303,9 +304,9 @@ class RunJobs:
         if spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
-        frame = spec.parts_frame
-        if frame is None:
-            frame = spec.parts_frame = parts_frame(parts)
+        functions = self._functions_json.get(parts["code"])
+        if functions is None:
+            functions = self._functions_json[parts["code"]] = functions_json(parts["functions"])
         self.store.put(
             CacheEntry(
                 key=key_of(parts) if key is None else key,
@@ -317,7 +318,7 @@ class RunJobs:
                 outs=outs,
                 created=time.time() if created is None else created,
                 run_id=self.run_id,
-                parts_json=parts_json(frame, parts),
+                parts_json=parts_json(parts, functions),
             )
         )
         return CommitResult(True)
