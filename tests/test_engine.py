@@ -601,8 +601,11 @@ async def test_a_hung_sink_cannot_hang_the_run(
     assert trio.current_time() == pytest.approx(2 + 3)  # stages done, then the deadline
     assert result.state is tp.RunState.CANCELLED
     total = 6  # RunStarted, 2x StageStarted, 2x StageFinished, RunFinished
-    # One dispatcher: the sink behind the hung one is held up too (accepted for now).
-    assert result.undelivered == {hung: total - 3, behind: total - 3}
+    # One feed per sink: only the hung sink is cut off; the other got everything.
+    assert result.undelivered == {hung: total - 3}
+    assert len(behind.events) == total
+    assert result.deliveries[behind].state is tp.SinkState.CLOSED
+    assert result.deliveries[hung].state is tp.SinkState.CUT_OFF
     assert [type(e) for e in hung.events][-1] is tp.StageFinished
     assert hung.closed
     assert behind.closed

@@ -4,6 +4,7 @@ import contextlib as _contextlib
 
 from ._command import Command, CommandError
 from ._context import StageContext
+from ._delivery import SinkDelivery, SinkState, SinkTimeout, SupervisedSink, critical, supervised
 from ._engine import RunHandle, open_run, run
 from ._errors import (
     CycleError,
@@ -59,6 +60,9 @@ __all__ = [
     "RunState",
     "SerializationError",
     "Sink",
+    "SinkDelivery",
+    "SinkState",
+    "SinkTimeout",
     "Stage",
     "StageContext",
     "StageDefinitionError",
@@ -71,12 +75,15 @@ __all__ = [
     "StageStarted",
     "StageStatus",
     "StageTimeout",
+    "SupervisedSink",
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
     "UnknownStageError",
+    "critical",
     "open_run",
     "run",
+    "supervised",
 ]
 
 

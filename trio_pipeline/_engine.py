@@ -35,7 +35,8 @@ import trio
 
 from . import _chaos
 from ._context import StageContext
-from ._dispatch import Dispatcher
+from ._delivery import SinkState, sink_name
+from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
 from ._errors import StageTimeout
 from ._events import (
     Event,
@@ -119,6 +120,7 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self.plan = plan
         self.run_id = uuid.uuid4().hex[:12]
@@ -135,7 +137,8 @@ class _Run:
         # a CapacityLimiter with the stage's record as borrower: it refuses a second
         # slot for one stage or a release without a slot, which a counter would not.
         self._limiter = trio.CapacityLimiter(math.inf if max_parallel is None else max_parallel)
-        self._send, receive = trio.open_memory_channel[Event](math.inf)
+        send, receive = trio.open_memory_channel[Event](math.inf)
+        self._paused = False  # the slowest sink is more than max_backlog events behind
         self._seq = 0
         self._events_closed = False
         self._nursery: trio.Nursery | None = None  # the stages' nursery
@@ -144,7 +147,15 @@ class _Run:
         # goes through two more calls to reach the same method. Set in `begin`.
         self._now: Callable[[], float] = trio.current_time
         self.started_at = 0.0
-        self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self.dispatcher = self.dispatcher_type(
+            receive,
+            sinks,
+            self._on_dispatcher_done,
+            max_backlog=max_backlog,
+            on_backlog=self._on_backlog,
+            on_critical=lambda feed: self.abort(),
+        )
+        self._send = self.dispatcher.emitter(send)
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -232,28 +243,38 @@ class _Run:
             self.machine.advance(RunState.DRAINING)
         self.dispatcher.set_deadline(now + self.drain_timeout)
 
+    def _on_backlog(self, over: bool) -> None:
+        self._paused = over
+        if not over:
+            self._pump()
+
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
+        total = self._seq
         state = self.machine.state
         if state is RunState.DRAINING:
-            self.machine.advance(RunState.CANCELLED if dispatcher.overran else RunState.CLOSED)
+            clean = dispatcher.clean(total)
+            self.machine.advance(RunState.CLOSED if clean else RunState.CANCELLED)
         elif state in (RunState.RUNNING, RunState.CLOSING):
             # The dispatcher died before the run finished (a BaseException from a sink).
             self.machine.advance(RunState.CANCELLED)
-        total = self._seq
+        deliveries = dispatcher.deliveries(total)
         undelivered: dict[Sink, int] = {}
-        for i, sink in enumerate(dispatcher.sinks):
-            missing = total - dispatcher.delivered[i]
-            if missing and i not in dispatcher.errors:
-                undelivered[sink] = missing
+        for sink, record in deliveries.items():
+            if record.undelivered:
+                undelivered[sink] = record.undelivered
                 logger.error(
-                    "run %s: sink %r did not receive %d of %d events before the drain deadline",
+                    "run %s: sink %s did not receive %d of %d events before the drain deadline",
                     self.run_id,
-                    sink,
-                    missing,
+                    sink_name(sink),
+                    record.undelivered,
                     total,
                 )
-        if dispatcher.overran and not undelivered:
-            logger.error("run %s: a sink did not close within the drain deadline", self.run_id)
+            elif record.state is SinkState.CUT_OFF:
+                logger.error(
+                    "run %s: sink %s did not close within the drain deadline",
+                    self.run_id,
+                    sink_name(sink),
+                )
         self.result = RunResult(
             state=self.machine.state,
             stages=MappingProxyType({rec.stage.name: rec.outcome() for rec in self.records}),
@@ -261,9 +282,10 @@ class _Run:
             run_id=self.run_id,
             duration=trio.current_time() - self.started_at,
             sink_errors=MappingProxyType(
-                {dispatcher.sinks[i]: exc for i, exc in dispatcher.errors.items()}
+                {sink: d.error for sink, d in deliveries.items() if d.error is not None}
             ),
             undelivered=MappingProxyType(undelivered),
+            deliveries=MappingProxyType(deliveries),
         )
         self.finished.set()
 
@@ -274,7 +296,9 @@ class _Run:
         if self.machine.state is not RunState.RUNNING:
             return
         ready, records, limiter = self._ready, self.records, self._limiter
-        while ready and limiter.available_tokens >= 1:
+        # `_paused` may turn true inside the loop: the StageStarted just emitted can
+        # push the backlog over max_backlog.
+        while ready and limiter.available_tokens >= 1 and not self._paused:
             rec = records[heapq.heappop(ready)]
             limiter.acquire_on_behalf_of_nowait(rec)
             self._start_attempt(rec)
@@ -517,7 +541,16 @@ class RunHandle:
         return f"<RunHandle {self._run.plan.name!r} run={self.run_id} {self.state}>"
 
 
-def _check_options(sinks: Sequence[Sink], max_parallel: int | None, drain_timeout: float) -> None:
+def _check_options(
+    sinks: Sequence[Sink],
+    max_parallel: int | None,
+    drain_timeout: float,
+    max_backlog: int | None = None,
+) -> None:
+    if max_backlog is not None and (
+        isinstance(max_backlog, bool) or not isinstance(max_backlog, int) or max_backlog < 0
+    ):
+        raise ValueError(f"max_backlog must be an int >= 0 or None, got {max_backlog!r}")
     if max_parallel is not None and (
         isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
     ):
@@ -544,6 +577,7 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -557,21 +591,25 @@ async def open_run(
             Otherwise (fail-fast) the first failure cancels everything else.
         max_parallel: At most this many stage attempts run at once (None: no limit).
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
-            remaining events; after that the run ends CANCELLED and reports the
-            undelivered counts.
+            remaining events; a sink not done by then is cut off, its undelivered
+            count reported, and the run ends CANCELLED.
+        max_backlog: While the slowest sink (of those not disabled) has more than this
+            many events emitted and not yet handled, no new stage attempt starts
+            (running ones go on, and emitting never blocks). None: unbounded.
 
     Raises:
         PipelineError: the pipeline is invalid; raised before anything starts.
     """
     plan = pipeline.compile()
     sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout)
+    _check_options(sinks, max_parallel, drain_timeout, max_backlog)
     run = _Run(
         plan,
         sinks=sinks,
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        max_backlog=max_backlog,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
@@ -595,6 +633,7 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -609,6 +648,7 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        max_backlog=max_backlog,
     ) as handle:
         pass
     return handle.result
