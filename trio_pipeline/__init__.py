@@ -34,6 +34,7 @@ from ._executors import (
     ThreadExecutor,
 )
 from ._graph import Pipeline, Stage, StageFunction
+from ._jsonl import JsonlFormatError, read_jsonl
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -49,6 +50,7 @@ __all__ = [
     "DuplicateStageError",
     "Event",
     "Executor",
+    "JsonlFormatError",
     "JsonlSink",
     "Pipeline",
     "PipelineError",
@@ -82,6 +84,7 @@ __all__ = [
     "UnknownStageError",
     "critical",
     "open_run",
+    "read_jsonl",
     "run",
     "supervised",
 ]
