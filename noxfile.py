@@ -22,7 +22,7 @@ def tests(session: nox.Session) -> None:
 def stress(session: nox.Session) -> None:
     """Long randomized schedule search: `nox -s stress -- --examples 20000`."""
     session.install("-e", *TEST_DEPS)
-    session.run("python", "-m", "tests.stress", *session.posargs)
+    session.run("python", "-m", "tests.support.stress", *session.posargs)
 
 
 @nox.session

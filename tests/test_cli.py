@@ -24,7 +24,7 @@ from typing import IO
 
 import pytest
 
-from tests.terminal import assert_display_ended
+from tests.support.terminal import assert_display_ended
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

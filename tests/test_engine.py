@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -11,74 +10,18 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
+from tests.support.runs import (
+    assert_well_formed,
+    finished,
+    raises,
+    returns,
+    seed_pipeline,
+    sleeps,
+    statuses,
+)
 from trio_pipeline.testing import RecordingSink
 
 S = tp.StageStatus
-
-StageFn = Callable[[tp.StageContext], Coroutine[Any, Any, Any]]
-
-
-def returns(value: object) -> StageFn:
-    async def stage(ctx: tp.StageContext) -> object:
-        return value
-
-    return stage
-
-
-def sleeps(seconds: float, value: object = None) -> StageFn:
-    async def stage(ctx: tp.StageContext) -> object:
-        await trio.sleep(seconds)
-        return value
-
-    return stage
-
-
-def raises(exc: Exception, after: float = 0.0) -> StageFn:
-    async def stage(ctx: tp.StageContext) -> None:
-        if after:
-            await trio.sleep(after)
-        raise exc
-
-    return stage
-
-
-def finished(sink: RecordingSink) -> dict[str, tp.StageFinished]:
-    return {e.stage: e for e in sink.events if isinstance(e, tp.StageFinished)}
-
-
-def statuses(result: tp.RunResult) -> dict[str, tp.StageStatus]:
-    return {name: outcome.status for name, outcome in result.stages.items()}
-
-
-def assert_well_formed(sink: RecordingSink, pipe: tp.Pipeline) -> None:
-    """The invariants every run keeps, whatever happened."""
-    events = sink.events
-    assert [e.seq for e in events] == list(range(len(events)))
-    assert isinstance(events[0], tp.RunStarted)
-    assert isinstance(events[-1], tp.RunFinished)
-    assert sum(isinstance(e, tp.RunFinished | tp.RunStarted) for e in events) == 2
-    done = [e.stage for e in events if isinstance(e, tp.StageFinished)]
-    assert sorted(done) == sorted(pipe.stages)
-    times = [e.time for e in events]
-    assert times == sorted(times)
-    assert len({e.run_id for e in events}) == 1
-    assert sink.closed
-
-
-def seed_pipeline() -> tp.Pipeline:
-    """The scenario this project exists for: first fails, second depends on it."""
-    pipe = tp.Pipeline("demo")
-
-    @pipe.stage
-    async def first(ctx: tp.StageContext) -> int:
-        return 1 // 0
-
-    @pipe.stage(after=[first])
-    async def second(ctx: tp.StageContext) -> int:
-        return int(ctx.inputs["first"]) + 1
-
-    pipe.add_stage("independent", sleeps(0.01, "done"), after=())
-    return pipe
 
 
 # -- results -----------------------------------------------------------------------
@@ -204,18 +147,6 @@ async def test_fail_fast_cancels_running_blocks_downstream_cancels_the_rest(
     assert isinstance(run_finished, tp.RunFinished)
     assert run_finished.state is tp.RunState.CLOSED
     assert dict(run_finished.counts) == dict(result.counts)
-
-
-async def test_raise_for_failures_groups_stage_errors() -> None:
-    result = await tp.run(seed_pipeline(), keep_going=True)
-    with pytest.raises(ExceptionGroup) as info:
-        result.raise_for_failures()
-    assert info.group_contains(ZeroDivisionError)
-    (error,) = info.value.exceptions
-    assert error.__notes__ == ["in stage 'first'"]
-    with pytest.raises(ExceptionGroup):
-        result.raise_for_failures()
-    assert error.__notes__ == ["in stage 'first'"]  # not noted twice
 
 
 # -- retries and timeouts ------------------------------------------------------------
@@ -502,208 +433,90 @@ async def test_a_stage_that_swallows_cancellation_finishes_as_it_chose(
     assert result.stages["stubborn"].value == "finished anyway"
 
 
-# -- logging ---------------------------------------------------------------------------
+# -- cancel paths ------------------------------------------------------------------------
+# The engine stops running stages by cancelling the stages' nursery as a whole. These
+# pin the paths that share that one cancel scope: a stage with its own timeout scope,
+# and a stage waiting out a retry delay, must end CANCELLED by the engine without
+# turning a fail-fast close into a cancelled run.
 
 
-async def test_ctx_log_emits_stage_log_events() -> None:
+async def _sleep_long(ctx: tp.StageContext) -> None:
+    await trio.sleep(50)
+
+
+async def _flaky(ctx: tp.StageContext) -> None:
+    raise OSError("flaky")
+
+
+async def _bad_after_2s(ctx: tp.StageContext) -> None:
+    await trio.sleep(2)
+    raise ValueError("bad")
+
+
+async def _stubborn(ctx: tp.StageContext) -> str:
+    # Keeps the run open after the failure, so a wrong abort() would be visible.
+    with trio.CancelScope(shield=True):
+        await trio.sleep(5)
+    return "done"
+
+
+async def test_fail_fast_cancels_timed_and_retrying_stages_and_closes(autojump_clock: Any) -> None:
     pipe = tp.Pipeline("p")
-    kept: list[tp.StageContext] = []
-
-    @pipe.stage
-    async def talk(ctx: tp.StageContext) -> None:
-        ctx.log("hello")
-        ctx.log("world")
-        kept.append(ctx)
-
+    pipe.add_stage("flaky", _flaky, retries=3, retry_delay=1)
+    pipe.add_stage("timed", _sleep_long, timeout=100)
+    pipe.add_stage("stubborn", _stubborn)
+    pipe.add_stage("bad", _bad_after_2s)
+    pipe.add_stage("after", _sleep_long, after=["timed"])
     sink = RecordingSink()
-    out = io.StringIO()
-    await tp.run(pipe, sinks=[sink, tp.ConsoleSink(out, logs=True)])
-    logs = [(e.stage, e.message) for e in sink.events if isinstance(e, tp.StageLog)]
-    assert logs == [("talk", "hello"), ("talk", "world")]
-    assert out.getvalue().splitlines()[:2] == ["talk | hello", "talk | world"]
-    with pytest.raises(RuntimeError, match="stage 'talk' has finished"):
-        kept[0].log("too late")
-
-
-# -- sinks -----------------------------------------------------------------------------
-
-
-class RaisingSink(RecordingSink):
-    def __init__(self, on_seq: int) -> None:
-        super().__init__()
-        self.on_seq = on_seq
-
-    async def handle(self, event: tp.Event, /) -> None:
-        if event.seq == self.on_seq:
-            raise OSError("disk full")
-        await super().handle(event)
-
-
-async def test_a_raising_sink_is_disabled_and_reported(caplog: pytest.LogCaptureFixture) -> None:
-    pipe = seed_pipeline()
-    bad, good = RaisingSink(on_seq=2), RecordingSink()
-    result = await tp.run(pipe, keep_going=True, sinks=[bad, good])
-    assert [e.seq for e in bad.events] == [0, 1]
-    assert_well_formed(good, pipe)
-    assert list(result.sink_errors) == [bad]
-    assert isinstance(result.sink_errors[bad], OSError)
-    assert result.undelivered == {}  # a failed sink is not counted as undelivered
+    result = await tp.run(pipe, sinks=[sink])
+    assert {name: o.status for name, o in result.stages.items()} == {
+        "flaky": S.CANCELLED,  # was waiting out its second retry delay
+        "timed": S.CANCELLED,
+        "stubborn": S.SUCCEEDED,
+        "bad": S.FAILED,
+        "after": S.CANCELLED,
+    }
     assert result.state is tp.RunState.CLOSED
-    assert bad.closed  # still closed, so it can release its resources
-    assert "was disabled" in caplog.text
+    assert trio.current_time() == 5
+    last = sink.events[-1]
+    assert isinstance(last, tp.RunFinished)
+    assert last.state is tp.RunState.CLOSED
+    assert [e.seq for e in sink.events] == list(range(len(sink.events)))
 
 
-async def test_a_sink_failing_in_aclose_is_reported() -> None:
-    class BadClose(RecordingSink):
-        async def aclose(self) -> None:
-            raise RuntimeError("cannot close")
-
-    sink = BadClose()
-    result = await tp.run(seed_pipeline(), keep_going=True, sinks=[sink])
-    assert isinstance(result.sink_errors[sink], RuntimeError)
-    assert len(sink.events) > 0
-
-
-class SlowSink(RecordingSink):
-    def __init__(self, delay: float) -> None:
-        super().__init__()
-        self.delay = delay
-
-    async def handle(self, event: tp.Event, /) -> None:
-        await trio.sleep(self.delay)
-        await super().handle(event)
-
-
-async def test_a_slow_sink_applies_backpressure_and_loses_nothing(autojump_clock: Any) -> None:
-    pipe = seed_pipeline()
-    slow, fast = SlowSink(1.0), RecordingSink()
-    result = await tp.run(pipe, keep_going=True, sinks=[slow, fast], drain_timeout=60)
-    assert result.state is tp.RunState.CLOSED
-    assert slow.events == fast.events
-    assert_well_formed(slow, pipe)
-
-
-class HungSink(RecordingSink):
-    async def handle(self, event: tp.Event, /) -> None:
-        await super().handle(event)
-        if isinstance(event, tp.StageFinished):
-            await trio.sleep_forever()
-
-
-async def test_a_hung_sink_cannot_hang_the_run(
-    autojump_clock: Any, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_cancel_reaches_a_stage_spawned_but_not_yet_run(autojump_clock: Any) -> None:
     pipe = tp.Pipeline("p")
-    pipe.add_stage("a", sleeps(1))
-    pipe.add_stage("b", sleeps(2))
-    hung, behind = HungSink(), RecordingSink()
-    result = await tp.run(pipe, sinks=[hung, behind], drain_timeout=3)
-    assert trio.current_time() == pytest.approx(2 + 3)  # stages done, then the deadline
+    pipe.add_stage("a", _sleep_long)
+    pipe.add_stage("b", _sleep_long)
+    async with tp.open_run(pipe) as handle:
+        handle.cancel()  # before either stage task has taken a step
+        result = await handle.wait_finished()
+    assert {o.status for o in result.stages.values()} == {S.CANCELLED}
     assert result.state is tp.RunState.CANCELLED
-    total = 6  # RunStarted, 2x StageStarted, 2x StageFinished, RunFinished
-    # One feed per sink: only the hung sink is cut off; the other got everything.
-    assert result.undelivered == {hung: total - 3}
-    assert len(behind.events) == total
-    assert result.deliveries[behind].state is tp.SinkState.CLOSED
-    assert result.deliveries[hung].state is tp.SinkState.CUT_OFF
-    assert [type(e) for e in hung.events][-1] is tp.StageFinished
-    assert hung.closed
-    assert behind.closed
-    assert result.stages["a"].status is S.SUCCEEDED
-    assert "did not receive 3 of 6 events" in caplog.text
+    assert trio.current_time() == 0
 
 
-async def test_a_sink_hanging_in_aclose_overruns_without_losing_events(
+async def _with_own_nursery(ctx: tp.StageContext) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.sleep, 50)
+        await trio.sleep(50)
+
+
+async def test_fail_fast_cancelling_a_stage_with_its_own_nursery_closes(
     autojump_clock: Any,
 ) -> None:
-    class HangsOnClose(RecordingSink):
-        async def aclose(self) -> None:
-            await trio.sleep_forever()
-
-    sink = HangsOnClose()
-    result = await tp.run(seed_pipeline(), keep_going=True, sinks=[sink], drain_timeout=2)
-    assert result.state is tp.RunState.CANCELLED
-    assert result.undelivered == {}
-    assert isinstance(sink.events[-1], tp.RunFinished)
-
-
-async def test_cancellation_in_a_sink_propagates(autojump_clock: Any) -> None:
-    # A sink is never allowed to eat Cancelled: the outer deadline still wins.
+    # Regression: such a stage is cancelled with a group of Cancelled, not a bare
+    # Cancelled, and was taken for an outer cancellation: the run ended CANCELLED.
     pipe = tp.Pipeline("p")
-    pipe.add_stage("a", sleeps(10))
-    sink = SlowSink(100)
-    with trio.move_on_after(1) as scope:
-        await tp.run(pipe, sinks=[sink], drain_timeout=1)
-    assert scope.cancelled_caught
-    assert trio.current_time() == pytest.approx(2)
-
-
-async def test_jsonl_sink_writes_every_event(tmp_path: Any) -> None:
-    import json
-
-    path = tmp_path / "events.jsonl"
-    sink = tp.JsonlSink(path)
-    result = await tp.run(seed_pipeline(), keep_going=True, sinks=[sink])
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["seq"] for row in rows] == list(range(len(rows)))
-    assert rows[0]["type"] == "RunStarted"
-    assert rows[0]["stages"] == ["first", "second", "independent"]
-    last = rows[-1]
-    assert last["type"] == "RunFinished"
-    assert last["state"] == "closed"
-    assert last["counts"] == {
-        "succeeded": 1,
-        "failed": 1,
-        "blocked": 1,
-        "skipped": 0,
-        "cancelled": 0,
+    pipe.add_stage("nursery", _with_own_nursery)
+    pipe.add_stage("bad", _bad_after_2s)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    assert result.state is tp.RunState.CLOSED
+    assert {name: o.status for name, o in result.stages.items()} == {
+        "nursery": S.CANCELLED,
+        "bad": S.FAILED,
     }
-    failed = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "first")
-    assert failed["status"] == "failed"
-    assert failed["error"] == "ZeroDivisionError: integer division or modulo by zero"
-    blocked = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "second")
-    assert blocked["blocked_by"] == "first"
-    assert all(r["run_id"] == result.run_id for r in rows)
-
-
-async def test_jsonl_sink_flushes_each_event(tmp_path: Any) -> None:
-    path = tmp_path / "events.jsonl"
-    sink = tp.JsonlSink(path)
-    pipe = tp.Pipeline("p")
-    lines_seen: list[int] = []
-
-    @pipe.stage
-    async def look(ctx: tp.StageContext) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        lines_seen.append(len(path.read_text().splitlines()))
-
-    await tp.run(pipe, sinks=[sink])
-    assert lines_seen == [2]  # RunStarted and StageStarted are on disk already
-
-
-def test_events_are_frozen_and_slotted() -> None:
-    event = tp.StageStarted("r", 0, 0.0, "a", 1)
-    with pytest.raises(AttributeError):
-        event.seq = 3  # type: ignore[misc]
-    assert not hasattr(event, "__dict__")
-
-
-async def test_a_sink_that_never_awaits_still_meets_the_drain_deadline(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    # Regression: the dispatcher drained its buffer without a single checkpoint, so
-    # a sink that blocks synchronously (never awaits) ran past the drain deadline
-    # unnoticed and starved the stages; the run ended CLOSED after the whole backlog.
-    class BlockingSink(RecordingSink):
-        async def handle(self, event: tp.Event, /) -> None:
-            autojump_clock.jump(0.005)  # like time.sleep: time passes, nothing yields
-            await super().handle(event)
-
-    pipe = tp.Pipeline("p")
-    for i in range(200):
-        pipe.add_stage(f"s{i}", returns(i))
-    sink = BlockingSink()
-    result = await tp.run(pipe, sinks=[sink], drain_timeout=0.1)
-    assert result.state is tp.RunState.CANCELLED
-    assert 0 < result.undelivered[sink] < 402 - 64
-    assert trio.current_time() < 402 * 0.005 / 2
+    last = sink.events[-1]
+    assert isinstance(last, tp.RunFinished)
+    assert last.state is tp.RunState.CLOSED

@@ -8,9 +8,7 @@ threading.Event), never a sleep.
 
 from __future__ import annotations
 
-import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +23,7 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
+from tests.support.runs import check_complete, logs_of
 from trio_pipeline.testing import RecordingSink
 
 distributed = pytest.importorskip("distributed")
@@ -34,39 +33,6 @@ PY = sys.executable
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-
-def check_complete(sink: RecordingSink, result: tp.RunResult) -> None:
-    """Every event delivered: RunStarted first, RunFinished last, no seq gap, one finish each."""
-    events = sink.events
-    assert isinstance(events[0], tp.RunStarted)
-    assert isinstance(events[-1], tp.RunFinished)
-    assert events[-1].state is result.state
-    assert [e.seq for e in events] == list(range(len(events)))
-    finished = [e.stage for e in events if isinstance(e, tp.StageFinished)]
-    assert sorted(finished) == sorted(result.stages)
-    assert sink.closed
-    assert not result.undelivered
-
-
-def logs_of(sink: RecordingSink, stage: str) -> list[str]:
-    return [e.message for e in sink.events if isinstance(e, tp.StageLog) and e.stage == stage]
-
-
-class LineWatcher(RecordingSink):
-    """Records events and sets `seen` once StageLogs with all of `messages` were dispatched."""
-
-    def __init__(self, *messages: str) -> None:
-        super().__init__()
-        self.waiting = set(messages)
-        self.seen = trio.Event()
-
-    async def handle(self, event: tp.Event, /) -> None:
-        await super().handle(event)
-        if isinstance(event, tp.StageLog):
-            self.waiting.discard(event.message)
-            if not self.waiting:
-                self.seen.set()
 
 
 def pipeline_with_input(value: object) -> tuple[tp.Pipeline, tp.Stage]:
@@ -191,25 +157,6 @@ def test_executor_limit_must_be_a_positive_int(limit: Any) -> None:
         tp.ThreadExecutor(limit=limit)
     with pytest.raises(ValueError, match="limit must be a positive int"):
         tp.ProcessExecutor(limit=limit)
-
-
-@pytest.mark.parametrize(
-    ("argv", "options", "match"),
-    [
-        ("echo hi", {}, "argv must be a non-empty sequence"),
-        ([], {}, "argv must be a non-empty sequence"),
-        (["echo", 1], {}, "argv entries must be str"),
-        (["echo"], {"env": {"A": 1}}, "env must map str to str"),
-        (["echo"], {"grace_period": -1}, "grace_period must be"),
-        (["echo"], {"grace_period": math.inf}, "grace_period must be"),
-        (["echo"], {"timeout": 0}, "timeout must be"),
-    ],
-)
-def test_add_command_checks_its_options(argv: Any, options: Any, match: str) -> None:
-    pipe = tp.Pipeline("p")
-    with pytest.raises(tp.StageDefinitionError, match=match):
-        pipe.add_command("cmd", argv, **options)
-    assert len(pipe) == 0
 
 
 def test_import_stays_light() -> None:
@@ -492,134 +439,6 @@ async def test_process_cancel_and_timeout_kill_the_worker(how: str) -> None:
     # trio-parallel kills and reaps the worker before the stage ends.
     assert process_is_gone(pid)
     check_complete(sink, result)
-
-
-# -- commands --------------------------------------------------------------------------------
-
-
-async def test_command_streams_lines_and_returns_stdout(tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    script = (
-        "import os, sys, time\n"
-        "print('first', flush=True)\n"
-        "print('warn: ' + os.environ['TP_GREETING'], file=sys.stderr, flush=True)\n"
-        "while not os.path.exists('gate'): time.sleep(0.01)\n"
-        "assert 'PATH' in os.environ\n"
-        "sys.stdout.write('second\\r\\nno newline: ' + os.getcwd())\n"
-    )
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", script], cwd=str(tmp_path), env={"TP_GREETING": "hello"})
-    sink = LineWatcher("first", "stderr: warn: hello")
-    async with tp.open_run(pipe, sinks=[sink]) as handle:
-        # The lines arrive while the command still runs: streamed, not batched.
-        with trio.fail_after(20):  # fail, not hang, if the line never comes
-            await sink.seen.wait()
-        assert handle.state is tp.RunState.RUNNING
-        gate.touch()
-    result = handle.result
-    assert result.stages["cmd"].value == f"first\nsecond\r\nno newline: {tmp_path}"
-    # Each pipe keeps its order; how the two interleave depends on the readers.
-    assert logs_of(sink, "cmd")[:2] in (
-        ["first", "stderr: warn: hello"],
-        ["stderr: warn: hello", "first"],
-    )
-    assert logs_of(sink, "cmd")[2:] == ["second", f"no newline: {tmp_path}"]
-    check_complete(sink, result)
-
-
-async def test_command_failure_carries_code_and_stderr_tail() -> None:
-    script = (
-        "import sys\n"
-        "for i in range(30): print(f'err {i}', file=sys.stderr)\n"
-        "print('partial output')\n"
-        "sys.exit(3)\n"
-    )
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", script])
-    sink = RecordingSink()
-    result = await tp.run(pipe, sinks=[sink])
-    error = result.stages["cmd"].error
-    assert isinstance(error, tp.CommandError)
-    assert error.returncode == 3
-    assert error.stderr_tail == tuple(f"err {i}" for i in range(10, 30))
-    assert error.stage == "cmd"
-    assert "exited with code 3; stderr ends with:\nerr 10\n" in str(error)
-    assert len(logs_of(sink, "cmd")) == 31
-    check_complete(sink, result)
-
-
-async def test_command_cancel_sends_sigterm(tmp_path: Path) -> None:
-    marker = tmp_path / "terminated"
-    script = (
-        "import signal, sys, time\n"
-        "def bye(*_):\n"
-        f"    open({str(marker)!r}, 'w').close()\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, bye)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", script])
-    sink = LineWatcher("ready")
-    async with tp.open_run(pipe, sinks=[sink]) as handle:
-        with trio.fail_after(20):  # fail, not hang, if the line never comes
-            await sink.seen.wait()
-        handle.cancel()
-    result = handle.result
-    assert result.stages["cmd"].status is tp.StageStatus.CANCELLED
-    assert marker.exists()
-    check_complete(sink, result)
-
-
-async def test_command_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
-    script = (
-        "import signal, time\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    grace = 0.3
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", script], timeout=30, grace_period=grace)
-    sink = LineWatcher("ready")
-    async with tp.open_run(pipe, sinks=[sink]) as handle:
-        with trio.fail_after(20):  # fail, not hang, if the line never comes
-            await sink.seen.wait()
-        cancelled_at = time.monotonic()
-        handle.cancel()
-    result = handle.result
-    assert time.monotonic() - cancelled_at >= grace
-    assert result.stages["cmd"].status is tp.StageStatus.CANCELLED
-    check_complete(sink, result)
-
-
-async def test_command_timeout_is_retried() -> None:
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", "import time; time.sleep(60)"], timeout=0.3, retries=1)
-    sink = RecordingSink()
-    result = await tp.run(pipe, sinks=[sink])
-    outcome = result.stages["cmd"]
-    assert isinstance(outcome.error, tp.StageTimeout)
-    assert outcome.attempts == 2
-    check_complete(sink, result)
-
-
-async def test_command_that_cannot_start_fails_with_the_os_error(tmp_path: Path) -> None:
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [str(tmp_path / "no-such-program")])
-    result = await tp.run(pipe)
-    assert isinstance(result.stages["cmd"].error, FileNotFoundError)
-
-
-async def test_command_killed_by_a_signal_says_so() -> None:
-    pipe = tp.Pipeline("p")
-    pipe.add_command("cmd", [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
-    result = await tp.run(pipe)
-    error = result.stages["cmd"].error
-    assert isinstance(error, tp.CommandError)
-    assert error.returncode == -signal.SIGKILL
-    assert "was killed by SIGKILL" in str(error)
 
 
 # -- Dask ------------------------------------------------------------------------------------

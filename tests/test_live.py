@@ -10,9 +10,8 @@ import trio.testing
 from rich.console import Console
 
 import trio_pipeline as tp
-from tests.terminal import assert_display_ended, screen
+from tests.support.terminal import assert_display_ended, screen
 from trio_pipeline._live import RunTracker, open_live_sink
-from trio_pipeline._render import render_dot, render_graph, render_mermaid, render_order
 
 
 def fake_terminal() -> tuple[Console, io.StringIO]:
@@ -123,27 +122,6 @@ def test_screen_emulator_applies_erase_and_cursor_up() -> None:
     # The test helper itself: a bar drawn, erased and overwritten leaves only the text.
     raw = "a\nbar\r\x1b[2K\x1b[1A\x1b[2Kb\nc\x1b[1A\rd"
     assert screen(raw) == ["d", "c"]
-
-
-def test_renderings_of_an_empty_and_a_small_plan() -> None:
-    empty = tp.Pipeline("empty").compile()
-    assert render_order(empty, []) == "pipeline 'empty': 0 stages in start order\n"
-    assert render_mermaid(empty) == "flowchart TD\n"
-    assert render_dot(empty) == 'digraph "empty" {\n    rankdir=TB;\n}\n'
-    pipe = tp.Pipeline("p")
-
-    async def f(ctx: tp.StageContext) -> None:
-        pass
-
-    pipe.add_stage("a<b>&", f)
-    pipe.add_stage("back\\slash", f, after="a<b>&")
-    plan = pipe.compile()
-    assert render_graph(plan, "mermaid") == (
-        'flowchart TD\n    s0["a#lt;b#gt;#amp;"]\n    s1["back\\slash"]\n    s0 --> s1\n'
-    )
-    assert '"back\\\\slash";' in render_graph(plan, "dot")
-    with pytest.raises(ValueError, match="unknown graph format 'png'"):
-        render_graph(plan, "png")
 
 
 async def test_live_area_is_erased_even_if_no_run_closes_the_sink(

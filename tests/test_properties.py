@@ -1,9 +1,9 @@
 """The proof harness: random DAGs, faults and schedules, every invariant checked.
 
-Each example is one fresh `trio.run` on a MockClock (see `tests.scenarios`).
+Each example is one fresh `trio.run` on a MockClock (see `tests.support.scenarios`).
 Drawing `st.random_module()` varies trio's scheduler between examples (importing
 Hypothesis makes it deterministic per seed), so the schedule is drawn too.
-`tests.stress` runs these same properties with tens of thousands of examples.
+`tests.support.stress` runs these same properties with tens of thousands of examples.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, cast
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tests.scenarios import (
+from tests.support.scenarios import (
     LONG_DRAIN,
     Scenario,
     SinkSpec,

@@ -4,7 +4,7 @@ Each test FAILS if the property harness does not find the variant's bug within t
 CI budget (the derandomized search, at most `BUDGET` examples). The control (the
 fan-out dispatcher of variant 3 with the bug fixed) must pass, which shows the
 harness catches the bug and not the variant's design. The variants live in
-`tests/broken.py`; `python -m tests.teeth --seeds N` measures how many examples each
+`tests/support/broken.py`; `python -m tests.support.teeth --seeds N` measures how many examples each
 needs over random seeds.
 """
 
@@ -14,7 +14,7 @@ import logging
 
 import pytest
 
-from tests.teeth import CONTROL, VARIANTS, search
+from tests.support.teeth import CONTROL, VARIANTS, search
 
 BUDGET = 200
 

@@ -1,4 +1,4 @@
-"""trio_pipeline.testing itself: each invariant of check_run can fail, with its name.
+"""trio_pipeline.testing.check_run: each invariant can fail, with its name.
 
 A recorded good run is mutated one way per test; check_run must name exactly the
 invariant the mutation breaks (a checker that cannot fail proves nothing).
@@ -14,17 +14,7 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
-from trio_pipeline import _chaos
-from trio_pipeline.testing import (
-    ChaosTape,
-    HungSink,
-    RaisingSink,
-    RecordingSink,
-    SinkFault,
-    SlowSink,
-    TaskTracker,
-    check_run,
-)
+from trio_pipeline.testing import HungSink, RaisingSink, RecordingSink, SinkFault, check_run
 
 
 def _pipeline(*, fail: bool = False) -> tp.Pipeline:
@@ -247,49 +237,3 @@ async def test_result_must_match_events(autojump_clock: trio.testing.MockClock) 
     stages["a"] = dataclasses.replace(stages["a"], attempts=2)
     with pytest.raises(AssertionError, match=r"result\.stages matches the StageFinished"):
         check_run(events, pipe, dataclasses.replace(result, stages=stages))
-
-
-async def test_chaos_tape(autojump_clock: trio.testing.MockClock) -> None:
-    tape = ChaosTape([0, 2, 5], sleep_unit=0.5)
-    assert _chaos.hook is None
-    with tape.installed():
-        assert _chaos.hook == tape.point
-        start = trio.current_time()
-        await tape.point("x")  # 0: nothing
-        await tape.point("x")  # 2: two checkpoints, no time
-        assert trio.current_time() == start
-        await tape.point("y")  # 5: sleep (5 - 3) * 0.5
-        assert trio.current_time() == start + 1.0
-        await tape.point("y")  # tape used up: nothing
-    assert _chaos.hook is None
-    assert tape.visits == {"x": 2, "y": 2}
-
-
-async def test_chaos_tape_restores_on_error() -> None:
-    tape = ChaosTape([])
-    with pytest.raises(KeyError), tape.installed():
-        raise KeyError
-    assert _chaos.hook is None
-
-
-async def test_task_tracker_sees_a_leak() -> None:
-    tracker = TaskTracker()
-    release = trio.Event()
-    async with trio.open_nursery() as nursery:
-        with tracker.installed():
-            nursery.start_soon(release.wait, name="leaky")
-            await trio.testing.wait_all_tasks_blocked()
-        with pytest.raises(AssertionError, match=r"no task outlives the run.*leaky"):
-            tracker.check_all_exited()
-        release.set()
-    assert tracker.spawned == 1
-    # Exited after the tracker was removed: still counted as alive by it.
-    assert len(tracker.alive) == 1
-
-
-async def test_task_tracker_passes_a_run(autojump_clock: trio.testing.MockClock) -> None:
-    tracker = TaskTracker()
-    with tracker.installed():
-        await tp.run(_pipeline(), sinks=[SlowSink(0.5)])
-    assert tracker.spawned >= 5
-    tracker.check_all_exited()

@@ -1,4 +1,4 @@
-"""Long randomized schedule search: ``python -m tests.stress --examples N``.
+"""Long randomized schedule search: ``python -m tests.support.stress --examples N``.
 
 Runs the main property (N examples, default 20,000) and the fault properties
 (``--fault-examples``, default N // 4 each) under the ``stress`` Hypothesis profile
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from hypothesis import settings
 
 import tests.conftest  # noqa: F401 - registers the Hypothesis profiles
-from tests.scenarios import TALLY
+from tests.support.scenarios import TALLY
 from tests.test_properties import FAULT_STRATEGIES, MAIN, make_property
 
 

@@ -1,4 +1,4 @@
-"""Randomized run scenarios for the property tests, the teeth and `tests.stress`.
+"""Randomized run scenarios for the property tests, the teeth and `tests.support.stress`.
 
 A `Scenario` is plain data drawn by Hypothesis: a DAG (edges i -> j with i < j, so
 acyclic), per-stage behaviour for each attempt (succeed, fail, hang) with retries and
@@ -228,7 +228,7 @@ class ScenarioFailure(AssertionError):
 
 @dataclass
 class Tally:
-    """Examples run so far in this process (`tests.stress` reports it)."""
+    """Examples run so far in this process (`tests.support.stress` reports it)."""
 
     examples: int = 0
 

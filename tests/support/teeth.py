@@ -1,7 +1,7 @@
 """Run the property harness against a broken engine variant and report when it fails.
 
 Shared by `tests/test_teeth.py` (CI: must find each bug within the CI budget) and
-`python -m tests.teeth --seeds N` (measures examples-to-detection over random seeds).
+`python -m tests.support.teeth --seeds N` (measures examples-to-detection over random seeds).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import trio_pipeline as tp
-from tests import broken
-from tests.scenarios import OpenRun, Scenario, run_scenario, scenarios
+from tests.support import broken
+from tests.support.scenarios import OpenRun, Scenario, run_scenario, scenarios
 from trio_pipeline import _engine
 
 
