@@ -199,7 +199,7 @@ def test_supervised_options_are_checked_and_merge() -> None:
     with pytest.raises(ValueError, match="handle_timeout must be a number > 0"):
         tp.supervised(sink, handle_timeout=0)
     with pytest.raises(ValueError, match="handle_timeout"):
-        tp.supervised(sink, handle_timeout=True)  # type: ignore[arg-type]
+        tp.supervised(sink, handle_timeout=True)
     with pytest.raises(TypeError, match="is not a Sink"):
         tp.critical(object())  # type: ignore[arg-type]
     both = tp.supervised(tp.critical(sink), handle_timeout=2)
@@ -344,9 +344,9 @@ def _build(sc: dict[str, Any]) -> tp.Pipeline:
 
 
 @settings(max_examples=60)
-@given(sc=backlog_scenarios(), _random=st.random_module())
+@given(sc=backlog_scenarios(), seed=st.random_module())
 def test_no_stage_starts_while_the_backlog_is_over_max_backlog(
-    sc: dict[str, Any], _random: Any
+    sc: dict[str, Any], seed: Any
 ) -> None:
     sinks: list[RecordingSink] = []
     passed: list[tp.Sink] = []

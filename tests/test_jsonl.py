@@ -70,6 +70,32 @@ def test_rows_are_event_to_dict_plus_the_schema(fast: bool) -> None:
         assert row == expected
 
 
+async def test_jsonl_sink_writes_every_event(tmp_path: Any) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = tp.JsonlSink(path)
+    result = await tp.run(seed_pipeline(), keep_going=True, sinks=[sink])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["seq"] for row in rows] == list(range(len(rows)))
+    assert rows[0]["type"] == "RunStarted"
+    assert rows[0]["stages"] == ["first", "second", "independent"]
+    last = rows[-1]
+    assert last["type"] == "RunFinished"
+    assert last["state"] == "closed"
+    assert last["counts"] == {
+        "succeeded": 1,
+        "failed": 1,
+        "blocked": 1,
+        "skipped": 0,
+        "cancelled": 0,
+    }
+    failed = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "first")
+    assert failed["status"] == "failed"
+    assert failed["error"] == "ZeroDivisionError: integer division or modulo by zero"
+    blocked = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "second")
+    assert blocked["blocked_by"] == "first"
+    assert all(r["run_id"] == result.run_id for r in rows)
+
+
 async def test_jsonl_sink_writes_every_event_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     sink, recorded = tp.JsonlSink(path), RecordingSink()
@@ -154,7 +180,7 @@ def test_read_jsonl_raises_on_a_broken_middle_line(tmp_path: Path) -> None:
 
 def test_read_jsonl_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "new.jsonl"
-    path.write_text('{"type":"RunStarted","schema":2,"run_id":"r","seq":0,"time":0,"pipeline":"p"}')
+    path.write_text('{"type":"RunStarted","schema":2,"run_id":"r","seq":0,"pipeline":"p"}')
     with pytest.raises(ValueError, match="log schema 2 is newer than this version reads"):
         list(tp.read_jsonl(path))
 
@@ -180,7 +206,16 @@ def test_sigkill_leaves_a_gap_free_prefix_of_valid_lines(tmp_path: Path) -> None
     path = tmp_path / "run.jsonl"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_pipeline", "run", str(source), "--plain", "--jsonl", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "trio_pipeline",
+            "run",
+            str(source),
+            "--plain",
+            "--jsonl",
+            str(path),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,

@@ -77,6 +77,9 @@ class Dispatcher:
         on_critical: Called once when a critical sink is disabled.
     """
 
+    # A seam for tests that swap in deliberately broken feeds (tests/support/broken.py).
+    feed_type: type[Feed] = Feed
+
     def __init__(
         self,
         receive: trio.MemoryReceiveChannel[Event],
@@ -88,7 +91,7 @@ class Dispatcher:
         on_critical: Callable[[Feed], None] | None = None,
     ) -> None:
         self.feeds: tuple[Feed, ...] = tuple(
-            Feed(self, sink, handle_timeout=timeout, critical=critical)
+            self.feed_type(self, sink, handle_timeout=timeout, critical=critical)
             for sink, timeout, critical in map(unwrap, sinks)
         )
         self.sinks: tuple[Sink, ...] = tuple(feed.sink for feed in self.feeds)
@@ -129,7 +132,7 @@ class Dispatcher:
         return {feed.sink: feed.statistics(total) for feed in self.feeds}
 
     def clean(self, total: int) -> bool:
-        """Every sink not disabled received all `total` events and closed; no critical sink failed."""
+        """Every sink not disabled got all `total` events and closed; no critical sink failed."""
         for feed in self.feeds:
             record = feed.statistics(total)
             if record.state is SinkState.CUT_OFF:

@@ -192,7 +192,7 @@ class Feed:
                 if self.state is not SinkState.DISABLED:
                     self.state = SinkState.DISABLED
                     self.error = exc
-                logger.error(
+                logger.error(  # noqa: TRY400 - the sink's traceback is its own business
                     "sink %s raised while closing after the drain deadline: %r",
                     sink_name(self.sink),
                     exc,
@@ -208,5 +208,6 @@ class Feed:
         self._note_backlog()
         self.state = SinkState.DISABLED
         self.error = exc
-        logger.error("sink %s raised while %s and was disabled: %r", sink_name(self.sink), when, exc)
+        name = sink_name(self.sink)
+        logger.error("sink %s raised while %s and was disabled: %r", name, when, exc)
         self._dispatcher.feed_disabled(self)

@@ -25,9 +25,10 @@ from ._writer import BackgroundWriter
 SCHEMA = 1
 """Version of the row format, in every `RunStarted` row as ``"schema"``."""
 
+orjson: types.ModuleType | None
 try:
     import orjson
-except ImportError:  # pragma: no cover - the stdlib fallback is tested by monkeypatching
+except ImportError:  # pragma: no cover - the stdlib path is tested through encoder(False)
     orjson = None
 
 
@@ -54,7 +55,7 @@ def _orjson_encoder() -> Callable[[dict[str, Any]], bytes]:
     dumps, option = orjson.dumps, orjson.OPT_NON_STR_KEYS  # enum keys, as their values
 
     def encode(row: dict[str, Any]) -> bytes:
-        return dumps(row, default=_default, option=option)
+        return cast(bytes, dumps(row, default=_default, option=option))
 
     return encode
 
@@ -233,24 +234,28 @@ def _read(file: IO[bytes], name: str, loads: Callable[[bytes], Any]) -> Iterator
     yield event
 
 
+def _row(line: bytes, loads: Callable[[bytes], Any]) -> tuple[dict[str, Any], str]:
+    row = loads(line)
+    if not isinstance(row, dict):
+        raise TypeError("not a JSON object")
+    kind = cast(dict[str, Any], row).get("type")
+    if not isinstance(kind, str) or kind not in _READERS:
+        raise TypeError(f"unknown event type {kind!r}")
+    return cast(dict[str, Any], row), kind
+
+
 def _parse(number: int, line: bytes, name: str, loads: Callable[[bytes], Any]) -> Event:
     try:
-        row = loads(line)
-        if not isinstance(row, dict):
-            raise TypeError("not a JSON object")
-        row = cast(dict[str, Any], row)
-        kind = row.get("type")
-        reader = _READERS.get(kind) if isinstance(kind, str) else None
-        if reader is None:
-            raise TypeError(f"unknown event type {kind!r}")
-        if kind == "RunStarted" and row.get("schema", SCHEMA) > SCHEMA:
-            raise JsonlFormatError(
-                f"{name}:{number}: log schema {row['schema']} is newer than this version"
-                f" reads ({SCHEMA})"
-            )
-        return reader(row)
-    except JsonlFormatError:
-        raise
+        row, kind = _row(line, loads)
+    except (ValueError, TypeError) as exc:
+        raise JsonlFormatError(f"{name}:{number}: not an event row: {exc}") from None
+    schema = row.get("schema", SCHEMA) if kind == "RunStarted" else SCHEMA
+    if not isinstance(schema, int) or schema > SCHEMA:
+        raise JsonlFormatError(
+            f"{name}:{number}: log schema {schema!r} is newer than this version reads ({SCHEMA})"
+        )
+    try:
+        return _READERS[kind](row)
     except KeyError as exc:
         raise JsonlFormatError(f"{name}:{number}: row lacks the field {exc.args[0]!r}") from None
     except (ValueError, TypeError) as exc:

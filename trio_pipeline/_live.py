@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 import trio
 from rich.console import Console, Group, RenderableType
@@ -71,7 +71,7 @@ _MARKS: dict[StageStatus, tuple[str, str]] = {
 }
 _OK = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED})
 # What rich's Text strips too: these would move the cursor and break the area's erase.
-_STRIP = dict.fromkeys((7, 8, 11, 12, 13))
+_STRIP: dict[int, None] = dict.fromkeys((7, 8, 11, 12, 13))
 
 
 class RunTracker:
@@ -166,20 +166,20 @@ class _Styles:
 class _Redirect:
     """Stands in for sys.stdout / sys.stderr while the area is shown: text goes above it."""
 
-    def __init__(self, sink: LiveSink, real: IO[str]) -> None:
-        self._sink = sink
+    def __init__(self, lines: list[Event | str], real: IO[str]) -> None:
+        self._lines = lines  # the live sink's pending lines
         self._real = real
         self._partial = ""
 
     def write(self, text: str) -> int:
         lines = (self._partial + text).split("\n")
         self._partial = lines.pop()
-        self._sink._pending.extend(lines)
+        self._lines.extend(lines)
         return len(text)
 
     def flush(self) -> None:
         if self._partial:
-            self._sink._pending.append(self._partial)
+            self._lines.append(self._partial)
             self._partial = ""
 
     def isatty(self) -> bool:
@@ -187,10 +187,6 @@ class _Redirect:
 
     def fileno(self) -> int:
         return self._real.fileno()
-
-    @property
-    def encoding(self) -> str:
-        return self._real.encoding
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -213,9 +209,8 @@ class LiveSink:
         self._logs = logs
         self._now: float | None = None
         self._pending: list[Event | str] = []  # lines for the next frame, unformatted
-        self._lined = frozenset(
-            {StageFinished, StageRetrying, RunStarted, RunFinished} | ({StageLog} if logs else set())
-        )
+        lined: set[type[Any]] = {StageFinished, StageRetrying, RunStarted, RunFinished}
+        self._lined = frozenset(lined | {StageLog} if logs else lined)
         self._style = _Styles(console)
         self._out: IO[str] = console.file
         self._area_height = 0  # rows of the live area on the screen now
@@ -253,8 +248,8 @@ class LiveSink:
         self._started = True
         self._out = self.console.file
         self._saved = (sys.stdout, sys.stderr)
-        sys.stdout = _Redirect(self, sys.stdout)  # type: ignore[assignment]
-        sys.stderr = _Redirect(self, sys.stderr)  # type: ignore[assignment]
+        sys.stdout = cast(TextIO, _Redirect(self._pending, sys.stdout))
+        sys.stderr = cast(TextIO, _Redirect(self._pending, sys.stderr))
         self._write_now("\x1b[?25l" + self._frame(budget=None))
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ drain deadline), the thread still writes what was queued and then ends on its ow
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -156,7 +157,5 @@ class BackgroundWriter(Generic[T]):
     def _wake_waiter(self) -> None:
         waiter = self._waiter
         if waiter is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(waiter.set)
-            except trio.RunFinishedError:
-                pass
