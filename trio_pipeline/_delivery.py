@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -146,3 +147,19 @@ def sink_name(sink: object) -> str:
     if type(sink).__repr__ is object.__repr__:
         return type(sink).__qualname__
     return repr(sink)
+
+
+def cut_off_warnings(deliveries: Mapping[Sink, SinkDelivery]) -> list[str]:
+    """One line per sink the drain deadline cut off, naming it readably."""
+    lines = []
+    for sink, record in deliveries.items():
+        if record.state is not SinkState.CUT_OFF:
+            continue
+        total = record.delivered + record.undelivered
+        what = (
+            f"did not receive {record.undelivered:,} of {total:,} events"
+            if record.undelivered
+            else "received every event but did not finish closing"
+        )
+        lines.append(f"event sink {sink_name(sink)} was cut off at the drain deadline: {what}")
+    return lines
