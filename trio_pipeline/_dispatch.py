@@ -28,7 +28,7 @@ from ._events import Event
 from ._feeds import Feed
 from ._sinks import Sink
 
-DEFAULT_MAX_BACKLOG = 100_000
+DEFAULT_MAX_BACKLOG = 10_000
 """Default `max_backlog` of a run (see benchmarks/README.md for the measurement)."""
 
 _YIELD_EVERY = 64  # events dispatched between looks at the clock
@@ -99,6 +99,9 @@ class Dispatcher:
             raise ValueError("the same sink was passed twice; each sink receives each event once")
         self.emitted = 0
         self.max_backlog: float = math.inf if max_backlog is None else max_backlog
+        # Resume at half the limit, not just under it: resuming per delivered event
+        # starts one stage at a time, measured 1.5x slower (benchmarks/backlog.py).
+        self._resume_at = self.max_backlog // 2
         self.floor = 0
         self.paused = False
         self._open: list[Feed] = list(self.feeds)
@@ -163,10 +166,14 @@ class Dispatcher:
 
     def _recompute_backlog(self) -> None:
         self.floor = floor = min((feed.delivered for feed in self._open), default=self.emitted)
-        over = self.emitted - floor > self.max_backlog
-        if over is not self.paused:
-            self.paused = over
-            self._on_backlog(over)
+        backlog = self.emitted - floor
+        if not self.paused:
+            if backlog > self.max_backlog:
+                self.paused = True
+                self._on_backlog(True)
+        elif backlog <= self._resume_at:
+            self.paused = False
+            self._on_backlog(False)
 
     # -- the task -------------------------------------------------------------------
 

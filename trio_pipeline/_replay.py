@@ -194,8 +194,9 @@ def cmd_check(path: str) -> int:
     first, last = log[0], log[-1]
     assert isinstance(first, RunStarted)
     assert isinstance(last, RunFinished)
+    stages = f"{len(first.stages)} stage" + ("" if len(first.stages) == 1 else "s")
     sys.stdout.write(
-        f"{path}: ok: {len(log)} events, {len(first.stages)} stages,"
+        f"{path}: ok: {len(log)} events, {stages},"
         f" run {first.run_id} of {first.pipeline!r} {last.state}\n"
     )
     return 0
