@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -47,9 +48,9 @@ async def test_a_real_run_passes(autojump_clock: trio.testing.MockClock) -> None
     assert check_log(events) == events
 
 
-def _replace(events: list[tp.Event], index: int, **changes: object) -> list[tp.Event]:
+def _replace(events: list[tp.Event], index: int, **changes: Any) -> list[tp.Event]:
     out = list(events)
-    out[index] = dataclasses.replace(out[index], **changes)  # type: ignore[type-var]
+    out[index] = dataclasses.replace(out[index], **changes)
     return out
 
 

@@ -107,7 +107,9 @@ def _count(shape: str, n: int) -> PerStage:
         previous = sys.gettrace()
         sys.settrace(counter.trace)
         try:
-            return await tp.run(pipe, sinks=[counter])
+            # Unbounded: at 10,000 wide stages the default max_backlog pauses the run, a
+            # threshold a 1,000-stage run never reaches (tests/test_dispatch.py covers it).
+            return await tp.run(pipe, sinks=[counter], max_backlog=None)
         finally:
             sys.settrace(previous)
 

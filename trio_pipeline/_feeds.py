@@ -152,8 +152,8 @@ class Feed:
             if backlog > self.peak_backlog:
                 self.peak_backlog = backlog
             self.delivered += 1
-            if dispatcher.paused:
-                dispatcher.backlog_fell()
+            if dispatcher.paused and self.delivered - 1 == dispatcher.floor:
+                dispatcher.backlog_fell()  # this was (one of) the slowest feeds
 
     async def _close(self) -> None:
         if _chaos.hook is not None:
