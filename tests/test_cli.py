@@ -36,10 +36,24 @@ TIMEOUT = 30.0  # bounds a hung child; a passing test takes well under a second
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("CI", None)
+    # A child with unbuffered output would hide a missing flush before os._exit.
+    env.pop("PYTHONUNBUFFERED", None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["COLUMNS"] = "100"
     env.update(extra)
     return env
+
+
+def test_children_buffer_their_output_like_a_users_program_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    assert "PYTHONUNBUFFERED" not in child_env()
+    probe = "import sys; print(sys.stdout.line_buffering, sys.stdout.write_through)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=child_env(), capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]  # a pipe: block-buffered
 
 
 def command(*args: str) -> list[str]:

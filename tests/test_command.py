@@ -25,7 +25,7 @@ PY = sys.executable
 @pytest.mark.parametrize(
     ("argv", "options", "match"),
     [
-        ("echo hi", {}, "argv must be a non-empty sequence"),
+        ("echo hi", {}, "argv must be a sequence of strings .no shell., got the string .echo hi."),
         ([], {}, "argv must be a non-empty sequence"),
         (["echo", 1], {}, "argv entries must be str"),
         (["echo"], {"env": {"A": 1}}, "env must map str to str"),
@@ -164,3 +164,46 @@ async def test_command_killed_by_a_signal_says_so() -> None:
     assert isinstance(error, tp.CommandError)
     assert error.returncode == -signal.SIGKILL
     assert "was killed by SIGKILL" in str(error)
+
+
+# -- Command arguments: checked like stage options -------------------------------------------
+
+TYPE = tp.StageDefinitionTypeError
+VALUE = tp.StageDefinitionError
+
+
+@pytest.mark.parametrize(
+    ("argv", "options", "error", "message"),
+    [
+        ("ls", {}, TYPE, "argv must be a sequence of strings .no shell., got the string 'ls'"),
+        (b"ls", {}, TYPE, "argv must be a sequence of strings .no shell., got the string b'ls'"),
+        ([], {}, VALUE, r"argv must be a non-empty sequence of strings .no shell., got \[\]"),
+        (None, {}, VALUE, "argv must be a non-empty sequence of strings .no shell., got None"),
+        (["ls", 1], {}, TYPE, r"argv entries must be str, got \['ls', 1\]"),
+        (["ls"], {"env": {"A": 1}}, TYPE, "env must map str to str, got {'A': 1}"),
+        (["ls"], {"env": ["A"]}, TYPE, r"env must map str to str, got \['A'\]"),
+        (["ls"], {"cwd": 3}, TYPE, "cwd must be a str, a path or None, got 3"),
+        (["ls"], {"grace_period": -1}, VALUE, "grace_period must be a finite number >= 0"),
+        (["ls"], {"grace_period": "1"}, TYPE, "grace_period must be a finite number >= 0"),
+        (["ls"], {"tail_lines": -1}, VALUE, "tail_lines must be a non-negative int, got -1"),
+    ],
+)
+def test_command_checks_its_arguments(
+    argv: Any, options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match="^" + message) as info:
+        tp.Command(argv, **options)
+    assert type(info.value) is error
+    if "tail_lines" not in options:  # not an add_command keyword
+        pipe = tp.Pipeline("p")
+        with pytest.raises(error, match="^stage 'cmd': " + message):
+            pipe.add_command("cmd", argv, **options)
+        assert len(pipe) == 0
+
+
+def test_command_takes_a_path_as_cwd(tmp_path: Path) -> None:
+    command = tp.Command(["ls"], cwd=tmp_path)
+    assert command.cwd == tmp_path
+    stage = tp.Pipeline("p").add_command("ls", ["ls"], cwd=tmp_path, retries=2, priority=3)
+    assert isinstance(stage.fn, tp.Command)
+    assert (stage.retries, stage.options.priority) == (2, 3)

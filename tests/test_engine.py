@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from tests.support.runs import (
     sleeps,
     statuses,
 )
-from trio_pipeline.testing import RecordingSink
+from trio_pipeline.testing import ChaosTape, RecordingSink, SlowSink, check_run
 
 S = tp.StageStatus
 
@@ -178,6 +179,23 @@ async def test_retries_back_off_exponentially(autojump_clock: Any) -> None:
     ]
 
 
+async def test_retry_delays_keep_doubling_past_the_second_retry(autojump_clock: Any) -> None:
+    # Two retries cannot tell d * 2**(n-1) from d * n (both give d, 2d): four can.
+    async def always(ctx: tp.StageContext) -> None:
+        raise ConnectionError(f"try {ctx.attempt}")
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("always", always, retries=4, retry_delay=0.5)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    delays = [e.delay for e in sink.events if isinstance(e, tp.StageRetrying)]
+    assert delays == [0.5, 1.0, 2.0, 4.0]
+    starts = [e.time for e in sink.events if isinstance(e, tp.StageStarted)]
+    assert starts == [0.0, 0.5, 1.5, 3.5, 7.5]
+    assert result.stages["always"].attempts == 5
+    check_run([sink], pipe, result)
+
+
 async def test_retries_exhausted_fail_with_the_last_error(autojump_clock: Any) -> None:
     async def always(ctx: tp.StageContext) -> None:
         raise ValueError(f"attempt {ctx.attempt}")
@@ -213,6 +231,27 @@ async def test_timeout_fails_the_attempt_and_is_retried(autojump_clock: Any) -> 
         finished(sink)["never"].error
         == "StageTimeout: stage 'never' timed out after 3s (attempt 1)"
     )
+
+
+async def test_timeout_counts_from_stage_started_not_from_when_the_task_runs(
+    autojump_clock: Any,
+) -> None:
+    # The chaos tape holds the attempt's task for 1 s before the function runs: a
+    # deadline taken in the task would be 2.5 and the 1 s stage would succeed at 2.0.
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("s", sleeps(1.0), timeout=1.5)
+    sink = RecordingSink()
+    tape = ChaosTape([4], sleep_unit=1.0, points={"stage.start"})
+    with tape.installed():
+        result = await tp.run(pipe, sinks=[sink])
+    assert tape.visits["stage.start"] == 1
+    outcome = result.stages["s"]
+    assert outcome.status is S.FAILED
+    assert isinstance(outcome.error, tp.StageTimeout)
+    started = [e for e in sink.events if isinstance(e, tp.StageStarted)]
+    assert [e.time for e in started] == [0.0]
+    assert finished(sink)["s"].time == pytest.approx(1.5)
+    check_run([sink], pipe, result)
 
 
 async def test_cancellation_is_never_retried(autojump_clock: Any) -> None:
@@ -377,6 +416,37 @@ async def test_cancel_ends_the_run_cancelled(autojump_clock: Any) -> None:
     handle.request_close()
     assert handle.state is tp.RunState.CANCELLED
     assert_well_formed(sink, pipe)
+
+
+@pytest.mark.parametrize("how", ["cancel", "outer"])
+async def test_cancelling_while_draining_leaves_the_run_closed(
+    autojump_clock: Any, how: str
+) -> None:
+    # The stages are done at t=1; the slow sink keeps the run DRAINING until t=4.
+    # Cancelling now cuts nothing short: every event still arrives and the run,
+    # whose RunFinished already said CLOSED, ends CLOSED.
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("a", sleeps(1))
+    slow = SlowSink(1.0)
+    seen: list[tp.RunState] = []
+    with trio.move_on_after(2 if how == "outer" else math.inf):
+        async with tp.open_run(pipe, sinks=[slow], drain_timeout=100) as handle:
+            if how == "cancel":
+                await trio.sleep(2)
+                seen.append(handle.state)
+                handle.cancel()
+            else:
+                await trio.sleep_forever()  # until the deadline cancels the block
+    if how == "cancel":
+        assert seen == [tp.RunState.DRAINING]
+    assert trio.current_time() == pytest.approx(4)
+    result = handle.result
+    assert result.state is tp.RunState.CLOSED
+    assert handle.state is tp.RunState.CLOSED
+    last = slow.events[-1]
+    assert isinstance(last, tp.RunFinished)
+    assert last.state is tp.RunState.CLOSED
+    check_run([slow], pipe, result)
 
 
 async def test_handle_result_before_the_end_raises() -> None:

@@ -8,6 +8,7 @@ threading.Event), never a sleep.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trio_parallel  # type: ignore[import-untyped]
 
 import trio_pipeline as tp
 from tests.support.runs import check_complete, logs_of
@@ -346,6 +348,45 @@ async def test_thread_timeout_is_retried_like_any_failure() -> None:
     check_complete(sink, result)
 
 
+@pytest.mark.parametrize("how", ["raise", "cancel", "timeout"])
+async def test_thread_slot_comes_back_after_a_stage_raises_is_cancelled_or_times_out(
+    how: str,
+) -> None:
+    # limit=1: a slot kept on the error path would leave the second run waiting forever.
+    one = tp.ThreadExecutor(limit=1)
+    started = trio.Event()
+    release = threading.Event()  # lets an abandoned thread return (it keeps the slot till then)
+
+    def first(snap: tp.StageSnapshot) -> None:
+        trio.from_thread.run_sync(started.set)
+        if how == "raise":
+            raise ValueError("first fails")
+        release.wait(30)
+
+    pipe = tp.Pipeline("first")
+    pipe.add_stage("first", first, executor=one, timeout=0.05 if how == "timeout" else None)
+    try:
+        async with tp.open_run(pipe) as handle:
+            if how == "cancel":
+                with trio.fail_after(20):
+                    await started.wait()
+                handle.cancel()
+    finally:
+        release.set()
+    outcome = handle.result.stages["first"]
+    expected = {"raise": ValueError, "timeout": tp.StageTimeout}.get(how)
+    if expected is None:
+        assert outcome.status is tp.StageStatus.CANCELLED
+    else:
+        assert isinstance(outcome.error, expected)
+
+    later = tp.Pipeline("later")
+    later.add_stage("later", lambda snap: "ran", executor=one)
+    with trio.fail_after(10):
+        result = await tp.run(later)
+    assert result.stages["later"].value == "ran"
+
+
 async def test_thread_limit_bounds_concurrency() -> None:
     lock = threading.Lock()
     running = 0
@@ -417,7 +458,10 @@ async def test_process_cancel_and_timeout_kill_the_worker(how: str) -> None:
     listener = await open_pid_listener()
     port = listener.socket.getsockname()[1]
     pipe, load = pipeline_with_input(port)
-    timeout = 30.0 if how == "cancel" else 1.5  # time to spawn a worker
+    timeout = 30.0 if how == "cancel" else 1.5
+    # Spawning a worker can take longer than the timeout on a loaded machine: warm
+    # trio-parallel's worker cache first, so the timeout only covers the stage itself.
+    await trio_parallel.run_sync(int)
     pipe.add_stage(
         "hang", report_pid_then_hang, after=[load], timeout=timeout, executor=tp.ProcessExecutor()
     )
@@ -583,3 +627,62 @@ async def test_cancelling_a_mixed_run_ends_every_kind_cancelled(client: Any) -> 
     assert result.state is tp.RunState.CANCELLED
     assert {o.status for o in result.stages.values()} == {tp.StageStatus.CANCELLED}
     check_complete(sink, result)
+
+
+# -- executor options: the stage options' error classes and messages --------------------------
+
+TYPE = tp.StageDefinitionTypeError
+VALUE = tp.StageDefinitionError
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: tp.ThreadExecutor(limit=0), VALUE, "limit must be a positive int, got 0"),
+        (lambda: tp.ThreadExecutor(limit=True), TYPE, "limit must be a positive int, got True"),
+        (
+            lambda: tp.ProcessExecutor(limit=1.5),  # type: ignore[arg-type]
+            TYPE,
+            "limit must be a positive int, got 1.5",
+        ),
+        (lambda: tp.ProcessExecutor(limit=-2), VALUE, "limit must be a positive int, got -2"),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=True),
+            TYPE,
+            "cancel_timeout must be a finite number > 0, got True",
+        ),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=0),
+            VALUE,
+            "cancel_timeout must be a finite number > 0, got 0",
+        ),
+        (
+            lambda: tp.DaskExecutor("tcp://x:1", cancel_timeout=math.inf),
+            VALUE,
+            "cancel_timeout must be a finite number > 0, got inf",
+        ),
+        (
+            lambda: tp.DaskExecutor(42),  # type: ignore[arg-type]
+            TYPE,
+            "DaskExecutor needs a scheduler address .str. or a distributed.Client, got 42",
+        ),
+    ],
+)
+def test_executor_options(make: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match="^" + message) as info:
+        make()
+    assert type(info.value) is error
+
+
+def test_executor_stage_errors_name_the_stage() -> None:
+    pipe = tp.Pipeline("p")
+
+    async def coro(ctx: tp.StageContext) -> None: ...
+
+    with pytest.raises(TYPE, match=r"^stage 'b': with executor=ThreadExecutor\(limit=8\) the"):
+        pipe.add_stage("b", coro, executor=tp.ThreadExecutor())
+    with pytest.raises(TYPE, match=r"^stage 'c': executor must have a name and async run"):
+        pipe.add_stage("c", add_one, executor=object())  # type: ignore[arg-type]
+    with pytest.raises(TYPE, match=r"^stage 'd': function must be an async function"):
+        pipe.add_stage("d", add_one)
+    assert len(pipe) == 0

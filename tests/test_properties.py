@@ -52,6 +52,19 @@ FOUND: list[Scenario] = [
         control_at=0.0,
         tape=(),
     ),
+    # Cancelling while DRAINING (stages done at 1, the slow sink drains until 4) must
+    # leave the run CLOSED, as its RunFinished said (check_run checks the mismatch).
+    Scenario(
+        stages=(StageSpec((("ok", 1.0),), retries=0, retry_delay=0.0, timeout=None, logs=0),),
+        edges=(),
+        max_parallel=None,
+        keep_going=False,
+        sinks=(SinkSpec("slow", 1.0),),
+        drain_timeout=LONG_DRAIN,
+        control="cancel",
+        control_at=2.0,
+        tape=(),
+    ),
 ]
 
 

@@ -10,7 +10,9 @@ from ._errors import (
     CycleError,
     DuplicateStageError,
     PipelineError,
+    PipelineInternalError,
     StageDefinitionError,
+    StageDefinitionTypeError,
     StageTimeout,
     TransitionError,
     UnknownStageError,
@@ -35,6 +37,7 @@ from ._executors import (
 )
 from ._graph import Pipeline, Stage, StageFunction
 from ._jsonl import JsonlFormatError, read_jsonl
+from ._options import RetryPolicy, StageOptions, Trigger
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -54,7 +57,9 @@ __all__ = [
     "JsonlSink",
     "Pipeline",
     "PipelineError",
+    "PipelineInternalError",
     "ProcessExecutor",
+    "RetryPolicy",
     "RunFinished",
     "RunHandle",
     "RunResult",
@@ -68,9 +73,11 @@ __all__ = [
     "Stage",
     "StageContext",
     "StageDefinitionError",
+    "StageDefinitionTypeError",
     "StageFinished",
     "StageFunction",
     "StageLog",
+    "StageOptions",
     "StageOutcome",
     "StageRetrying",
     "StageSnapshot",
@@ -81,6 +88,7 @@ __all__ = [
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
+    "Trigger",
     "UnknownStageError",
     "critical",
     "open_run",

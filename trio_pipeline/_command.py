@@ -7,12 +7,14 @@ import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import trio
 
 from ._context import StageContext
-
-StrPath = str | os.PathLike[str]
+from ._errors import StageDefinitionError, StageDefinitionTypeError
+from ._graph import edge
+from ._options import check_int, check_seconds
 
 
 class CommandError(Exception):
@@ -64,6 +66,10 @@ class Command:
 
     Cancellation: the program gets SIGTERM, then SIGKILL if it has not exited after
     `grace_period` seconds; the stage ends once it has exited.
+
+    Raises:
+        StageDefinitionError: an argument is invalid (a `StageDefinitionTypeError`
+            for a wrong type, such as a str `argv`).
     """
 
     __slots__ = ("argv", "cwd", "env", "grace_period", "tail_lines")
@@ -72,16 +78,23 @@ class Command:
         self,
         argv: Sequence[str],
         *,
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         grace_period: float = 5.0,
         tail_lines: int = 20,
     ) -> None:
-        self.argv = tuple(argv)
+        self.argv: tuple[str, ...] = _check_argv(argv)
+        if cwd is not None and not isinstance(cwd, str | os.PathLike):
+            raise StageDefinitionTypeError(f"cwd must be a str, a path or None, got {cwd!r}")
         self.cwd = cwd
+        if env is not None and not (
+            isinstance(env, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())  # pyright: ignore[reportUnknownVariableType]
+        ):
+            raise StageDefinitionTypeError(f"env must map str to str, got {env!r}")
         self.env = dict(env) if env is not None else None
-        self.grace_period = grace_period
-        self.tail_lines = tail_lines
+        self.grace_period = check_seconds(grace_period, "grace_period")
+        self.tail_lines = check_int(tail_lines, "tail_lines", minimum=0)
 
     async def __call__(self, ctx: StageContext) -> str:
         stdout: list[bytes | bytearray] = []
@@ -125,6 +138,24 @@ class Command:
 
     def __repr__(self) -> str:
         return f"<Command {list(self.argv)!r}>"
+
+
+def _check_argv(argv: object) -> tuple[str, ...]:
+    if isinstance(argv, str | bytes):
+        raise StageDefinitionTypeError(
+            f"argv must be a sequence of strings (no shell), got the string {argv!r}:"
+            " pass a list such as ['ls', '-l'] (shlex.split parses a command line)"
+        )
+    if not isinstance(argv, Sequence) or not argv:
+        raise StageDefinitionError(
+            f"argv must be a non-empty sequence of strings (no shell), got {argv!r}"
+        )
+    if not all(isinstance(arg, str) for arg in argv):  # pyright: ignore[reportUnknownVariableType]
+        raise StageDefinitionTypeError(f"argv entries must be str, got {argv!r}")
+    return tuple(cast("Sequence[str]", argv))
+
+
+edge.command = Command
 
 
 def _stderr_sink(ctx: StageContext, tail: deque[str]) -> Callable[[str], None]:

@@ -120,6 +120,7 @@ class Dispatcher:
         self._on_backlog = on_backlog
         self._on_critical = on_critical
         self._scope = trio.CancelScope(shield=True)
+        self.chaos = _chaos.current()  # read once, at run start: scoped to the run
 
     def emitter(self, send: trio.MemorySendChannel[Event]) -> Emitter:
         """The send side to emit through: feeds get each event at once, `max_backlog` sees it.
@@ -237,7 +238,7 @@ class Dispatcher:
                 if now() - yielded_at >= _YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded_at = now()
-            if _chaos.hook is not None:
-                await _chaos.hook("dispatch")
+            if self.chaos is not None:
+                await self.chaos("dispatch")
             for put in puts:
                 put(event)

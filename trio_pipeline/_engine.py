@@ -37,7 +37,7 @@ from . import _chaos
 from ._context import StageContext
 from ._delivery import SinkState, sink_name
 from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
-from ._errors import StageTimeout
+from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
     Event,
     RunFinished,
@@ -49,6 +49,7 @@ from ._events import (
     describe_error,
 )
 from ._graph import Pipeline, Plan, Stage
+from ._options import check_optional_int, check_seconds
 from ._result import RunResult, StageOutcome, count_statuses
 from ._sinks import Sink
 from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
@@ -156,6 +157,7 @@ class _Run:
             on_critical=lambda feed: self.abort(),
         )
         self._send = self.dispatcher.emitter(send)
+        self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
 
@@ -334,17 +336,17 @@ class _Run:
         )
         value: Any = None
         try:
-            if _chaos.hook is not None:
-                await _chaos.hook("stage.start")
+            if self._chaos is not None:
+                await self._chaos("stage.start")
             if scope is None:
                 value = await rec.stage.fn(ctx)
             else:
                 with scope:
                     value = await rec.stage.fn(ctx)
-            if _chaos.hook is not None:
+            if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
-                    await _chaos.hook("stage.end")
+                    await self._chaos("stage.end")
         except Exception as exc:
             self._release(rec)
             self._attempt_failed(rec, exc)
@@ -379,14 +381,15 @@ class _Run:
     def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
         stage = rec.stage
         rec.error = exc
+        policy = stage.options.retry
         if (
-            rec.attempt > stage.retries
-            or rec.cancel_requested
+            rec.cancel_requested
             or self.machine.state is not RunState.RUNNING
+            or not policy.should_retry(exc, rec.attempt)
         ):
             self._failed(rec, exc)
             return
-        delay = stage.retry_delay * 2 ** (rec.attempt - 1)
+        delay = policy.delay_before(rec.attempt)
         rec.machine.advance(_PENDING)
         self._send.send_nowait(
             StageRetrying(
@@ -411,8 +414,8 @@ class _Run:
         try:
             with scope:
                 await trio.sleep(delay)
-            if _chaos.hook is not None:
-                await _chaos.hook("retry.wake")
+            if self._chaos is not None:
+                await self._chaos("retry.wake")
         except BaseException:
             # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
             if rec.machine.state is _PENDING:
@@ -547,26 +550,19 @@ def _check_options(
     drain_timeout: float,
     max_backlog: int | None = None,
 ) -> None:
-    if max_backlog is not None and (
-        isinstance(max_backlog, bool) or not isinstance(max_backlog, int) or max_backlog < 0
-    ):
-        raise ValueError(f"max_backlog must be an int >= 0 or None, got {max_backlog!r}")
-    if max_parallel is not None and (
-        isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-    ):
-        raise ValueError(f"max_parallel must be a positive int or None, got {max_parallel!r}")
-    if (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, int | float)
-        or math.isnan(drain_timeout)
-        or drain_timeout < 0
-    ):
-        raise ValueError(f"drain_timeout must be a number >= 0, got {drain_timeout!r}")
+    # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    check_optional_int(max_parallel, "max_parallel", minimum=1)
+    check_seconds(drain_timeout, "drain_timeout", infinite=True)
+    check_optional_int(max_backlog, "max_backlog", minimum=0)
     for sink in sinks:
         if not isinstance(sink, Sink):
-            raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+            raise StageDefinitionTypeError(
+                f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+            )
     if len({id(sink) for sink in sinks}) != len(sinks):
-        raise ValueError("the same sink was passed twice; each sink receives each event once")
+        raise StageDefinitionError(
+            "the same sink was passed twice; each sink receives each event once"
+        )
 
 
 @asynccontextmanager

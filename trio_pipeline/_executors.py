@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -33,6 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, runtime_checka
 import trio
 
 from ._context import StageContext
+from ._errors import StageDefinitionTypeError
+from ._graph import edge, is_async_callable
+from ._options import check_int, check_seconds
 
 logger = logging.getLogger("trio_pipeline")
 
@@ -148,6 +152,23 @@ class ExecutorStage:
         return f"<ExecutorStage {self.function!r} in {self.executor!r}>"
 
 
+def _executor_stage(fn: object, executor: object, /) -> ExecutorStage:
+    """The stage function for a sync `fn` with ``executor=`` (called by `Pipeline`)."""
+    if not isinstance(executor, Executor):
+        raise StageDefinitionTypeError(
+            f"executor must have a name and async run(fn, ctx), got {executor!r}"
+        )
+    if not callable(fn) or is_async_callable(fn) or inspect.isasyncgenfunction(fn):
+        raise StageDefinitionTypeError(
+            f"with executor={executor!r} the function must be a plain"
+            f" (sync) callable taking a StageSnapshot, got {fn!r}"
+        )
+    return ExecutorStage(fn, executor)  # pyright: ignore[reportUnknownArgumentType]
+
+
+edge.sync = _executor_stage
+
+
 class SerializationError(pickle.PicklingError):
     """A stage's function, inputs or result could not be pickled for another process.
 
@@ -166,12 +187,6 @@ class SerializationError(pickle.PicklingError):
 
     def __reduce__(self) -> tuple[type[SerializationError], tuple[str, str, str]]:
         return (type(self), (self.stage, self.what, self.detail))
-
-
-def _check_limit(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive int, got {limit!r}")
-    return limit
 
 
 class _PerRunLimiter:
@@ -206,7 +221,7 @@ class ThreadExecutor:
     name = "thread"
 
     def __init__(self, *, limit: int = 8) -> None:
-        self.limit = _check_limit(limit)
+        self.limit = check_int(limit, "limit", minimum=1)
         self._limiter = _PerRunLimiter(self.limit)
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
@@ -307,7 +322,9 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, *, limit: int | None = None) -> None:
-        self.limit = _check_limit((os.cpu_count() or 1) if limit is None else limit)
+        self.limit = check_int(
+            (os.cpu_count() or 1) if limit is None else limit, "limit", minimum=1
+        )
         self._limiter = _PerRunLimiter(self.limit)
 
     async def run(self, fn: SyncStageFunction, ctx: StageContext, /) -> Any:
@@ -342,9 +359,14 @@ class DaskExecutor:
     name = "dask"
 
     def __init__(self, address_or_client: str | Client, *, cancel_timeout: float = 5.0) -> None:
-        if not isinstance(cancel_timeout, int | float) or not cancel_timeout > 0:
-            raise ValueError(f"cancel_timeout must be a number > 0, got {cancel_timeout!r}")
-        self.cancel_timeout = float(cancel_timeout)
+        self.cancel_timeout = check_seconds(cancel_timeout, "cancel_timeout", zero=False)
+        if not isinstance(address_or_client, str) and not callable(
+            getattr(address_or_client, "submit", None)
+        ):
+            raise StageDefinitionTypeError(
+                "DaskExecutor needs a scheduler address (str) or a distributed.Client,"
+                f" got {address_or_client!r}"
+            )
         self._lock = threading.Lock()
         self.address: str | None
         if isinstance(address_or_client, str):

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _chaos
 from ._delivery import SinkDelivery, SinkState, SinkTimeout, sink_name
 from ._events import Event
 from ._sinks import Sink
@@ -156,8 +155,9 @@ class Feed:
                 dispatcher.backlog_fell()  # this was (one of) the slowest feeds
 
     async def _close(self) -> None:
-        if _chaos.hook is not None:
-            await _chaos.hook("sink.aclose")
+        chaos = self._dispatcher.chaos
+        if chaos is not None:
+            await chaos("sink.aclose")
         timeout = self.handle_timeout
         self._aclose_called = True
         try:

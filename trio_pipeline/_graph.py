@@ -11,16 +11,25 @@ from __future__ import annotations
 import difflib
 import heapq
 import inspect
-import math
+import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, Unpack, overload
 
 from ._context import StageContext
-from ._errors import CycleError, DuplicateStageError, StageDefinitionError, UnknownStageError
+from ._errors import (
+    CycleError,
+    DuplicateStageError,
+    PipelineInternalError,
+    StageDefinitionError,
+    StageDefinitionTypeError,
+    UnknownStageError,
+)
+from ._options import DEFAULT_OPTIONS, StageKeywords, StageOptions, build_options, check_pool_map
 
 if TYPE_CHECKING:
+    # Types only: the edge modules import trio, so the core never imports them.
     from ._executors import Executor, SyncStageFunction
 
 StageFunction: TypeAlias = Callable[[StageContext], Awaitable[Any]]
@@ -32,18 +41,32 @@ class Stage:
     """A defined stage: what `Pipeline.stage` and `Pipeline.add_stage` return.
 
     Pass it in another stage's ``after=`` instead of its name. Calling it calls the
-    stage function, so stages stay easy to unit-test. `executor` is where a sync
-    function runs (`fn` is then the async wrapper); None for an async stage, which
-    runs in its Trio task.
+    stage function, so stages stay easy to unit-test. `options` holds every
+    scheduling option (`StageOptions`). `executor` is where a sync function runs
+    (`fn` is then the async wrapper); None for an async stage, which runs in its
+    Trio task.
     """
 
     name: str
     fn: StageFunction
     after: tuple[str, ...]
-    retries: int
-    retry_delay: float
-    timeout: float | None
+    options: StageOptions = DEFAULT_OPTIONS
     executor: Executor | None = None
+
+    @property
+    def retries(self) -> int:
+        """``options.retry.retries``."""
+        return self.options.retry.retries
+
+    @property
+    def retry_delay(self) -> float | tuple[float, ...]:
+        """``options.retry.delay``."""
+        return self.options.retry.delay
+
+    @property
+    def timeout(self) -> float | None:
+        """``options.timeout``."""
+        return self.options.timeout
 
     def __call__(self, ctx: StageContext) -> Awaitable[Any]:
         return self.fn(ctx)
@@ -67,17 +90,56 @@ class Plan:
     downstream: tuple[tuple[int, ...], ...]
 
 
+class _SyncWrapper(Protocol):
+    def __call__(self, fn: object, executor: object, /) -> StageFunction: ...
+
+
+class _CommandBuilder(Protocol):
+    def __call__(
+        self,
+        argv: Sequence[str],
+        /,
+        *,
+        cwd: str | os.PathLike[str] | None,
+        env: Mapping[str, str] | None,
+        grace_period: float,
+    ) -> StageFunction: ...
+
+
+@dataclass(slots=True)
+class EdgeBuilders:
+    """How the edge turns a sync function or a command line into a stage function.
+
+    `_executors` and `_command` (which import trio) fill these in when imported, and
+    the package imports them, so the core calls them without importing them. A
+    builder raises `StageDefinitionError` without a stage name; `Pipeline` adds it.
+    """
+
+    sync: _SyncWrapper | None = None
+    command: _CommandBuilder | None = None
+
+
+edge = EdgeBuilders()
+
+
 class Pipeline:
     """A named DAG of stages.
 
     Stages start in definition order among those that are ready. Defining a stage
     checks its options at once; `validate` checks the graph as a whole.
+
+    Args:
+        name: Shown in events and reports.
+        pools: Resource pools, ``{pool name: slots}``, that stages take with
+            ``uses=``; a run's ``pools=`` option overrides them.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, pools: Mapping[str, int] | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise StageDefinitionError(f"pipeline name must be a non-empty string, got {name!r}")
         self.name = name
+        self.pools: Mapping[str, int] = check_pool_map({} if pools is None else pools)
+        """Read-only ``{pool name: slots}``."""
         self._stages: dict[str, Stage] = {}
         self._names_by_fn: dict[int, list[str]] = {}
 
@@ -88,10 +150,8 @@ class Pipeline:
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
         executor: Executor | None = None,
+        **options: Unpack[StageKeywords],
     ) -> Stage: ...
 
     @overload
@@ -101,10 +161,8 @@ class Pipeline:
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
         executor: Executor | None = None,
+        **options: Unpack[StageKeywords],
     ) -> Callable[[StageFunction | SyncStageFunction], Stage]: ...
 
     def stage(
@@ -113,10 +171,8 @@ class Pipeline:
         *,
         name: str | None = None,
         after: Iterable[StageRef] | StageRef = (),
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
         executor: Executor | None = None,
+        **options: Unpack[StageKeywords],
     ) -> Stage | Callable[[StageFunction | SyncStageFunction], Stage]:
         """Decorator defining a stage named after the function (or `name`).
 
@@ -131,15 +187,7 @@ class Pipeline:
                 raise StageDefinitionError(
                     f"cannot infer a stage name for {function!r}: pass name="
                 )
-            return self.add_stage(
-                stage_name,
-                function,
-                after=after,
-                retries=retries,
-                retry_delay=retry_delay,
-                timeout=timeout,
-                executor=executor,
-            )
+            return self.add_stage(stage_name, function, after=after, executor=executor, **options)
 
         if fn is not None:
             return decorate(fn)
@@ -151,10 +199,8 @@ class Pipeline:
         fn: StageFunction | SyncStageFunction,
         *,
         after: Iterable[StageRef] | StageRef = (),
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
         executor: Executor | None = None,
+        **options: Unpack[StageKeywords],
     ) -> Stage:
         """Define a stage.
 
@@ -164,39 +210,58 @@ class Pipeline:
                 plain ``def fn(snapshot: StageSnapshot) -> value``.
             after: Stages this one depends on (names, `Stage` objects or their
                 functions). Names may refer to stages defined later.
-            retries: Extra attempts after a failed or timed-out one (never after
-                cancellation).
-            retry_delay: Seconds before retry n is ``retry_delay * 2**(n-1)``.
-            timeout: Seconds allowed per attempt, or None for no limit.
             executor: Where a sync `fn` runs (`ThreadExecutor`, `ProcessExecutor`,
                 `DaskExecutor`); None runs an async `fn` in its own Trio task.
+            **options: Keyword-only, checked at once into `Stage.options`:
+
+                - ``retries``: extra attempts after a failed or timed-out one (never
+                  after cancellation). Default 0.
+                - ``retry_delay``: seconds before retry 1, growing by
+                  ``retry_backoff`` per retry; or a sequence, the delay before retry
+                  1, 2, ... (the last repeats). Default 0.
+                - ``retry_backoff``: multiplier for a scalar delay, >= 1 (1.0: fixed).
+                  Default 2.0.
+                - ``retry_max_delay``: cap on a delay (before jitter), or None.
+                - ``retry_jitter``: fraction in [0, 1); each delay is scaled by a
+                  factor in [1 - j, 1 + j] drawn from `random`. Default 0.
+                - ``retry_on``: an exception class, a tuple of them, or a predicate
+                  ``(exc) -> bool``; other errors fail at once. Default: every error,
+                  `StageTimeout` included.
+                - ``timeout``: seconds allowed per attempt, or None for no limit.
+                - ``trigger``: a `Trigger` (or its value); default ALL_SUCCESS.
+                - ``uses``: ``{pool: slots}`` held while running (a str: one slot).
+                - ``exclusive``: run alone. Default False.
+                - ``priority``: among ready stages, higher starts first. Default 0.
 
         Raises:
             DuplicateStageError: `name` is taken.
             StageDefinitionError: `fn` is not an async function (a sync callable
-                with `executor`), or an option is invalid.
+                with `executor`), or an option is invalid; a
+                `StageDefinitionTypeError` (also a TypeError) for a wrong type.
         """
         if not isinstance(name, str) or not name:
             raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
         run_fn: StageFunction
-        if executor is None:
-            if not _is_async_callable(fn):
-                raise StageDefinitionError(
-                    f"stage {name!r}: function must be an async function (async def f(ctx))"
-                    f" or a sync function with executor=, got {fn!r}"
-                )
-            run_fn = fn  # type: ignore[assignment]
-        else:
-            run_fn = _wrap_sync(name, fn, executor)
+        try:
+            stage_options = build_options(options)
+            if executor is None:
+                if not is_async_callable(fn):
+                    raise StageDefinitionTypeError(
+                        "function must be an async function (async def f(ctx))"
+                        f" or a sync function with executor=, got {fn!r}"
+                    )
+                run_fn = fn  # type: ignore[assignment]
+            else:
+                run_fn = _edge(edge.sync)(fn, executor)
+        except StageDefinitionError as exc:
+            raise exc.for_stage(name) from None
         stage = Stage(
             name=name,
             fn=run_fn,
             after=self._resolve_after(name, after),
-            retries=_check_retries(name, retries),
-            retry_delay=_check_retry_delay(name, retry_delay),
-            timeout=_check_timeout(name, timeout),
+            options=stage_options,
             executor=executor,
         )
         self._stages[name] = stage
@@ -209,12 +274,10 @@ class Pipeline:
         argv: Sequence[str],
         *,
         after: Iterable[StageRef] | StageRef = (),
-        cwd: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
-        retries: int = 0,
-        retry_delay: float = 0.0,
-        timeout: float | None = None,
         grace_period: float = 5.0,
+        **options: Unpack[StageKeywords],
     ) -> Stage:
         """Define a stage that runs an external program (see `Command`).
 
@@ -229,41 +292,16 @@ class Pipeline:
             env: Variables added to (or overriding) the inherited environment.
             grace_period: Seconds between SIGTERM and SIGKILL when the attempt is
                 cancelled or times out.
-            after, retries, retry_delay, timeout: As for `add_stage`.
+            after, options: As for `add_stage`.
 
         Raises:
             StageDefinitionError: `argv`, `env` or an option is invalid.
         """
-        from ._command import Command
-
-        if isinstance(argv, str | bytes) or not isinstance(argv, Sequence) or not argv:
-            raise StageDefinitionError(
-                f"stage {name!r}: argv must be a non-empty sequence of strings"
-                f" (no shell), got {argv!r}"
-            )
-        if not all(isinstance(arg, str) for arg in argv):
-            raise StageDefinitionError(f"stage {name!r}: argv entries must be str, got {argv!r}")
-        if env is not None and not (
-            isinstance(env, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-        ):
-            raise StageDefinitionError(f"stage {name!r}: env must map str to str, got {env!r}")
-        if cwd is not None and not isinstance(cwd, str):
-            raise StageDefinitionError(f"stage {name!r}: cwd must be a str or None, got {cwd!r}")
-        command = Command(
-            argv,
-            cwd=cwd,
-            env=env,
-            grace_period=_check_grace_period(name, grace_period),
-        )
-        return self.add_stage(
-            name,
-            command,
-            after=after,
-            retries=retries,
-            retry_delay=retry_delay,
-            timeout=timeout,
-        )
+        try:
+            command = _edge(edge.command)(argv, cwd=cwd, env=env, grace_period=grace_period)
+        except StageDefinitionError as exc:
+            raise exc.for_stage(name) from None
+        return self.add_stage(name, command, after=after, **options)
 
     @property
     def stages(self) -> Mapping[str, Stage]:
@@ -359,70 +397,21 @@ class Pipeline:
         return tuple(names)
 
 
-def _is_async_callable(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
+    """Whether `fn` is an async function or an instance with an async ``__call__``."""
     if inspect.iscoroutinefunction(fn):
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
     return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
 
 
-def _wrap_sync(name: str, fn: object, executor: object) -> StageFunction:
-    from ._executors import Executor, ExecutorStage
-
-    if not isinstance(executor, Executor):
-        raise StageDefinitionError(
-            f"stage {name!r}: executor must have a name and async run(fn, ctx), got {executor!r}"
-        )
-    if not callable(fn) or _is_async_callable(fn) or inspect.isasyncgenfunction(fn):
-        raise StageDefinitionError(
-            f"stage {name!r}: with executor={executor!r} the function must be a plain"
-            f" (sync) callable taking a StageSnapshot, got {fn!r}"
-        )
-    return ExecutorStage(fn, executor)
+_B = TypeVar("_B")
 
 
-def _check_grace_period(name: str, grace: object) -> float:
-    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < math.inf:
-        raise StageDefinitionError(
-            f"stage {name!r}: grace_period must be a finite number >= 0, got {grace!r}"
-        )
-    return float(grace)
-
-
-def _check_retries(name: str, retries: object) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise StageDefinitionError(
-            f"stage {name!r}: retries must be a non-negative int, got {retries!r}"
-        )
-    return retries
-
-
-def _check_retry_delay(name: str, delay: object) -> float:
-    if (
-        isinstance(delay, bool)
-        or not isinstance(delay, int | float)
-        or not math.isfinite(delay)
-        or delay < 0
-    ):
-        raise StageDefinitionError(
-            f"stage {name!r}: retry_delay must be a finite number >= 0, got {delay!r}"
-        )
-    return float(delay)
-
-
-def _check_timeout(name: str, timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or math.isnan(timeout)
-        or timeout <= 0
-    ):
-        raise StageDefinitionError(
-            f"stage {name!r}: timeout must be a number > 0 or None, got {timeout!r}"
-        )
-    return float(timeout)
+def _edge(builder: _B | None) -> _B:
+    if builder is None:  # the package's __init__ imports the edge modules that set them
+        raise PipelineInternalError("trio_pipeline's edge modules were not imported")
+    return builder
 
 
 def _find_cycle(upstream: list[tuple[int, ...]]) -> list[int] | None:

@@ -103,7 +103,7 @@ def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
     attempts = draw(st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3))
     return StageSpec(
         attempts=tuple(attempts),
-        retries=draw(st.integers(0, 2)),
+        retries=draw(st.integers(0, 3)),
         retry_delay=draw(st.sampled_from([0.0, 0.5, 1.0])),
         timeout=draw(st.sampled_from([None, None, 1.5, 3.0])),
         logs=draw(st.integers(0, 2)),
@@ -305,6 +305,7 @@ def check_scenario(
         max_parallel=sc.max_parallel,
         keep_going=sc.keep_going,
         lossless=sc.lossless,
+        stopped=sc.control != "none",
     )
     if problems:
         raise ScenarioFailure(f"invariant broken: stages get their upstream values: {problems}")

@@ -237,3 +237,20 @@ async def test_result_must_match_events(autojump_clock: trio.testing.MockClock) 
     stages["a"] = dataclasses.replace(stages["a"], attempts=2)
     with pytest.raises(AssertionError, match=r"result\.stages matches the StageFinished"):
         check_run(events, pipe, dataclasses.replace(result, stages=stages))
+
+
+async def test_result_state_must_agree_with_run_finished(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = _pipeline()
+    events, result = await _record(pipe)
+    assert result.state is tp.RunState.CLOSED
+    cancelled = dataclasses.replace(result, state=tp.RunState.CANCELLED)
+    with pytest.raises(AssertionError, match="RunFinished ends CLOSED unless the drain overran"):
+        check_run(events, pipe, cancelled)
+    check_run(events, pipe, cancelled, lossless=False)  # a sink may have hung in aclose
+    last = events[-1]
+    assert isinstance(last, tp.RunFinished)
+    said_cancelled = [*events[:-1], dataclasses.replace(last, state=tp.RunState.CANCELLED)]
+    with pytest.raises(AssertionError, match="RunFinished ends CANCELLED"):
+        check_run(said_cancelled, pipe, result)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._events import (
     Event,
@@ -17,6 +17,7 @@ from .._events import (
 from .._graph import Pipeline
 from .._result import RunResult, count_statuses
 from .._state import RunState, StageStatus
+from ._rules import Schedule
 from ._sinks import RecordingSink
 
 
@@ -32,6 +33,8 @@ def check_run(
     max_parallel: int | None = None,
     keep_going: bool | None = None,
     lossless: bool = True,
+    pools: Mapping[str, int] | None = None,
+    stopped: bool | None = None,
 ) -> None:
     """Assert every invariant of a finished run; AssertionError names the broken one.
 
@@ -44,9 +47,17 @@ def check_run(
         result: What `run` returned (or `RunHandle.result`).
         max_parallel: The run's limit, checked against the stages running at each
             point of the event sequence (None: not checked).
-        keep_going: The run's option; with False, also check that no stage started
-            after a stage failed (None: not checked).
-        lossless: Require every healthy sink to have received every event. Pass
+        keep_going: The run's option; with False, a failure is a fail-fast stop:
+            afterwards only ALWAYS, ALL_DONE and ONE_FAILED stages may start (None:
+            a fail-fast stop is seen only through the cancelled stages' reasons).
+        pools: The run's ``pools=`` (None: the pipeline's `Pipeline.pools`).
+        stopped: Whether the run was stopped from outside (`request_close`,
+            `cancel`, an outer cancellation). False also checks what only holds for
+            a run nobody stopped: stages end CANCELLED only after a fail-fast stop,
+            and a failed attempt with retries left is retried unless `retry_on`
+            rejects its error (None: those are not checked).
+        lossless: Require every healthy sink to have received every event, and a
+            run whose `RunFinished` says CLOSED to end CLOSED (no drain overrun). Pass
             False only when a sink may legitimately stall past ``drain_timeout``;
             then each healthy sink must have a prefix of the run's events, its
             shortfall must equal `result.undelivered`, and a shortfall requires the
@@ -55,11 +66,15 @@ def check_run(
     Invariants: `seq` contiguous from 0; one run id; times never go backwards;
     `RunStarted` first and `RunFinished` last, exactly once each; exactly one
     `StageFinished` per stage; attempts numbered 1, 2, ... with `StageRetrying`
-    between them and at most ``retries + 1``; logs only from a running stage; a stage
-    starts only after every upstream SUCCEEDED; BLOCKED only downstream of a FAILED
-    stage named by `blocked_by`; at most `max_parallel` attempts running; the counts
+    between them and at most ``retries + 1``; logs only from a running stage;
+    BLOCKED only downstream of a FAILED stage named by `blocked_by`; at most
+    `max_parallel` attempts running; the scheduling rules (trigger rules, SKIPPED
+    reasons, stops, teardown stages, pool and exclusive limits, priorities, retry
+    counts and delays; see `trio_pipeline.testing._rules`); the counts
     in `RunFinished`, in `result.counts` and in the events agree; `result.stages`
-    matches the events; `undelivered` is empty when the run is CLOSED.
+    matches the events; `undelivered` is empty when the run is CLOSED; the result's
+    state agrees with `RunFinished.state` (CANCELLED stays CANCELLED; CLOSED stays
+    CLOSED unless the drain overran).
     """
     sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
     if sinks and len(sinks) != len(events):
@@ -67,7 +82,7 @@ def check_run(
     if sinks:
         healthy_events = _check_sinks(sinks, result, lossless=lossless)
         if healthy_events is None:  # every sink raised: only the result is left to check
-            _check_result([], pipeline, result, complete=False)
+            _check_result([], pipeline, result, complete=False, lossless=lossless)
             return
         events = healthy_events
     else:
@@ -77,8 +92,9 @@ def check_run(
     complete = bool(events) and isinstance(events[-1], RunFinished)
     if lossless or complete:
         _check_complete(events)
-    _check_sequence(events, pipeline, result, max_parallel=max_parallel, keep_going=keep_going)
-    _check_result(events, pipeline, result, complete=complete)
+    schedule = Schedule(pipeline, result, keep_going=keep_going, pools=pools, stopped=stopped)
+    _check_sequence(events, pipeline, result, max_parallel=max_parallel, schedule=schedule)
+    _check_result(events, pipeline, result, complete=complete, lossless=lossless)
 
 
 def _check_sinks(
@@ -162,13 +178,12 @@ def _check_sequence(
     result: RunResult,
     *,
     max_parallel: int | None,
-    keep_going: bool | None,
+    schedule: Schedule,
 ) -> None:
     stages = pipeline.stages
     status: dict[str, StageStatus] = {}  # terminal statuses seen so far
     attempts: dict[str, int] = {}
     running: set[str] = set()
-    failed_at: int | None = None
     last_time = -math.inf
     for index, event in enumerate(events):
         if event.seq != index:
@@ -212,17 +227,7 @@ def _check_sequence(
                 raise _fail("attempts numbered 1, 2, ...", repr(event))
             if event.attempt > stages[name].retries + 1:
                 raise _fail("at most retries + 1 attempts", repr(event))
-            for up in stages[name].after:
-                if status.get(up) is not StageStatus.SUCCEEDED:
-                    raise _fail(
-                        "a stage starts only after every upstream SUCCEEDED",
-                        f"{name!r} started while {up!r} is {status.get(up, 'unfinished')}",
-                    )
-            if keep_going is False and failed_at is not None:
-                raise _fail(
-                    "fail-fast: no stage starts after a failure",
-                    f"{name!r} started at seq={event.seq}, failure at seq={failed_at}",
-                )
+            schedule.started_attempt(event)
             running.add(name)
             if max_parallel is not None and len(running) > max_parallel:
                 raise _fail(
@@ -232,16 +237,16 @@ def _check_sequence(
         elif isinstance(event, StageRetrying):
             if name not in running or event.attempt != attempts.get(name):
                 raise _fail("StageRetrying ends the running attempt", repr(event))
+            schedule.retrying(event)
             running.discard(name)
         elif isinstance(event, StageLog):
             if name not in running:
                 raise _fail("logs come only from a running stage", repr(event))
         else:
             _check_finished(event, status, attempts, running, pipeline)
+            schedule.finished(event)
             status[name] = event.status
             running.discard(name)
-            if event.status is StageStatus.FAILED and failed_at is None:
-                failed_at = event.seq
 
 
 def _check_finished(
@@ -289,7 +294,12 @@ def _upstream_closure(pipeline: Pipeline, name: str) -> set[str]:
 
 
 def _check_result(
-    events: Sequence[Event], pipeline: Pipeline, result: RunResult, *, complete: bool
+    events: Sequence[Event],
+    pipeline: Pipeline,
+    result: RunResult,
+    *,
+    complete: bool,
+    lossless: bool,
 ) -> None:
     if list(result.stages) != list(pipeline.stages):
         raise _fail("result.stages lists every stage in order", str(list(result.stages)))
@@ -325,3 +335,11 @@ def _check_result(
         raise _fail("RunFinished.state is CLOSED or CANCELLED", str(last.state))
     if last.state is RunState.CANCELLED and result.state is not RunState.CANCELLED:
         raise _fail("a run reported CANCELLED in RunFinished ends CANCELLED", str(result.state))
+    # Once RunFinished says CLOSED only a drain overrun may end the run CANCELLED (a
+    # cancel or an outer cancellation while draining changes nothing), and a lossless
+    # run has no overrun.
+    if last.state is RunState.CLOSED and result.state is not RunState.CLOSED and lossless:
+        raise _fail(
+            "a run reported CLOSED in RunFinished ends CLOSED unless the drain overran",
+            f"{result.state}, undelivered {dict(result.undelivered)}",
+        )
