@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import PipelineError
+from ._errors import PipelineError, StageDefinitionError, StageDefinitionTypeError
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -102,24 +102,28 @@ def supervised(
             `critical`).
 
     Raises:
-        TypeError: `sink` is not a sink. ValueError: `handle_timeout` is not > 0.
+        StageDefinitionTypeError: (a TypeError) `sink` is not a sink.
+        StageDefinitionError: (a ValueError) `handle_timeout` is not a number > 0.
     """
-    from ._sinks import Sink
-
     if isinstance(sink, SupervisedSink):
         if handle_timeout is None:
             handle_timeout = sink.handle_timeout
         critical = critical or sink.critical
         sink = sink.sink
-    if not isinstance(sink, Sink):
-        raise TypeError(f"{sink!r} is not a Sink: it needs async handle(event) and aclose()")
+    # What `isinstance(sink, Sink)` checks, without importing the (edge) sinks module.
+    if not all(callable(getattr(sink, name, None)) for name in ("handle", "aclose")):
+        raise StageDefinitionTypeError(
+            f"{sink!r} is not a Sink: it needs async handle(event) and aclose()"
+        )
     if handle_timeout is not None and (
         isinstance(handle_timeout, bool)
         or not isinstance(handle_timeout, int | float)
         or math.isnan(handle_timeout)
         or handle_timeout <= 0
     ):
-        raise ValueError(f"handle_timeout must be a number > 0 or None, got {handle_timeout!r}")
+        raise StageDefinitionError(
+            f"handle_timeout must be a number > 0 or None, got {handle_timeout!r}"
+        )
     return SupervisedSink(sink, handle_timeout, critical)
 
 

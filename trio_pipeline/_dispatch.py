@@ -136,12 +136,6 @@ class Dispatcher:
         for feed in self.feeds:
             feed.scope.deadline = min(feed.scope.deadline, deadline)
 
-    def cancel(self) -> None:
-        """Stop delivering now: every feed not yet done is cut off."""
-        self._scope.cancel()
-        for feed in self.feeds:
-            feed.scope.cancel()
-
     # -- results --------------------------------------------------------------------
 
     def deliveries(self, total: int) -> dict[Sink, SinkDelivery]:
@@ -238,7 +232,5 @@ class Dispatcher:
                 if now() - yielded_at >= _YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded_at = now()
-            if self.chaos is not None:
-                await self.chaos("dispatch")
             for put in puts:
                 put(event)

@@ -103,6 +103,7 @@ class Feed:
         sink = self.sink
         timeout = self.handle_timeout
         dispatcher = self._dispatcher
+        chaos = dispatcher.chaos
         now = trio.lowlevel.current_clock().current_time
         unyielded = 0
         yielded_at = now()
@@ -128,6 +129,8 @@ class Feed:
                 if now() - yielded_at >= _YIELD_AFTER:
                     await trio.lowlevel.checkpoint()
                     yielded_at = now()
+            if chaos is not None:
+                await chaos("dispatch")  # per event and sink: the feeds interleave
             if timeout is None:
                 try:
                     await sink.handle(event)
