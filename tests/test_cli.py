@@ -112,6 +112,8 @@ KEEP_GOING_LINES = {
     "docs: succeeded (T)",
     "fetch_mirror: failed (ConnectionError: mirror.invalid is unreachable"
     " (attempt 2; on purpose); 2 attempts)",
+    "fetch_mirror: attempt 1 failed (ConnectionError: mirror.invalid is unreachable"
+    " (attempt 1; on purpose)); retrying in T",
     "package: blocked (upstream 'fetch_mirror' failed)",
     "publish: blocked (upstream 'fetch_mirror' failed)",
 }

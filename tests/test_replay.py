@@ -143,6 +143,7 @@ def test_replay_command_plain(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     out = capsys.readouterr().out.splitlines()
     assert out == [
         "flaky | attempt 1",
+        "flaky: attempt 1 failed (ValueError: first time); retrying in 0s",
         "flaky | attempt 2",
         "flaky: succeeded (2.00s)",
         "after: succeeded (2.00s)",

@@ -35,7 +35,7 @@ import trio
 
 from . import _chaos
 from ._context import StageContext
-from ._delivery import SinkState, sink_name
+from ._delivery import SinkState
 from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
 from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
 from ._events import (
@@ -265,17 +265,17 @@ class _Run:
             if record.undelivered:
                 undelivered[sink] = record.undelivered
                 logger.error(
-                    "run %s: sink %s did not receive %d of %d events before the drain deadline",
+                    "run %s: sink %r did not receive %d of %d events before the drain deadline",
                     self.run_id,
-                    sink_name(sink),
+                    sink,
                     record.undelivered,
                     total,
                 )
             elif record.state is SinkState.CUT_OFF:
                 logger.error(
-                    "run %s: sink %s did not close within the drain deadline",
+                    "run %s: sink %r did not close within the drain deadline",
                     self.run_id,
-                    sink_name(sink),
+                    sink,
                 )
         self.result = RunResult(
             state=self.machine.state,

@@ -178,7 +178,7 @@ class Feed:
             if self.state is None:
                 self._disable(exc, "closing")
             else:
-                logger.warning("sink %s raised again while closing: %r", sink_name(self.sink), exc)
+                logger.warning("sink %r raised again while closing: %r", self.sink, exc)
             return
         if self.state is None:
             self.state = SinkState.CLOSED
@@ -196,8 +196,8 @@ class Feed:
                     self.state = SinkState.DISABLED
                     self.error = exc
                 logger.error(  # noqa: TRY400 - the sink's traceback is its own business
-                    "sink %s raised while closing after the drain deadline: %r",
-                    sink_name(self.sink),
+                    "sink %r raised while closing after the drain deadline: %r",
+                    self.sink,
                     exc,
                 )
 
@@ -211,6 +211,7 @@ class Feed:
         self._note_backlog()
         self.state = SinkState.DISABLED
         self.error = exc
-        name = sink_name(self.sink)
-        logger.error("sink %s raised while %s and was disabled: %r", name, when, exc)
+        # The sink itself as the argument: the CLI recognises (and drops) records
+        # about its own sinks, which it reports once at the end.
+        logger.error("sink %r raised while %s and was disabled: %r", self.sink, when, exc)
         self._dispatcher.feed_disabled(self)

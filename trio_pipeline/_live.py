@@ -44,7 +44,7 @@ from ._events import (
     StageRetrying,
     StageStarted,
 )
-from ._sinks import format_stage_line, format_summary
+from ._sinks import format_retry_line, format_stage_line, format_summary
 from ._state import StageStatus
 from ._writer import BackgroundWriter
 
@@ -365,9 +365,7 @@ class LiveSink:
             mark, mark_style = _MARKS[item.status]
             return style(mark_style, mark) + " " + format_stage_line(item).translate(_STRIP)
         if isinstance(item, StageRetrying):
-            detail = f"{item.stage}: attempt {item.attempt} failed ({item.error})"
-            text = f"{detail}; retrying in {item.delay:g}s".translate(_STRIP)
-            return style("yellow", "↻") + " " + text
+            return style("yellow", "↻") + " " + format_retry_line(item).translate(_STRIP)
         if isinstance(item, RunStarted):
             noun = "stage" if len(item.stages) == 1 else "stages"
             return style("bold", f"Running {item.pipeline!r}: {len(item.stages)} {noun}")

@@ -7,7 +7,7 @@ from typing import IO, Protocol, runtime_checkable
 
 import trio
 
-from ._events import Event, RunFinished, StageFinished, StageLog
+from ._events import Event, RunFinished, StageFinished, StageLog, StageRetrying
 from ._state import StageStatus
 
 
@@ -43,6 +43,12 @@ def format_stage_line(event: StageFinished) -> str:
     return head
 
 
+def format_retry_line(event: StageRetrying) -> str:
+    """``"<stage>: attempt 1 failed (<error>); retrying in 0.5s"``, as both views print it."""
+    detail = f"{event.stage}: attempt {event.attempt} failed ({event.error})"
+    return f"{detail}; retrying in {event.delay:g}s"
+
+
 def format_summary(event: RunFinished, *, now: float | None = None) -> str:
     """``"Summary: 1 succeeded, 1 failed, 1 blocked in 0.02s"``: non-zero counts, enum order.
 
@@ -56,7 +62,7 @@ def format_summary(event: RunFinished, *, now: float | None = None) -> str:
 
 
 class ConsoleSink:
-    """Plain text: one line per finished stage, then the summary line.
+    """Plain text: one line per finished stage and per retry, then the summary line.
 
     Args:
         file: Where to write; default `sys.stderr` at construction time.
@@ -75,6 +81,8 @@ class ConsoleSink:
             self._write(format_stage_line(event))
         elif isinstance(event, RunFinished):
             self._write(format_summary(event, now=trio.current_time()))
+        elif isinstance(event, StageRetrying):
+            self._write(format_retry_line(event))
         elif self._logs and isinstance(event, StageLog):
             self._write(f"{event.stage} | {event.message}")
 
@@ -90,4 +98,11 @@ class ConsoleSink:
 
 from ._jsonl import JsonlSink  # noqa: E402 - re-exported; it needs nothing from here
 
-__all__ = ["ConsoleSink", "JsonlSink", "Sink", "format_stage_line", "format_summary"]
+__all__ = [
+    "ConsoleSink",
+    "JsonlSink",
+    "Sink",
+    "format_retry_line",
+    "format_stage_line",
+    "format_summary",
+]
