@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio_pipeline as tp
 from tests.support.runs import assert_well_formed, seed_pipeline, sleeps
-from trio_pipeline.testing import HungSink, RaisingSink, RecordingSink, SinkFault, SlowSink
+from trio_pipeline._dispatch import Emitter
+from trio_pipeline.testing import (
+    HungSink,
+    RaisingSink,
+    RecordingSink,
+    SinkFault,
+    SlowSink,
+    check_run,
+)
 
 S = tp.StageStatus
 
@@ -128,3 +141,195 @@ async def test_a_sink_that_never_awaits_still_meets_the_drain_deadline(
     assert deadline <= trio.current_time() <= deadline + (check_every + 1) * per_event
     assert result.state is tp.RunState.CANCELLED
     assert 0 < result.undelivered[sink] == total - len(sink.events)
+
+
+# -- max_backlog: the dispatcher holds new stages back --------------------------
+
+
+def wide(n: int, *, logs: int = 0) -> tp.Pipeline:
+    pipe = tp.Pipeline("wide")
+
+    async def fn(ctx: tp.StageContext) -> None:
+        for _ in range(logs):
+            ctx.log("x")
+
+    for i in range(n):
+        pipe.add_stage(f"s{i}", fn)
+    return pipe
+
+
+class StartProbe:
+    """Records, for each StageStarted emitted, the slowest open sink's backlog just before it."""
+
+    def __init__(self, sinks: list[RecordingSink]) -> None:
+        self.sinks = sinks
+        self.backlogs: list[int] = []
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        original = Emitter.send_nowait
+        probe = self
+
+        def send_nowait(self: Emitter, event: tp.Event) -> None:
+            if isinstance(event, tp.StageStarted):
+                # Which sinks are still fed is the dispatcher's word; what each received
+                # is the sink's own.
+                fed = {id(f.sink) for f in self._dispatcher.feeds if f.state is None}
+                open_ = [len(s.events) for s in probe.sinks if id(s) in fed]
+                probe.backlogs.append(event.seq - min(open_, default=event.seq))
+            original(self, event)
+
+        with mock.patch.object(Emitter, "send_nowait", send_nowait):
+            yield
+
+
+async def test_max_backlog_holds_back_new_stages(autojump_clock: trio.testing.MockClock) -> None:
+    n, limit = 1000, 50
+    slow = SlowSink(0.01)
+    probe = StartProbe([slow])
+    with probe.installed():
+        result = await tp.run(wide(n), sinks=[slow], max_backlog=limit, drain_timeout=1000)
+    assert result.ok
+    assert len(slow.events) == 2 * n + 2
+    assert len(probe.backlogs) == n
+    assert max(probe.backlogs) <= limit
+    # Over the limit only by what the stages already running emit (one StageFinished each).
+    assert limit < result.deliveries[slow].peak_backlog <= 2 * limit + 2
+    # Without the limit, every stage starts at once and the backlog is the whole run.
+    slow = SlowSink(0.01)
+    result = await tp.run(wide(n), sinks=[slow], max_backlog=None, drain_timeout=1000)
+    assert result.deliveries[slow].peak_backlog == 2 * n + 2
+
+
+async def test_running_stages_emit_freely_over_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow = SlowSink(1)
+    result = await tp.run(wide(3, logs=20), sinks=[slow], max_backlog=0, drain_timeout=1000)
+    assert result.ok
+    assert len(slow.events) == 3 * 22 + 2
+    assert result.deliveries[slow].peak_backlog >= 21  # a whole stage's logs at once
+
+
+async def test_a_disabled_sink_releases_the_backlog(autojump_clock: trio.testing.MockClock) -> None:
+    # The hung sink would hold the run back forever; its handle_timeout disables it,
+    # and then only the fast sink's backlog counts.
+    hung, fast = HungSink(3), RecordingSink()
+    result = await tp.run(
+        wide(50),
+        sinks=[tp.supervised(hung, handle_timeout=10), fast],
+        max_backlog=5,
+        drain_timeout=1000,
+    )
+    assert result.ok
+    assert len(fast.events) == 102
+    assert isinstance(result.sink_errors[hung], tp.SinkTimeout)
+    assert trio.current_time() == pytest.approx(10)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+async def test_max_backlog_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_backlog must be a non-negative int or None"):
+        await tp.run(wide(1), max_backlog=bad)  # type: ignore[arg-type]
+
+
+@st.composite
+def backlog_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 12))
+    edges = [(i, j) for j in range(n) for i in range(j) if draw(st.integers(0, 3)) == 0]
+    return {
+        "n": n,
+        "edges": edges,
+        "logs": draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)),
+        "durations": draw(st.lists(st.sampled_from([0, 0, 0.5, 1]), min_size=n, max_size=n)),
+        "max_parallel": draw(st.sampled_from([None, None, 1, 3])),
+        "max_backlog": draw(st.sampled_from([None, 0, 1, 2, 5, 20])),
+        "sinks": draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["record", "slow", "raise", "hung"]),
+                    st.sampled_from([0.1, 0.5, 2.0]),
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        ),
+    }
+
+
+def _build(sc: dict[str, Any]) -> tp.Pipeline:
+    pipe = tp.Pipeline("bp")
+    for j in range(sc["n"]):
+
+        async def fn(ctx: tp.StageContext, logs: int = sc["logs"][j], d: float = 0) -> None:
+            for _ in range(logs):
+                ctx.log("m")
+            await trio.sleep(d)
+
+        fn.__defaults__ = (sc["logs"][j], sc["durations"][j])
+        pipe.add_stage(f"s{j}", fn, after=[f"s{i}" for i, k in sc["edges"] if k == j])
+    return pipe
+
+
+@settings(max_examples=60)
+@given(sc=backlog_scenarios(), seed=st.random_module())
+def test_no_stage_starts_while_the_backlog_is_over_max_backlog(
+    sc: dict[str, Any], seed: Any
+) -> None:
+    sinks: list[RecordingSink] = []
+    passed: list[tp.Sink] = []
+    for kind, param in sc["sinks"]:
+        if kind == "slow":
+            sink: RecordingSink = SlowSink(param)
+            passed.append(sink)
+        elif kind == "raise":
+            sink = RaisingSink(int(param * 10))
+            passed.append(sink)
+        elif kind == "hung":
+            # A hung sink holds back a bounded run forever unless it is supervised.
+            sink = HungSink(int(param * 10))
+            passed.append(tp.supervised(sink, handle_timeout=param * 3))
+        else:
+            sink = RecordingSink()
+            passed.append(sink)
+        sinks.append(sink)
+    pipeline = _build(sc)
+    probe = StartProbe(sinks)
+    results: list[tp.RunResult] = []
+
+    async def main() -> None:
+        with trio.fail_after(100_000):
+            results.append(
+                await tp.run(
+                    pipeline,
+                    sinks=passed,
+                    max_parallel=sc["max_parallel"],
+                    max_backlog=sc["max_backlog"],
+                    drain_timeout=10_000,
+                )
+            )
+
+    with probe.installed():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    result = results[0]
+    check_run(sinks, pipeline, result, max_parallel=sc["max_parallel"])
+    assert result.ok
+    limit = sc["max_backlog"]
+    if limit is not None:
+        assert max(probe.backlogs) <= limit, probe.backlogs
+    total = 2 + sum(2 + logs for logs in sc["logs"])
+    for sink in sinks:
+        record = result.deliveries[sink]
+        assert record.delivered == len(sink.events)
+        assert record.peak_backlog <= total
+        if sink in result.sink_errors:
+            assert record.state is tp.SinkState.DISABLED
+        else:
+            assert record == tp.SinkDelivery(total, record.peak_backlog, tp.SinkState.CLOSED)
+
+
+async def test_the_same_sink_twice_is_refused_even_when_wrapped() -> None:
+    sink = RecordingSink()
+    with pytest.raises(ValueError, match="the same sink was passed twice"):
+        await tp.run(seed_pipeline(), sinks=[sink, tp.critical(sink)])
+    assert sink.events == []
