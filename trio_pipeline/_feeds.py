@@ -149,13 +149,18 @@ class Feed:
                     what = f"to handle event seq={event.seq}"
                     self._disable(SinkTimeout(sink_name(sink), timeout, what), "timing out")
                     return
-            # The backlog only falls when a handle returns: its peaks are right here.
-            backlog = dispatcher.emitted - self.delivered
-            if backlog > self.peak_backlog:
-                self.peak_backlog = backlog
-            self.delivered += 1
-            if dispatcher.paused and self.delivered - 1 == dispatcher.floor:
-                dispatcher.backlog_fell()  # this was (one of) the slowest feeds
+            self.count_delivery()
+
+    def count_delivery(self) -> None:
+        """One more event handled: statistics, and maybe the end of a backlog pause."""
+        dispatcher = self._dispatcher
+        # The backlog only falls when a handle returns: its peaks are right here.
+        backlog = dispatcher.emitted - self.delivered
+        if backlog > self.peak_backlog:
+            self.peak_backlog = backlog
+        self.delivered += 1
+        if dispatcher.paused and self.delivered - 1 == dispatcher.floor:
+            dispatcher.backlog_fell()  # this was (one of) the slowest feeds
 
     async def _close(self) -> None:
         chaos = self._dispatcher.chaos

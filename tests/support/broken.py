@@ -8,13 +8,14 @@ what the harness catches is that one bug.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import asynccontextmanager
 
 import trio
 
 import trio_pipeline as tp
-from trio_pipeline._delivery import SinkState
+from trio_pipeline._delivery import SinkState, SinkTimeout
 from trio_pipeline._dispatch import Dispatcher
 from trio_pipeline._engine import RunHandle, _Run
 from trio_pipeline._feeds import Feed
@@ -47,6 +48,7 @@ async def open_run_drain_race(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    max_backlog: int | None = None,
 ) -> AsyncGenerator[RunHandle]:
     """Variant 1, the classic drain race: once the stages are done (event channel
     closed), yield once and cancel the nursery, dispatcher included."""
@@ -56,6 +58,7 @@ async def open_run_drain_race(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        max_backlog=max_backlog,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
@@ -119,14 +122,19 @@ class _FanOutFeed(Feed):
         if not self._aclose_called:
             if self.state is None:
                 self.state = SinkState.CUT_OFF
+                self._note_backlog()
             await self._close_after_deadline()
         elif self.scope.cancelled_caught and self.state is None:
             self.state = SinkState.CUT_OFF
 
     async def _handle_all(self) -> None:
+        timeout = math.inf if self.handle_timeout is None else self.handle_timeout
         async for event in self._receive:
-            await self.sink.handle(event)
-            self.delivered += 1
+            with trio.move_on_after(timeout) as timer:
+                await self.sink.handle(event)
+            if timer.cancelled_caught:
+                raise SinkTimeout(repr(self.sink), timeout, "to handle an event")
+            self.count_delivery()
 
 
 class _ControlFeed(_FanOutFeed):
