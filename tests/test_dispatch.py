@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 import trio_pipeline as tp
 from tests.support.runs import assert_well_formed, seed_pipeline, sleeps
-from trio_pipeline._dispatch import Emitter
+from trio_pipeline._dispatch import Dispatcher, Emitter
 from trio_pipeline.testing import (
     HungSink,
     RaisingSink,
@@ -187,7 +188,7 @@ async def test_max_backlog_holds_back_new_stages(autojump_clock: trio.testing.Mo
     n, limit = 1000, 50
     slow = SlowSink(0.01)
     probe = StartProbe([slow])
-    with probe.installed():
+    with probe.installed(), trio.fail_after(100_000):  # a pause never lifted: a failure
         result = await tp.run(wide(n), sinks=[slow], max_backlog=limit, drain_timeout=1000)
     assert result.ok
     assert len(slow.events) == 2 * n + 2
@@ -333,3 +334,25 @@ async def test_the_same_sink_twice_is_refused_even_when_wrapped() -> None:
     with pytest.raises(ValueError, match="the same sink was passed twice"):
         await tp.run(seed_pipeline(), sinks=[sink, tp.critical(sink)])
     assert sink.events == []
+
+
+async def test_a_feed_cut_off_takes_no_more_events(autojump_clock: trio.testing.MockClock) -> None:
+    # Events sent straight into the channel (as a replay does) after one feed was cut
+    # off go to the others; putting into the closed feed would crash the dispatcher.
+    send, receive = trio.open_memory_channel[tp.Event](math.inf)
+    hung, other = HungSink(0), RecordingSink()
+    done = trio.Event()
+    dispatcher = Dispatcher(receive, [hung, other], lambda _: done.set())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dispatcher.run)
+        send.send_nowait(tp.RunStarted("r", 0, 0.0, "p", ()))
+        dispatcher.feeds[0].scope.deadline = trio.current_time() + 1  # the hung one only
+        await trio.sleep(2)  # the hung feed is cut off; the other is still open
+        for seq in range(1, 4):
+            send.send_nowait(tp.StageLog("r", seq, 2.0, "a", "m"))
+        send.close()
+        await done.wait()
+    assert [e.seq for e in other.events] == [0, 1, 2, 3]
+    records = dispatcher.deliveries(4)
+    assert records[hung] == tp.SinkDelivery(0, 1, tp.SinkState.CUT_OFF, None, 4)
+    assert records[other].state is tp.SinkState.CLOSED
