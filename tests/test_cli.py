@@ -25,6 +25,7 @@ from typing import IO
 import pytest
 
 import trio_pipeline as tp
+from tests.support.report_page import parse
 from tests.support.terminal import assert_display_ended
 from trio_pipeline._replay import check_log
 
@@ -190,15 +191,28 @@ pipeline 'files': 7 stages in start order
   2. word_counts  after make_inputs
   3. checksums    after make_inputs
   4. normalise    after make_inputs
-  5. archive      after normalise
-  6. index        after word_counts, checksums
+  5. index        after word_counts, checksums
+  6. archive      after normalise
   7. report       after index, archive
 """
 
 
-def test_dry_run_prints_start_order_and_runs_nothing(tmp_path: Path) -> None:
+FILES_DRY_RUN = """\
+dry run of pipeline 'files': 7 stages in start order; nothing runs
+  #  stage        after                   runs in  retries  timeout  trigger      pools
+  1  make_inputs  -                       task     0        -        all_success  -
+  2  word_counts  make_inputs             task     0        -        all_success  -
+  3  checksums    make_inputs             task     0        -        all_success  -
+  4  normalise    make_inputs             task     0        -        all_success  -
+  5  index        word_counts, checksums  task     0        -        all_success  -
+  6  archive      normalise               task     0        -        all_success  -
+  7  report       index, archive          task     0        -        all_success  -
+"""
+
+
+def test_dry_run_prints_what_would_run_and_runs_nothing(tmp_path: Path) -> None:
     done = cli("run", "examples/files.py", "--dry-run", TRIO_PIPELINE_DEMO_DIR=str(tmp_path))
-    assert (done.returncode, done.stdout, done.stderr) == (0, FILES_ORDER, "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, FILES_DRY_RUN, "")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -331,8 +345,8 @@ def test_invalid_pipeline_exit_2_names_the_culprit(
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        ("{two}:nope", "{two} has no attribute 'nope'; its pipelines: build, deploy"),
-        ("{two}:biuld", "{two} has no attribute 'biuld' (did you mean 'build'?);"),
+        ("{two}:nope", "{two} has no pipeline 'nope'; its pipelines: build, deploy\n"),
+        ("{two}:biuld", "{two} has no pipeline 'biuld' (did you mean 'build'?);"),
         ("{two}:helper", "{two}:helper is a function, not a trio_pipeline.Pipeline;"),
         ("{tmp}/missing.py", "{tmp}/missing.py: no such file"),
     ],
@@ -592,6 +606,25 @@ def test_stage_ignoring_cancellation_cannot_outlive_the_grace_period(spawn: Spaw
     ]
 
 
+@pytest.mark.parametrize(
+    ("mode", "state", "work"),
+    [("forever", "cancelled", "cancel"), ("stubborn", "incomplete log (no RunFinished)", "run")],
+)
+def test_report_is_written_after_ctrl_c_twice_and_after_a_forced_exit(
+    spawn: Spawn, tmp_path: Path, mode: str, state: str, work: str
+) -> None:
+    report = tmp_path / "report.html"
+    child: Child = spawn(mode, "--report", str(report), "--grace", "0.2")
+    for needle in ("closing", "cancelling"):
+        child.proc.send_signal(signal.SIGINT)
+        child.wait_for("err", needle)
+    assert child.finish() == 130
+    assert "written to " + str(report) in child.lines["err"][-1]
+    html = report.read_text()
+    assert f'id="tp-state">{state}<' in html
+    assert [cls for cls, _ in parse(html).rows["work"]["bars"]] == [work]
+
+
 def test_third_signal_exits_at_once(spawn: Spawn) -> None:
     child: Child = spawn("stubborn", "--grace", "600")
     for needle in ("closing", "cancelling"):
@@ -739,3 +772,358 @@ def test_check_and_replay_commands(tmp_path: Path) -> None:
     done = cli("replay", str(log), "--speed", "-1")
     assert done.returncode == 2
     assert "expected a speed factor >= 0" in done.stderr
+# -- what a new user hits (issue 12) ----------------------------------------------------------
+# In process where the subprocess adds nothing (an interpreter start per call is most of
+# the time of a CLI test): `main` is called as the entry point calls it.
+
+
+@pytest.fixture
+def in_process(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str, str]]:
+    from trio_pipeline._cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "path", [*sys.path])  # a loaded file's folder goes first on it
+
+    def call(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+InProcess = Callable[..., tuple[int, str, str]]
+
+WORKERS = """\
+import os
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("workers")
+
+def helper(x):
+    return x * 2
+
+class Result:
+    def __init__(self, value):
+        self.value = value
+
+def crunch(snap):
+    return helper(21)
+
+def scale(snap):
+    return Result(snap.inputs["crunch"] + 1).value
+
+pipe.add_stage("crunch", crunch, executor=tp.ProcessExecutor(limit=1))
+pipe.add_stage("scale", scale, after=["crunch"], executor=tp.DaskExecutor(os.environ["DASK"]))
+
+@pipe.stage(after=["scale"])
+async def report(ctx):
+    ctx.log(f"scaled {ctx.inputs['scale']}")
+"""
+
+
+def test_process_and_dask_stages_defined_in_a_pipeline_file(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("trio_parallel")
+    path = write_file(tmp_path, "workers.py", WORKERS)
+    # Workers in this process: they cannot import the CLI's module for the file either.
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:
+        done = cli("run", path, "--plain", DASK=cluster.scheduler_address)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "report | scaled 43" in done.stdout
+    assert "Summary: 3 succeeded in" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--keep"], "unrecognized arguments: --keep"),
+        (["--dry"], "unrecognized arguments: --dry"),
+        (["--json"], "--json goes with --dry-run"),
+        (["-k", "--fail-fast"], "argument --fail-fast: not allowed with argument -k/--keep-going"),
+        (["--only"], "--only needs the STAGEs to run"),
+        (["--drain-timeout", "-1"], "expected a number of seconds >= 0"),
+        (["--param", "novalue"], "expected KEY=VALUE, got 'novalue'"),
+    ],
+)
+def test_no_abbreviations_and_bad_run_options_exit_2(
+    in_process: InProcess, args: list[str], message: str
+) -> None:
+    code, out, err = in_process("run", "examples/keep_going.py", *args)
+    assert (code, out) == (2, "")
+    assert message in err
+
+
+NAMED = """\
+import trio_pipeline as tp
+
+build = tp.Pipeline("build-all")
+deploy = tp.Pipeline("deploy")
+
+async def step(ctx):
+    return None
+
+build.add_stage("compile", step)
+deploy.add_stage("upload", step)
+"""
+
+
+def test_file_name_takes_the_variable_or_the_pipelines_own_name(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    path = write_file(tmp_path, "named.py", NAMED)
+    for name in ("build", "build-all"):
+        code, out, err = in_process("run", f"{path}:{name}")
+        assert code == 0, err
+        assert normalise(out) == ["compile: succeeded (T)", "Summary: 1 succeeded in T"]
+    assert in_process("list", f"{path}:build-all")[1].startswith("pipeline 'build-all': 1 stage")
+    code, out, err = in_process("run", f"{path}:build_all")
+    assert code == 2
+    assert err == (
+        f"trio-pipeline: error: {path} has no pipeline 'build_all' (did you mean 'build-all'?);"
+        " its pipelines: build-all (variable build), deploy\n"
+    )
+
+
+def test_summary_time_is_the_wall_time_until_the_output_ends(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    path = write_file(
+        tmp_path,
+        "slow_load.py",
+        """\
+        import time
+        import trio_pipeline as tp
+        time.sleep(0.6)  # a slow import, as a heavy library's
+        pipe = tp.Pipeline("p")
+
+        @pipe.stage
+        async def quick(ctx):
+            return 1
+        """,
+    )
+    started = time.monotonic()
+    out = in_process("run", path)[1]
+    waited = time.monotonic() - started
+    match = re.fullmatch(r"Summary: 1 succeeded in (\d+\.\d\d)s", out.splitlines()[-1])
+    assert match is not None, out
+    assert 0.6 <= float(match[1]) <= waited + 0.005  # printed rounded to 0.01
+
+
+def test_an_unwritable_jsonl_file_is_said_once_and_exits_1(
+    in_process: InProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIO_PIPELINE_DEMO_DIR", str(tmp_path))
+    code, _, err = in_process("run", "examples/files.py", "--jsonl", "/dev/full", "-q")
+    assert code == 1
+    assert err == (
+        "trio-pipeline: error: --jsonl /dev/full: writing failed (No space left on device);"
+        " the file is incomplete (exit code 1)\n"
+    )
+
+
+def test_help_documents_the_exit_codes(in_process: InProcess) -> None:
+    for args in (["--help"], ["run", "--help"]):
+        code, out, _ = in_process(*args)
+        assert code == 0
+        text = " ".join(out.split())
+        assert "1 a stage failed, was blocked or cancelled; or an event sink failed" in text
+        assert "the --jsonl file could not be written" in text
+        assert "130 interrupted" in text
+
+
+TARGETS = """\
+import json
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("targets")
+
+async def step(ctx):
+    ctx.log(json.dumps({"inputs": sorted(ctx.inputs), "params": dict(ctx.params)}))
+
+pipe.add_stage("a", step)
+pipe.add_stage("b", step, after=["a"])
+pipe.add_stage("c", step, after=["b"])
+pipe.add_stage("other", step)
+"""
+
+
+def test_run_only_the_named_stages_and_their_upstream(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    path = write_file(tmp_path, "targets.py", TARGETS)
+    jsonl = tmp_path / "events.jsonl"
+    code, out, err = in_process("run", path, "b", "--jsonl", str(jsonl), "-k", "other")
+    assert code == 0, err
+    assert normalise(out)[-1] == "Summary: 3 succeeded in T"
+    rows = check_jsonl(jsonl, stages=3)
+    assert rows[0]["stages"] == ["a", "b", "other"]
+    code, out, err = in_process("run", path, "c", "--only")
+    assert code == 0, err
+    assert normalise(out) == [
+        'c | {"inputs": [], "params": {}}',
+        "c: succeeded (T)",
+        "Summary: 1 succeeded in T",
+    ]
+    assert in_process("run", path, "bb") == (
+        2,
+        "",
+        "trio-pipeline: error: pipeline 'targets' has no stage 'bb' to run (did you mean 'b'?)\n",
+    )
+
+
+def test_params_from_the_command_line_and_a_file(in_process: InProcess, tmp_path: Path) -> None:
+    path = write_file(tmp_path, "targets.py", TARGETS)
+    (tmp_path / "params.toml").write_text('env = "prod"\nn = 1\n[db]\nport = 5432\n')
+    jsonl = tmp_path / "events.jsonl"
+    code, out, err = in_process(
+        "run",
+        path,
+        "a",
+        "--params",
+        str(tmp_path / "params.toml"),
+        "--param",
+        "n=3",
+        "--param",
+        "tags=[1, 2]",
+        "--param",
+        "name=ci",
+        "--jsonl",
+        str(jsonl),
+    )
+    assert code == 0, err
+    expected = {"env": "prod", "n": 3, "db": {"port": 5432}, "tags": [1, 2], "name": "ci"}
+    logged = json.loads(normalise(out)[0].removeprefix("a | "))
+    assert logged == {"inputs": [], "params": expected}
+    assert check_jsonl(jsonl, stages=1)[0]["params"] == expected
+    code, _, err = in_process("run", path, "--params", str(tmp_path / "nope.json"))
+    assert code == 2
+    assert err.startswith(f"trio-pipeline: error: --params {tmp_path}/nope.json: ")
+
+
+OPTIONS = """\
+import sys
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("opts", pools={"gpu": 2})
+
+def parse(snap):
+    return 1
+
+@pipe.stage(retries=2, retry_delay=0.5, retry_on=ConnectionError)
+async def fetch(ctx):
+    return 1
+
+pipe.add_stage(
+    "parse", parse, after=[fetch], executor=tp.ThreadExecutor(limit=4), timeout=60, uses="gpu"
+)
+pipe.add_command(
+    "report", ["echo", "a b"], after=["parse"], timeout=30, trigger=tp.Trigger.ALWAYS
+)
+"""
+
+
+def test_dry_run_shows_each_stages_plan_as_text_and_json(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    path = write_file(tmp_path, "opts.py", OPTIONS)
+    code, out, err = in_process("run", path, "--dry-run", "--param", "env=ci")
+    assert (code, err) == (0, "")
+    assert out == (
+        "dry run of pipeline 'opts': 3 stages in start order; nothing runs\n"
+        '  params: env="ci"\n'
+        "  pools: gpu=2\n"
+        "  #  stage   after  runs in                  retries         timeout  trigger      pools\n"
+        "  1  fetch   -      task                     2 (delay 0.5s)  -        all_success  -\n"
+        "  2  parse   fetch  ThreadExecutor(limit=4)  0               60s      all_success  gpu=1\n"
+        "  3  report  parse  command: echo 'a b'      0               30s      always       -\n"
+    )
+    data = json.loads(in_process("run", path, "report", "--only", "--dry-run", "--json")[1])
+    assert data["pipeline"] == "opts"
+    assert [stage["name"] for stage in data["stages"]] == ["report"]
+    report = data["stages"][0]
+    assert report["after"] == []  # --only: its upstream is not part of the run
+    assert (report["executor"], report["argv"], report["timeout"]) == (
+        "command",
+        ["echo", "a b"],
+        30.0,
+    )
+    full = json.loads(in_process("run", path, "--dry-run", "--json")[1])["stages"]
+    assert [(s["name"], s["executor"], s["retries"]) for s in full] == [
+        ("fetch", "task", 2),
+        ("parse", "thread", 0),
+        ("report", "command", 0),
+    ]
+    assert full[1]["executor_repr"] == "ThreadExecutor(limit=4)"
+    assert (full[0]["retry_delay"], full[0]["retry_on"]) == (0.5, "ConnectionError")
+    assert (full[1]["uses"], full[2]["trigger"]) == ({"gpu": 1}, "always")
+    assert data["pools"] == {"gpu": 2}
+
+
+def test_a_missing_extra_is_one_line_naming_the_file_and_the_pip_command(tmp_path: Path) -> None:
+    path = write_file(
+        tmp_path,
+        "extra.py",
+        """\
+        import sys; sys.modules["trio_parallel"] = None  # as if not installed
+        import trio_pipeline as tp
+        pipe = tp.Pipeline("p")
+        def crunch(snap): return 1
+        pipe.add_stage("crunch", crunch, executor=tp.ProcessExecutor())
+        """,
+    )
+    done = cli("run", path)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"trio-pipeline: error: {path}:5: ProcessExecutor needs the 'trio_parallel' package,"
+        " which is not installed: pip install 'trio-pipeline[process]'\n"
+    )
+
+
+async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import trio
+    import trio.testing
+
+    import trio_pipeline as tp
+    from trio_pipeline._cli import _Interrupts
+    from trio_pipeline._live import RunTracker
+
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def quick(ctx: tp.StageContext) -> None:
+        pass
+
+    tracker = RunTracker()
+    send, receive = trio.open_memory_channel[int](2)
+    interrupts = _Interrupts(tracker, None, grace=600, started=time.monotonic())
+    async with tp.open_run(pipe, sinks=[tracker]) as handle:
+        await handle.wait_finished()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(interrupts.watch, receive, handle, nursery)
+            for _ in range(2):
+                await send.send(signal.SIGINT)
+            send.close()
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert handle.result.state is tp.RunState.CLOSED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "trio-pipeline: Ctrl-C again: every stage has finished; exiting within 600s"
+        " (delivering the last events). Press Ctrl-C again to exit now."
+    )

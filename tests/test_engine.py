@@ -594,3 +594,341 @@ async def test_fail_fast_cancelling_a_stage_with_its_own_nursery_closes(
     last = sink.events[-1]
     assert isinstance(last, tp.RunFinished)
     assert last.state is tp.RunState.CLOSED
+
+
+# -- trigger rules and teardown stages ---------------------------------------------------
+
+T = tp.Trigger
+
+
+def times_of(
+    sink: RecordingSink, kind: type[tp.StageStarted] | type[tp.StageFinished]
+) -> dict[str, float]:
+    return {e.stage: e.time for e in sink.events if isinstance(e, kind)}
+
+
+def teardown_pipeline() -> tp.Pipeline:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("long", sleeps(10))
+    pipe.add_stage("running_td", sleeps(5), trigger=T.ALWAYS)  # running when the stop comes
+    pipe.add_stage("td", sleeps(1), after=["long"], trigger=T.ALWAYS)
+    pipe.add_stage("after_long", returns(1), after=["long"])
+    return pipe
+
+
+async def test_teardown_runs_after_a_fail_fast_stop_and_is_never_cancelled_by_it(
+    autojump_clock: Any,
+) -> None:
+    pipe = teardown_pipeline()
+    pipe.add_stage("bad", raises(ValueError("x"), after=1))
+    pipe.add_stage("join", returns("joined"), after=["bad", "long"], trigger=T.ALL_DONE)
+    pipe.add_stage("alert", returns("alerted"), after=["bad"], trigger=T.ONE_FAILED)
+    pipe.add_stage("none_failed", returns(1), after=["long"], trigger=T.NONE_FAILED)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    assert statuses(result) == {
+        "long": S.CANCELLED,
+        "running_td": S.SUCCEEDED,
+        "td": S.SUCCEEDED,
+        "after_long": S.CANCELLED,
+        "bad": S.FAILED,
+        "join": S.SUCCEEDED,
+        "alert": S.SUCCEEDED,
+        "none_failed": S.CANCELLED,
+    }
+    assert result.state is tp.RunState.CLOSED
+    assert times_of(sink, tp.StageStarted)["td"] == 1.0  # once long was cancelled
+    assert times_of(sink, tp.StageFinished)["running_td"] == 5.0  # ran to its end
+    assert finished(sink)["after_long"].reason == "fail-fast stop"
+    assert finished(sink)["long"].reason == "fail-fast stop"
+    assert result.stages["after_long"].reason == "fail-fast stop"
+    assert_well_formed(sink, pipe)
+
+
+async def test_teardown_runs_after_request_close(autojump_clock: Any) -> None:
+    pipe = teardown_pipeline()
+    sink = RecordingSink()
+    async with tp.open_run(pipe, sinks=[sink]) as handle:
+        await trio.sleep(2)
+        handle.request_close()
+    result = handle.result
+    assert statuses(result) == {
+        "long": S.SUCCEEDED,
+        "running_td": S.SUCCEEDED,
+        "td": S.SUCCEEDED,
+        "after_long": S.CANCELLED,
+    }
+    assert finished(sink)["after_long"].reason == "close requested"
+    assert times_of(sink, tp.StageStarted)["td"] == 10.0
+    assert result.state is tp.RunState.CLOSED
+
+
+async def test_teardown_runs_shielded_after_cancel_until_the_teardown_timeout(
+    autojump_clock: Any,
+) -> None:
+    pipe = teardown_pipeline()
+    sink = RecordingSink()
+    async with tp.open_run(pipe, sinks=[sink], teardown_timeout=3.0) as handle:
+        await trio.sleep(1)
+        handle.cancel()
+    result = handle.result
+    assert statuses(result) == {
+        "long": S.CANCELLED,
+        "running_td": S.CANCELLED,  # needed until t=5; the deadline is 1 + 3
+        "td": S.SUCCEEDED,  # started at 1 (long cancelled), done at 2
+        "after_long": S.CANCELLED,
+    }
+    assert finished(sink)["running_td"].time == 4.0
+    assert finished(sink)["running_td"].reason == "teardown_timeout passed"
+    assert finished(sink)["long"].reason == "run cancelled"
+    assert result.state is tp.RunState.CANCELLED
+    assert_well_formed(sink, pipe)
+
+
+@pytest.mark.parametrize("how", ["outer", "second_ctrl_c"])
+async def test_teardown_runs_after_an_outer_cancellation(autojump_clock: Any, how: str) -> None:
+    pipe = teardown_pipeline()
+    sink = RecordingSink()
+    with trio.move_on_after(1) as scope:
+        async with tp.open_run(pipe, sinks=[sink]) as handle:
+            if how == "second_ctrl_c":  # what the CLI does: close, then cancel
+                handle.request_close()
+                handle.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert statuses(handle.result)["td"] is S.SUCCEEDED
+    assert statuses(handle.result)["running_td"] is S.SUCCEEDED  # 5 < 1 + 30
+    assert trio.current_time() == 5.0  # the teardown stages were awaited
+    assert_well_formed(sink, pipe)
+
+
+async def test_a_teardown_stage_that_cannot_start_by_the_deadline_is_cancelled(
+    autojump_clock: Any,
+) -> None:
+    async def stubborn(ctx: tp.StageContext) -> None:
+        with trio.CancelScope(shield=True):
+            await trio.sleep(10)
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("stubborn", stubborn)
+    pipe.add_stage("td", returns(1), after=["stubborn"], trigger=T.ALWAYS)
+    sink = RecordingSink()
+    async with tp.open_run(pipe, sinks=[sink], teardown_timeout=2) as handle:
+        await trio.sleep(1)
+        handle.cancel()
+    assert finished(sink)["td"].time == 3.0  # at the deadline, not when stubborn ends
+    assert finished(sink)["td"].reason == "teardown_timeout passed"
+    assert handle.result.stages["stubborn"].status is S.SUCCEEDED
+
+
+async def test_skipped_is_not_a_failure_and_spreads_by_trigger(autojump_clock: Any) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("a", returns(1))
+    pipe.add_stage("alert", returns(1), after=["a"], trigger=T.ONE_FAILED)
+    pipe.add_stage("after_alert", returns(1), after=["alert"])
+    pipe.add_stage("tolerant", returns(1), after=["alert"], trigger=T.NONE_FAILED)
+    seen: dict[str, Any] = {}
+
+    async def join(ctx: tp.StageContext) -> None:
+        seen.update(ctx.inputs)
+
+    pipe.add_stage("join", join, after=["a", "alert"], trigger=T.ALL_DONE)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink])
+    assert statuses(result) == {
+        "a": S.SUCCEEDED,
+        "alert": S.SKIPPED,
+        "after_alert": S.SKIPPED,
+        "tolerant": S.SUCCEEDED,
+        "join": S.SUCCEEDED,
+    }
+    assert result.ok
+    assert finished(sink)["alert"].reason == "trigger one_failed not met: no upstream failed"
+    assert (
+        finished(sink)["after_alert"].reason
+        == "trigger all_success not met: upstream 'alert' skipped"
+    )
+    assert seen == {"a": 1}  # inputs hold the upstream stages that succeeded
+    assert_well_formed(sink, pipe)
+
+
+# -- pools, exclusive stages, priorities -----------------------------------------------
+
+
+def intervals(sink: RecordingSink) -> dict[str, tuple[float, float]]:
+    starts = times_of(sink, tp.StageStarted)
+    return {name: (starts[name], end) for name, end in times_of(sink, tp.StageFinished).items()}
+
+
+async def test_pools_limit_what_runs_at_once(autojump_clock: Any) -> None:
+    pipe = tp.Pipeline("p", pools={"gpu": 2, "db": 1})
+    pipe.add_stage("big", sleeps(1), uses={"gpu": 2})
+    pipe.add_stage("small", sleeps(1), uses="gpu")
+    pipe.add_stage("both", sleeps(1), uses={"gpu": 1, "db": 1})
+    pipe.add_stage("free", sleeps(1))
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink], max_parallel=2)
+    assert result.ok
+    # big takes both gpus; small and both wait without holding a parallel slot.
+    assert intervals(sink) == {
+        "big": (0.0, 1.0),
+        "free": (0.0, 1.0),
+        "small": (1.0, 2.0),
+        "both": (1.0, 2.0),
+    }
+
+
+async def test_run_pools_override_the_pipeline_s_and_are_checked_first() -> None:
+    pipe = tp.Pipeline("p", pools={"gpu": 1})
+    pipe.add_stage("a", sleeps(0), uses={"gpu": 2})
+    sink = RecordingSink()
+    with pytest.raises(tp.StageDefinitionError, match=r"'a'.*'gpu'"):
+        await tp.run(pipe, sinks=[sink])
+    assert sink.events == []
+    assert (await tp.run(pipe, pools={"gpu": 2})).ok
+    pipe.add_stage("b", sleeps(0), uses="tpu")
+    with pytest.raises(tp.StageDefinitionError, match=r"'b'.*'tpu'"):
+        await tp.run(pipe, pools={"gpu": 2})
+
+
+async def test_an_exclusive_stage_runs_alone_and_priorities_order_starts(
+    autojump_clock: Any,
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("first", sleeps(2))
+    pipe.add_stage("alone", sleeps(1), exclusive=True, after=[])
+    pipe.add_stage("low", sleeps(1), priority=-5)
+    pipe.add_stage("urgent", sleeps(1), priority=10)
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink], max_parallel=2)
+    assert result.ok
+    started = [e.stage for e in sink.events if isinstance(e, tp.StageStarted)]
+    assert started == ["urgent", "first", "alone", "low"]
+    assert intervals(sink) == {
+        "urgent": (0.0, 1.0),
+        "first": (0.0, 2.0),
+        "alone": (2.0, 3.0),  # waits for first; low waits behind it
+        "low": (3.0, 4.0),
+    }
+
+
+async def test_slots_come_back_on_every_exit_path(autojump_clock: Any) -> None:
+    async def flaky(ctx: tp.StageContext) -> None:
+        if ctx.attempt == 1:
+            raise OSError("once")
+
+    pipe = tp.Pipeline("p", pools={"one": 1})
+    pipe.add_stage("fails", raises(ValueError("x")), uses="one")
+    pipe.add_stage("times_out", sleeps(10), uses="one", timeout=1)
+    pipe.add_stage("flaky", flaky, uses="one", retries=1, retry_delay=5)
+    pipe.add_stage("last", sleeps(1), uses="one")
+    sink = RecordingSink()
+    with trio.fail_after(100):  # a leaked slot deadlocks the run
+        result = await tp.run(pipe, sinks=[sink], keep_going=True)
+    assert statuses(result) == {
+        "fails": S.FAILED,
+        "times_out": S.FAILED,
+        "flaky": S.SUCCEEDED,
+        "last": S.SUCCEEDED,
+    }
+    assert [e.stage for e in sink.events if isinstance(e, tp.StageStarted)] == [
+        "fails",
+        "times_out",
+        "flaky",
+        "last",  # while flaky waits out its retry delay, without the slot
+        "flaky",
+    ]
+
+
+# -- fatal exceptions ----------------------------------------------------------------------
+
+
+class _Dies(RecordingSink):
+    async def handle(self, event: tp.Event, /) -> None:
+        if isinstance(event, tp.StageStarted):
+            raise KeyboardInterrupt
+        await super().handle(event)
+
+
+def assert_delivered_and_closed_once(sink: RecordingSink, pipe: tp.Pipeline) -> None:
+    assert_well_formed(sink, pipe)
+    last = sink.events[-1]
+    assert isinstance(last, tp.RunFinished)
+    assert last.state is tp.RunState.CANCELLED
+    assert sink.aclose_calls == 1
+
+
+class _Fatal(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit, _Fatal])
+async def test_a_stage_raising_a_fatal_exception_ends_the_run_then_it_propagates(
+    autojump_clock: Any, fatal: type[BaseException]
+) -> None:
+    async def dies(ctx: tp.StageContext) -> None:
+        await trio.sleep(1)
+        raise fatal
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("dies", dies)
+    pipe.add_stage("long", sleeps(100))
+    pipe.add_stage("after", returns(1), after=["long"])
+    pipe.add_stage("td", sleeps(1), after=["long"], trigger=T.ALWAYS)
+    sink = RecordingSink()
+    with pytest.raises(fatal) as info:
+        await tp.run(pipe, sinks=[sink])
+    assert type(info.value) is fatal  # itself, not in a group
+    assert_delivered_and_closed_once(sink, pipe)
+    done = finished(sink)
+    assert done["dies"].reason == f"raised {fatal.__name__}"
+    assert (done["long"].status, done["long"].reason) == (S.CANCELLED, "run cancelled")
+    assert done["td"].status is S.SUCCEEDED  # teardown still ran
+    assert trio.current_time() == 2.0
+
+
+async def test_a_fatal_exception_from_a_stage_s_own_nursery_comes_out_as_itself() -> None:
+    async def dies(ctx: tp.StageContext) -> None:
+        async def boom() -> None:
+            raise KeyboardInterrupt
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(boom)
+            await trio.sleep_forever()
+
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("dies", dies)
+    with pytest.raises(KeyboardInterrupt):
+        await tp.run(pipe)
+
+
+async def test_a_fatal_exception_cancels_the_open_run_body(autojump_clock: Any) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("bad", raises(ValueError("an ordinary failure does not cancel the body")))
+
+    async def interrupt(ctx: tp.StageContext) -> None:
+        await trio.sleep(1)
+        raise KeyboardInterrupt
+
+    pipe.add_stage("interrupt", interrupt)
+    with trio.fail_after(100), pytest.raises(KeyboardInterrupt):
+        async with tp.open_run(pipe, keep_going=True) as handle:
+            await trio.sleep_forever()
+    assert handle.result.state is tp.RunState.CANCELLED
+    assert trio.current_time() == 1.0
+
+
+async def test_a_sink_raising_a_fatal_exception_still_lets_the_others_get_everything(
+    autojump_clock: Any,
+) -> None:
+    # The repro: tp.run raised ExceptionGroup([KeyError(RUNNING), ...]).
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("long", sleeps(100))
+    rec, dies = RecordingSink(), _Dies()
+    with pytest.raises(KeyboardInterrupt) as info:
+        await tp.run(pipe, sinks=[rec, dies])
+    assert type(info.value) is KeyboardInterrupt
+    assert_delivered_and_closed_once(rec, pipe)
+    assert dies.aclose_calls == 1
+    assert finished(rec)["long"].status is S.CANCELLED
+    assert trio.current_time() == 0.0

@@ -10,6 +10,9 @@ import pytest
 import trio_pipeline as tp
 from trio_pipeline.testing import RecordingSink
 
+VALUE = tp.StageDefinitionError
+TYPE = tp.StageDefinitionTypeError
+
 
 async def noop(ctx: tp.StageContext) -> None:
     pass
@@ -110,6 +113,38 @@ def test_bad_names() -> None:
         tp.Pipeline("p").add_stage("", noop)
 
 
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: tp.Pipeline(3), TYPE, "pipeline name must be a non-empty string, got 3"),  # type: ignore[arg-type]
+        (lambda: tp.Pipeline(""), VALUE, "pipeline name must be a non-empty string, got ''"),
+        (lambda: tp.Pipeline("p").add_stage(None, noop), TYPE, "stage name must be a non-empty"),  # type: ignore[arg-type]
+        (lambda: tp.Pipeline("p").add_stage("", noop), VALUE, "stage name must be a non-empty"),
+        (
+            lambda: tp.Pipeline("p").add_stage("s", noop, after=3),  # type: ignore[arg-type]
+            TYPE,
+            "stage 's': after= must be a stage, a name, or an iterable of them, got 3",
+        ),
+        (
+            lambda: tp.Pipeline("p").add_stage("s", noop, after=[None]),  # type: ignore[list-item]
+            TYPE,
+            "stage 's': after= entries must be stage names or Stage objects, got None",
+        ),
+        (
+            lambda: tp.Pipeline("p").add_stage("s", noop, after=[sync_fn]),  # type: ignore[list-item]
+            VALUE,
+            "stage 's': after= entry <function sync_fn at .*> is not a stage of pipeline 'p'",
+        ),
+    ],
+)
+def test_name_and_after_errors_are_value_or_type_errors_as_fits(
+    call: Any, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match="^" + message) as info:
+        call()
+    assert type(info.value) is error
+
+
 def test_after_with_an_unregistered_or_ambiguous_function() -> None:
     pipe = tp.Pipeline("p")
     with pytest.raises(tp.StageDefinitionError, match="is not a stage of pipeline 'p'"):
@@ -181,7 +216,22 @@ def test_start_order_is_definition_order_among_ready_stages() -> None:
     pipe.add_stage("root", noop)
     pipe.add_stage("solo", noop)
     pipe.add_stage("leaf", noop, after=["late", "solo"])
-    assert pipe.start_order() == ["root", "late", "solo", "leaf"]
+    # root and solo are ready at once; late only once root has succeeded.
+    assert pipe.start_order() == ["root", "solo", "late", "leaf"]
+
+
+async def test_start_order_is_the_order_a_run_starts_stages() -> None:
+    # Regression: start_order() had a ready-heap of its own and said [a, c, b]
+    # where a run starts [a, b, c] (b is ready from the start, c only after a).
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("a", noop)
+    pipe.add_stage("c", noop, after=["a"])
+    pipe.add_stage("b", noop)
+    sink = RecordingSink()
+    await tp.run(pipe, sinks=[sink])
+    started = [e.stage for e in sink.events if isinstance(e, tp.StageStarted)]
+    assert started == ["a", "b", "c"]
+    assert pipe.start_order() == started
 
 
 @pytest.mark.parametrize("error", ["cycle", "unknown"])
@@ -212,8 +262,6 @@ async def test_run_raises_directly_before_any_stage_or_event(error: str) -> None
 
 
 _SINK = RecordingSink()
-VALUE = tp.StageDefinitionError
-TYPE = tp.StageDefinitionTypeError
 
 
 @pytest.mark.parametrize(
@@ -227,6 +275,9 @@ TYPE = tp.StageDefinitionTypeError
         ({"drain_timeout": "1"}, TYPE, "drain_timeout must be a number >= 0, got '1'"),
         ({"sinks": [object()]}, TYPE, "is not a Sink"),
         ({"sinks": [_SINK, _SINK]}, VALUE, "the same sink was passed twice"),
+        ({"sinks": _SINK}, TYPE, "sinks must be a sequence of sinks, got <RecordingSink"),
+        ({"sinks": None}, TYPE, "sinks must be a sequence of sinks, got None"),
+        ({"keep_going": "no"}, TYPE, "keep_going must be a bool, got 'no'"),
     ],
 )
 async def test_bad_run_options(
@@ -249,3 +300,28 @@ def test_stage_can_be_called_with_the_function_by_keyword() -> None:
     assert stage.name == "kw"
     assert stage.retries == 1
     assert pipe.stage(noop, name="positional").name == "positional"
+
+
+def test_did_you_mean_never_suggests_the_referencing_stage() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.add_stage("usesforeign", noop, after=["foreign"])
+    with pytest.raises(tp.UnknownStageError) as info:
+        pipe.validate()
+    assert str(info.value) == "stage 'usesforeign' depends on unknown stage 'foreign'"
+
+
+def test_a_stage_of_another_pipeline_in_after_says_so() -> None:
+    other = tp.Pipeline("other")
+    foreign = other.add_stage("foreign", noop)
+    pipe = tp.Pipeline("p")
+    with pytest.raises(tp.StageDefinitionError) as info:
+        pipe.add_stage("usesforeign", noop, after=[foreign])
+    assert str(info.value) == (
+        "stage 'usesforeign': after= entry <Stage 'foreign' after=[]> is a Stage of another"
+        " pipeline, not of 'p'"
+    )
+    # Same name, other pipeline's object: still foreign.
+    pipe.add_stage("foreign", noop)
+    with pytest.raises(tp.StageDefinitionError, match="another pipeline"):
+        pipe.add_stage("x", noop, after=foreign)
+    assert list(pipe.stages) == ["foreign"]

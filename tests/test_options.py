@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio_pipeline as tp
-from trio_pipeline._options import DEFAULT_OPTIONS, build_options, check_pools
+from trio_pipeline._options import DEFAULT_OPTIONS, StageKeywords, build_options, check_pools
 from trio_pipeline.testing import RecordingSink
 
 
@@ -288,6 +290,29 @@ def test_a_stage_without_options_shares_the_default_options() -> None:
     assert tp.StageOptions() == DEFAULT_OPTIONS
 
 
+def test_stages_with_the_same_keywords_share_checked_options() -> None:
+    pipe = tp.Pipeline("p")
+    a = pipe.add_stage("a", noop, retries=1, timeout=2.0)
+    b = pipe.add_stage("b", noop, retries=1, timeout=2.0)
+    assert a.options is b.options
+    # Equal but differently typed values are checked on their own, never shared.
+    with pytest.raises(tp.StageDefinitionTypeError, match="retries must be a non-negative int"):
+        pipe.add_stage("c", noop, retries=True, timeout=2.0)
+    assert pipe.add_stage("d", noop, retries=1, timeout=2).options.timeout == 2.0
+    with pytest.raises(tp.StageDefinitionError, match=r"retry_delay\[0\] must be"):
+        pipe.add_stage("e", noop, retries=1, retry_delay=[-1])  # unhashable: checked every time
+    with pytest.raises(tp.StageDefinitionError, match=r"retry_delay\[0\] must be"):
+        pipe.add_stage("f", noop, retries=1, retry_delay=[-1])
+
+
+def test_reprs_show_what_differs_from_the_defaults() -> None:
+    assert repr(tp.StageOptions()) == "StageOptions()"
+    options = tp.StageOptions(tp.RetryPolicy(retries=2, delay=0.5), timeout=3, uses={"gpu": 1})
+    assert repr(options) == (
+        "StageOptions(retry=RetryPolicy(retries=2, delay=0.5), timeout=3.0, uses={'gpu': 1})"
+    )
+
+
 def test_trigger_is_a_str_enum() -> None:
     assert [t.value for t in tp.Trigger] == [
         "all_success",
@@ -449,3 +474,75 @@ async def test_with_retry_on_timeouts_are_retried_only_if_it_matches(autojump_cl
     assert (await _run_slow(autojump_clock, retry_on=ConnectionError)).attempts == 1
     assert (await _run_slow(autojump_clock, retry_on=(ConnectionError, TimeoutError))).attempts == 3
     assert (await _run_slow(autojump_clock, retry_on=tp.StageTimeout)).attempts == 3
+
+
+# -- properties ----------------------------------------------------------------------------------
+
+_ANYTHING = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.lists(st.one_of(st.integers(-3, 3), st.floats(), st.text(max_size=1)), max_size=3),
+    st.tuples(st.sampled_from([ValueError, int, KeyboardInterrupt, "x"])),
+    st.dictionaries(st.text(max_size=2), st.one_of(st.integers(-2, 3), st.floats()), max_size=2),
+    st.sampled_from([ValueError, object(), lambda exc: True, tp.Trigger.ALWAYS, "always"]),
+)
+
+
+@settings(max_examples=100)
+@given(st.dictionaries(st.sampled_from([*StageKeywords.__annotations__]), _ANYTHING, max_size=4))
+def test_any_option_value_is_accepted_or_refused_with_a_definition_error(
+    keywords: dict[str, Any],
+) -> None:
+    error: tp.StageDefinitionError | None = None
+    try:
+        options = build_options(keywords)
+    except tp.StageDefinitionError as exc:  # and never any other exception
+        error = exc
+    if error is not None:
+        culprit = error.detail.split()[0].rstrip(":").split("[")[0]
+        assert culprit in {*keywords, "unknown"}, error
+    else:
+        assert isinstance(options, tp.StageOptions)  # and then it is usable:
+        options.retry.delay_before(1)
+        options.retry.should_retry(RuntimeError(), 1)
+
+
+@settings(max_examples=100)
+@given(
+    retries=st.integers(0, 50),
+    delay=st.one_of(
+        st.floats(0, 100), st.lists(st.floats(0, 100), min_size=1, max_size=4).map(tuple)
+    ),
+    backoff=st.floats(1, 10),
+    max_delay=st.none() | st.floats(0.001, 1000),
+    jitter=st.floats(0, 0.99),
+    seed=st.integers(0, 2**32),
+)
+def test_delays_stay_within_the_policys_bounds(
+    retries: int,
+    delay: float | tuple[float, ...],
+    backoff: float,
+    max_delay: float | None,
+    jitter: float,
+    seed: int,
+) -> None:
+    policy = tp.RetryPolicy(retries, delay, backoff, max_delay, jitter)
+    random.seed(seed)
+    for k in range(1, retries + 2):
+        if isinstance(delay, tuple):
+            base = float(delay[min(k, len(delay)) - 1])
+        else:
+            try:
+                base = delay * backoff ** (k - 1)
+            except OverflowError:
+                base = math.inf
+        capped = base if max_delay is None else min(base, max_delay)
+        got = policy.delay_before(k)
+        assert capped * (1 - jitter) <= got * (1 + 1e-12) or got == capped
+        assert got <= capped * (1 + jitter) * (1 + 1e-12) or got == capped
+    assert [policy.should_retry(OSError(), k) for k in range(1, retries + 2)] == [
+        True
+    ] * retries + [False]

@@ -23,7 +23,7 @@ from tests.support.scenarios import (
     scenarios,
 )
 
-MAIN = scenarios()
+MAIN = scenarios(rules=True)  # triggers, pools, exclusive, priorities, retry policies, fatal
 SINK_FAULTS = scenarios(
     max_stages=3,
     sink_kinds=("record", "slow", "raise", "hung", "torn"),

@@ -29,6 +29,7 @@ from ._events import (
 from ._executors import (
     DaskExecutor,
     Executor,
+    MissingExtraError,
     ProcessExecutor,
     SerializationError,
     StageSnapshot,
@@ -38,6 +39,8 @@ from ._executors import (
 from ._graph import Pipeline, Stage, StageFunction
 from ._jsonl import JsonlFormatError, read_jsonl
 from ._options import RetryPolicy, StageOptions, Trigger
+from ._otel import OtelSink
+from ._report import ReportSink, write_report
 from ._result import RunResult, StageOutcome
 from ._sinks import ConsoleSink, JsonlSink, Sink
 from ._state import RunState, StageStatus
@@ -55,6 +58,8 @@ __all__ = [
     "Executor",
     "JsonlFormatError",
     "JsonlSink",
+    "MissingExtraError",
+    "OtelSink",
     "Pipeline",
     "PipelineError",
     "PipelineInternalError",
@@ -63,6 +68,7 @@ __all__ = [
     "RunFinished",
     "RunHandle",
     "RunResult",
+    "ReportSink",
     "RunStarted",
     "RunState",
     "SerializationError",
@@ -95,6 +101,7 @@ __all__ = [
     "read_jsonl",
     "run",
     "supervised",
+    "write_report",
 ]
 
 

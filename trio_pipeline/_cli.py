@@ -1,8 +1,12 @@
 """The ``trio-pipeline`` command: run, graph and list the pipelines defined in a Python file.
 
 Exit codes: 0 every stage succeeded (or was skipped); 1 a stage failed, was blocked
-or cancelled (or an event sink failed); 2 a usage error or an invalid pipeline;
-130 interrupted by SIGINT/SIGTERM.
+or cancelled, or an event sink failed (the --jsonl file is then incomplete: a lost
+log is a failure); 2 a usage error or an invalid pipeline; 130 interrupted by
+SIGINT/SIGTERM.
+
+Subcommands: each is one ``_add_<name>(commands)`` function in `_SUBCOMMANDS` that
+adds its parser and sets ``handler=`` to a function ``(args) -> exit code``.
 
 Ownership during ``run``: `_execute` owns everything. Inside the signal receiver
 (installed before the run starts, so no signal slips between) it holds the live
@@ -14,36 +18,46 @@ the nursery is cancelled, which ends the watcher and its grace timer.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import difflib
 import functools
 import importlib.machinery
 import importlib.util
 import itertools
+import logging
 import math
 import os
 import signal
 import sys
+import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import Any, TypeAlias
 
 import trio
 from rich.console import Console
 
 from ._delivery import cut_off_warnings
+from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
-from ._errors import PipelineError
+from ._errors import PipelineError, UnknownStageError
 from ._events import Event, RunFinished
+from ._executors import DaskExecutor, MissingExtraError
 from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
+from ._params import load_params_file, parse_param
 from ._render import FORMATS, render_graph, render_order
 from ._replay import cmd_check, cmd_replay
+from ._report import ReportInputError, ReportSink, report_from_log
 from ._result import RunResult
 from ._sinks import ConsoleSink, JsonlSink, Sink, format_summary
 from ._state import StageStatus
+from ._targets import select_stages, subpipeline
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -52,6 +66,9 @@ EXIT_INTERRUPTED = 130
 
 DEFAULT_GRACE = 5.0
 """Seconds a run gets, after the second interrupt cancelled it, before the process exits anyway."""
+
+DEFAULT_DRAIN_TIMEOUT = 5.0
+"""Seconds the event sinks get, once every stage is done, to receive the remaining events."""
 
 _PROG = "trio-pipeline"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -68,18 +85,19 @@ class UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-pipeline`` and ``python -m trio_pipeline``; returns the exit code."""
-    args = _parser().parse_args(argv)  # exits 2 itself on a malformed command line
+    started = time.monotonic()
+    parser = _parser()
+    # parse_known_args: argparse gives a `nargs="*"` positional nothing once an option
+    # came between (`run FILE -k STAGE`), so stray STAGE words are collected here.
+    args, extra = parser.parse_known_args(argv)  # exits 2 itself on a malformed line
+    if extra:
+        if getattr(args, "stages", None) is None or any(word.startswith("-") for word in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.stages = [*args.stages, *extra]
+    args.started = started
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "graph":
-            return _cmd_graph(args)
-        if args.command == "check":
-            return cmd_check(args.log)
-        if args.command == "replay":
-            mode = _output_mode(plain=args.plain, quiet=False)
-            return cmd_replay(args.log, speed=args.speed, live=mode == "live")
-        return _cmd_list(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
     except UsageError as exc:
         _error(str(exc))
         if exc.detail:
@@ -97,44 +115,121 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- command line ---------------------------------------------------------------------
 
 
+EXIT_CODES = """\
+exit codes:
+  0    every stage succeeded (or was skipped)
+  1    a stage failed, was blocked or cancelled; or an event sink failed or missed
+       events (e.g. the --jsonl file could not be written): a lost log is a failure
+  2    usage error, or an invalid pipeline (the message names the culprit)
+  130  interrupted (SIGINT/SIGTERM)
+"""
+_TARGET_HELP = (
+    "a Python file, and the name of a Pipeline in it if it defines several (its variable"
+    " name or the Pipeline's own name)"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
         prog=_PROG,
         description="Run a DAG of async stages defined with trio_pipeline.",
-        epilog=(
-            "exit codes: 0 all stages succeeded; 1 a stage failed, was blocked or cancelled;"
-            " 2 usage error or invalid pipeline; 130 interrupted"
-        ),
+        epilog=EXIT_CODES,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    target_help = "a Python file, and the name of a Pipeline in it if it defines several"
+    for add in _SUBCOMMANDS:
+        add(commands)
+    return parser
 
-    run = commands.add_parser(
-        "run",
-        help="run a pipeline",
-        description=(
-            "Run a pipeline. Ctrl-C (or SIGTERM) once: start no new stage, let running ones"
-            " finish. Twice: cancel running stages. A third time, or --grace seconds after"
-            " the second, the process exits without waiting."
-        ),
+
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # pyright: ignore[reportPrivateUsage]
+
+
+def _subcommand(commands: _Commands, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand's parser; no abbreviated options (``--keep`` is not ``--keep-going``)."""
+    return commands.add_parser(
+        name, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
     )
-    run.add_argument("target", metavar="FILE[:NAME]", help=target_help)
+
+
+def _add_run(commands: _Commands) -> None:
+    run = _subcommand(
+        commands,
+        "run",
+        help="run a pipeline (or some of its stages)",
+        description=(
+            "Run a pipeline, or only the STAGEs named and every stage they depend on.\n\n"
+            "Ctrl-C (or SIGTERM) once: start no new stage, let running ones finish. Twice:\n"
+            "cancel running stages. A third time, or --grace seconds after the second, the\n"
+            "process exits without waiting. Commands run in process groups of their own:\n"
+            "the terminal's Ctrl-C reaches only trio-pipeline, which stops them as above.\n\n"
+            "The summary's time is the wall time from the command's start to the summary."
+        ),
+        epilog=EXIT_CODES,
+    )
+    run.add_argument("target", metavar="FILE[:NAME]", help=_TARGET_HELP)
     run.add_argument(
+        "stages",
+        nargs="*",
+        metavar="STAGE",
+        help="run only these stages and what they depend on (default: every stage)",
+    )
+    run.add_argument(
+        "--only",
+        action="store_true",
+        help="with STAGEs: run just them, not what they depend on (their inputs then lack it)",
+    )
+    policy = run.add_mutually_exclusive_group()
+    policy.add_argument(
         "-k",
         "--keep-going",
         action="store_true",
         help="after a failure, run every stage that does not depend on it",
     )
+    policy.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="the first failure cancels the rest (the default; for scripts that want to say it)",
+    )
     run.add_argument(
         "-j", "--jobs", type=_positive_int, metavar="N", help="run at most N stages at once"
     )
+    run.add_argument(
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="KEY=VALUE",
+        help=(
+            "a run parameter, read by stages as ctx.params[KEY]; VALUE is parsed as JSON when it"
+            ' parses (3, true, [1,2], {...}, "text"), else taken as a string. Repeatable;'
+            " overrides --params"
+        ),
+    )
+    run.add_argument(
+        "--params",
+        metavar="FILE",
+        help="run parameters from a .json file (an object) or a .toml file",
+    )
     run.add_argument("--jsonl", metavar="PATH", help="write every event as a JSON line to PATH")
     run.add_argument(
-        "--dry-run", action="store_true", help="print the start order and dependencies; run nothing"
+        "--report",
+        metavar="PATH",
+        help="write the HTML run report to PATH when the run ends (also after Ctrl-C)",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help=(
+            "print what would run, in start order: per stage its dependencies, trigger, pools,"
+            " retries, timeout and executor; run nothing"
+        ),
+    )
+    run.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
     run.add_argument(
         "--plain",
         action="store_true",
@@ -143,35 +238,78 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-q", "--quiet", action="store_true", help="print only the summary and errors")
     run.add_argument(
         "--grace",
-        type=_grace_seconds,
+        type=_seconds,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
         help=f"after the second Ctrl-C, exit at most this long after (default {DEFAULT_GRACE:g})",
     )
+    run.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "once every stage is done, how long the event sinks get to receive the rest"
+            f" (default {DEFAULT_DRAIN_TIMEOUT:g}); after it, what they missed is reported"
+        ),
+    )
+    run.set_defaults(handler=_cmd_run)
 
-    graph = commands.add_parser("graph", help="print the dependency graph")
-    graph.add_argument("target", metavar="FILE[:NAME]", help=target_help)
+
+def _add_graph(commands: _Commands) -> None:
+    graph = _subcommand(commands, "graph", help="print the dependency graph")
+    graph.add_argument("target", metavar="FILE[:NAME]", help=_TARGET_HELP)
     graph.add_argument("--format", choices=FORMATS, default="mermaid", help="default: mermaid")
+    graph.set_defaults(handler=_cmd_graph)
 
-    listing = commands.add_parser(
+
+def _add_report(commands: _Commands) -> None:
+    report = _subcommand(
+        commands,
+        "report",
+        help="write the HTML run report of a --jsonl log",
+        description="Write the run report (timeline, graph, failures): one HTML file, no network.",
+    )
+    report.add_argument("log", metavar="LOG", help="a log written by run --jsonl")
+    report.add_argument(
+        "-o", "--output", metavar="PATH", help="where to write it (default: LOG with .html)"
+    )
+    report.set_defaults(handler=_cmd_report)
+
+
+def _add_list(commands: _Commands) -> None:
+    listing = _subcommand(
+        commands,
         "list",
         help="list the stages in start order with their dependencies",
         description="List stages in start order; without NAME, of every pipeline in FILE.",
     )
-    listing.add_argument("target", metavar="FILE[:NAME]", help=target_help)
+    listing.add_argument("target", metavar="FILE[:NAME]", help=_TARGET_HELP)
+    listing.set_defaults(handler=_cmd_list)
 
-    check = commands.add_parser(
+
+def _add_check(commands: _Commands) -> None:
+    check = _subcommand(
+        commands,
         "check",
         help="verify a JSONL event log (--jsonl): exit 0, or 1 naming the broken invariant",
     )
     check.add_argument("log", metavar="RUN.jsonl")
-    replay = commands.add_parser("replay", help="show a run again from its JSONL event log")
+    check.set_defaults(handler=lambda args: cmd_check(args.log))
+
+
+def _add_replay(commands: _Commands) -> None:
+    replay = _subcommand(commands, "replay", help="show a run again from its JSONL event log")
     replay.add_argument("log", metavar="RUN.jsonl")
     replay.add_argument(
         "--speed", type=_speed, default=1.0, metavar="X", help="X times as fast (0: at once)"
     )
     replay.add_argument("--plain", action="store_true", help="plain lines, not the live view")
-    return parser
+    replay.set_defaults(
+        handler=lambda args: cmd_replay(
+            args.log, speed=args.speed, live=_output_mode(plain=args.plain, quiet=False) == "live"
+        )
+    )
 
 
 def _speed(text: str) -> float:
@@ -194,7 +332,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _grace_seconds(text: str) -> float:
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -202,6 +340,13 @@ def _grace_seconds(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
+
+
+def _param(text: str) -> tuple[str, Any]:
+    try:
+        return parse_param(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _error(message: str) -> None:
@@ -220,11 +365,12 @@ def _notice(message: str) -> None:
 def split_target(target: str) -> tuple[str, str | None]:
     """``"dir/file.py:name"`` -> ``("dir/file.py", "name")``; no NAME -> None.
 
-    A colon belongs to the path when what follows it is not an identifier (``C:\\x.py``)
-    or when the whole target is an existing file.
+    NAME is a variable name or a Pipeline's own name (``file.py:build-all``). A colon
+    belongs to the path when the whole target is an existing file, or when what follows
+    it looks like a path (``C:\\x.py``).
     """
     path, sep, name = target.rpartition(":")
-    if sep and path and name.isidentifier() and not os.path.exists(target):
+    if sep and path and name and not os.path.exists(target) and not any(c in name for c in "/\\"):
         return path, name
     return target, None
 
@@ -251,12 +397,18 @@ def load_file(path: str) -> ModuleType:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module
+    _pickle_by_value(module)
     try:
         loader.exec_module(module)
     except PipelineError as exc:
         frame = _last_frame_in(exc.__traceback__, file)
         where = path if frame is None else f"{path}:{frame.tb_lineno}"
         raise PipelineError(f"{where}: {exc}") from None
+    except MissingExtraError as exc:  # the message says what to install: no traceback
+        sys.modules.pop(module_name, None)
+        frame = _last_frame_in(exc.__traceback__, file)
+        where = path if frame is None else f"{path}:{frame.tb_lineno}"
+        raise UsageError(f"{where}: {exc}") from None
     except Exception as exc:
         sys.modules.pop(module_name, None)
         detail = "".join(
@@ -266,6 +418,21 @@ def load_file(path: str) -> ModuleType:
             f"{path} raised {type(exc).__name__} while loading", detail=detail
         ) from None
     return module
+
+
+def _pickle_by_value(module: ModuleType) -> None:
+    """Let worker processes and Dask workers run the file's functions.
+
+    The file is loaded under a synthetic module name that no other process can
+    import, so its functions (and classes) must travel by value, not by reference.
+    cloudpickle comes with the ``process`` and ``dask`` extras; without them there is
+    no worker to send functions to.
+    """
+    try:
+        cloudpickle = importlib.import_module("cloudpickle")
+    except ImportError:  # pragma: no cover - exercised only without the extras
+        return
+    cloudpickle.register_pickle_by_value(module)
 
 
 def _first_frame_in(tb: TracebackType | None, file: Path) -> TracebackType | None:
@@ -300,26 +467,37 @@ def pipelines_in(module: ModuleType) -> dict[str, Pipeline]:
 def select_pipeline(target: str) -> Pipeline:
     """The pipeline `target` (``FILE[:NAME]``) designates.
 
+    NAME is the variable the file binds the Pipeline to, or the Pipeline's own name
+    (what `list` shows); the variable wins if both match different pipelines.
+
     Raises:
-        UsageError: no pipeline, several and no NAME, or NAME is not a pipeline.
+        UsageError: no pipeline, several and no NAME, or NAME matches neither (the
+            message lists both kinds of names).
     """
     path, name = split_target(target)
     module = load_file(path)
     found = pipelines_in(module)
-    listed = ", ".join(found)
     if name is not None:
-        if not hasattr(module, name):
-            hint = difflib.get_close_matches(name, found, n=1)
-            more = f" (did you mean {hint[0]!r}?)" if hint else ""
-            where = f"; its pipelines: {listed}" if found else "; it defines no Pipeline"
-            raise UsageError(f"{path} has no attribute {name!r}{more}{where}")
-        value = getattr(module, name)
-        if not isinstance(value, Pipeline):
+        value = getattr(module, name, None)
+        if isinstance(value, Pipeline):
+            return value
+        by_name = [p for p in found.values() if p.name == name]
+        if len(by_name) == 1:
+            return by_name[0]
+        if len(by_name) > 1:
+            variables = ", ".join(v for v, p in found.items() if p.name == name)
             raise UsageError(
-                f"{path}:{name} is a {type(value).__name__}, not a trio_pipeline.Pipeline"
-                + (f"; its pipelines: {listed}" if found else "")
+                f"{path} defines {len(by_name)} pipelines named {name!r} ({variables});"
+                f" choose one by its variable: {path}:VARIABLE"
             )
-        return value
+        names = _pipeline_names(found)
+        hint = difflib.get_close_matches(name, [*found, *(p.name for p in found.values())], n=1)
+        more = f" (did you mean {hint[0]!r}?)" if hint else ""
+        if value is not None or hasattr(module, name):
+            what = f"{path}:{name} is a {type(value).__name__}, not a trio_pipeline.Pipeline"
+        else:
+            what = f"{path} has no pipeline {name!r}{more}"
+        raise UsageError(what + (f"; its pipelines: {names}" if found else "; it defines none"))
     if not found:
         raise UsageError(
             f"{path} defines no trio_pipeline.Pipeline at module level"
@@ -327,9 +505,18 @@ def select_pipeline(target: str) -> Pipeline:
         )
     if len(found) > 1:
         raise UsageError(
-            f"{path} defines {len(found)} pipelines ({listed}); choose one with {path}:NAME"
+            f"{path} defines {len(found)} pipelines ({_pipeline_names(found)});"
+            f" choose one with {path}:NAME"
         )
     return next(iter(found.values()))
+
+
+def _pipeline_names(found: dict[str, Pipeline]) -> str:
+    """``"build, deploy (variable deploy_pipe)"``: names, and variables where they differ."""
+    return ", ".join(
+        p.name if p.name == variable else f"{p.name} (variable {variable})"
+        for variable, p in found.items()
+    )
 
 
 # -- commands -------------------------------------------------------------------------
@@ -346,6 +533,15 @@ def _compile(pipeline: Pipeline, target: str) -> Plan:
 def _cmd_graph(args: argparse.Namespace) -> int:
     plan = _compile(select_pipeline(args.target), args.target)
     sys.stdout.write(render_graph(plan, args.format))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        path = report_from_log(args.log, args.output)
+    except ReportInputError as exc:
+        raise UsageError(str(exc)) from None
+    _notice(f"report written to {path}")
     return EXIT_OK
 
 
@@ -368,32 +564,94 @@ class _RunOptions:
     keep_going: bool
     jobs: int | None
     jsonl: str | None
+    report: str | None
     mode: str  # "live", "plain" or "quiet"
     grace: float
+    drain_timeout: float
+    params: dict[str, Any]
+    started: float  # time.monotonic() when the command started
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.json and not args.dry_run:
+        raise UsageError("--json goes with --dry-run (for events as JSON, use --jsonl PATH)")
+    if args.only and not args.stages:
+        raise UsageError("--only needs the STAGEs to run: run FILE STAGE... --only")
+    params = _run_params(args)
     pipeline = select_pipeline(args.target)
-    plan = _compile(pipeline, args.target)
+    _compile(pipeline, args.target)
+    if args.stages:
+        # The run is of the selection only: as `run(..., targets=)` does, and the dry
+        # run shows the same.
+        pipeline = subpipeline(pipeline, _select(pipeline, args.stages, only=args.only))
     if args.dry_run:
-        sys.stdout.write(render_order(plan, pipeline.start_order()))
+        plan = _compile(pipeline, args.target)
+        order, pools = pipeline.start_order(), pipeline.pools
+        if args.json:
+            sys.stdout.write(dry_run_json(plan, order, params=params, pools=pools) + "\n")
+        else:
+            sys.stdout.write(render_dry_run(plan, order, params=params, pools=pools))
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)
+    if args.report is not None:
+        _check_writable(args.report, option="--report")
     options = _RunOptions(
         keep_going=args.keep_going,
         jobs=args.jobs,
         jsonl=args.jsonl,
+        report=args.report,
         mode=_output_mode(plain=args.plain, quiet=args.quiet),
         grace=args.grace,
+        drain_timeout=args.drain_timeout,
+        params=params,
+        started=args.started,
     )
-    result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
-    _report_failures(result)
+    try:
+        result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
+    finally:
+        _close_executors(pipeline)
+    _report_failures(result, jsonl=options.jsonl)
+    report_failed = any(isinstance(sink, ReportSink) for sink in result.sink_errors)
+    if options.report is not None and options.mode != "quiet" and not report_failed:
+        _notice(f"report written to {options.report}")
     if interrupted:
         return EXIT_INTERRUPTED
     if result.ok and not result.sink_errors and not result.undelivered:
         return EXIT_OK
     return EXIT_FAILED
+
+
+def _run_params(args: argparse.Namespace) -> dict[str, Any]:
+    """``--params FILE`` first, then each ``--param KEY=VALUE`` over it."""
+    params: dict[str, Any] = {}
+    if args.params is not None:
+        try:
+            params.update(load_params_file(args.params))
+        except ValueError as exc:
+            raise UsageError(f"--params {exc}") from None
+    params.update(args.param)
+    return params
+
+
+def _select(pipeline: Pipeline, targets: list[str], *, only: bool) -> list[str]:
+    try:
+        return select_stages(pipeline, targets, only=only)
+    except UnknownStageError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _close_executors(pipeline: Pipeline) -> None:
+    """Close the Dask clients the pipeline file's executors opened: the file cannot."""
+    seen: set[int] = set()
+    for stage in pipeline:
+        executor = stage.executor
+        if isinstance(executor, DaskExecutor) and id(executor) not in seen:
+            seen.add(id(executor))
+            try:
+                executor.close()
+            except Exception as exc:  # the run is over; say it, do not mask its result
+                _notice(f"closing {executor!r} failed: {exc!r}")
 
 
 def _output_mode(*, plain: bool, quiet: bool) -> str:
@@ -406,14 +664,14 @@ def _output_mode(*, plain: bool, quiet: bool) -> str:
     return "live" if console.is_terminal and not console.is_dumb_terminal else "plain"
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, *, option: str = "--jsonl") -> None:
     # The sink opens the file at the first event; a typo in the path should not wait
     # for (and then silently lose) a whole run.
     try:
         with open(path, "w", encoding="utf-8"):
             pass
     except OSError as exc:
-        raise UsageError(f"--jsonl {path}: {exc.strerror or exc}") from None
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResult, int]:
@@ -422,30 +680,88 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
         async with AsyncExitStack() as stack:
             # JSONL first: when a console line appears, the file already holds its event.
             sinks: list[Sink] = [] if options.jsonl is None else [JsonlSink(options.jsonl)]
+            report = None if options.report is None else ReportSink(options.report)
+            if report is not None:
+                sinks.append(report)
             live: LiveSink | None = None
+            display: Sink
             if options.mode == "live":
                 live = await stack.enter_async_context(open_live_sink(Console()))
                 tracker = live.tracker
-                sinks.append(live)
+                display = live
             else:
                 tracker = RunTracker()
                 sinks.append(tracker)
                 if options.mode == "plain":
-                    sinks.append(ConsoleSink(sys.stdout, logs=True))
+                    display = ConsoleSink(sys.stdout, logs=True)
                 else:
-                    sinks.append(_SummarySink())
-            interrupts = _Interrupts(tracker, live, grace=options.grace)
+                    display = _SummarySink()
+            sinks.append(_WallClockSummary(display, options.started))
+            interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
+            interrupts.report = report
+            stack.enter_context(_reported_by_cli(sinks))
             async with trio.open_nursery() as nursery:
                 async with open_run(
                     pipeline,
                     sinks=sinks,
                     keep_going=options.keep_going,
                     max_parallel=options.jobs,
+                    drain_timeout=options.drain_timeout,
+                    params=options.params,
                 ) as handle:
                     nursery.start_soon(interrupts.watch, signals, handle, nursery)
                     result = await handle.wait_finished()
                 nursery.cancel_scope.cancel()
     return result, interrupts.count
+
+
+class _WallClockSummary:
+    """Passes events to `display`; the summary's time becomes the command's wall time.
+
+    `RunFinished.duration` ends when the engine emits it; the user waits until the
+    display has shown every event before it (and the file was loaded before the run).
+    """
+
+    def __init__(self, display: Sink, started: float) -> None:
+        self.display = display
+        self._started = started
+
+    async def handle(self, event: Event, /) -> None:
+        if isinstance(event, RunFinished):
+            # The display's copy only. `time` = now as well, so a formatter that adds
+            # the display lag (now - time) to `duration` does not count it twice.
+            wall = time.monotonic() - self._started
+            event = dataclasses.replace(event, duration=wall, time=trio.current_time())
+        await self.display.handle(event)
+
+    async def aclose(self) -> None:
+        await self.display.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        # Sink options the dispatcher may read (say, a per-sink timeout) are the display's.
+        if name == "display":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.display, name)
+
+    def __repr__(self) -> str:
+        return repr(self.display)
+
+
+@contextlib.contextmanager
+def _reported_by_cli(sinks: Sequence[Sink]) -> Generator[None, None, None]:
+    """Drop the library's log records about these sinks: the CLI reports each once, at the end."""
+    ours = {id(sink) for sink in sinks}
+
+    def keep(record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(id(arg) in ours for arg in args)
+
+    library = logging.getLogger("trio_pipeline")
+    library.addFilter(keep)
+    try:
+        yield
+    finally:
+        library.removeFilter(keep)
 
 
 class _SummarySink:
@@ -469,11 +785,15 @@ class _Interrupts:
     be abandoned) and the run, which owns it, cannot finish before it does.
     """
 
-    def __init__(self, tracker: RunTracker, live: LiveSink | None, *, grace: float) -> None:
+    def __init__(
+        self, tracker: RunTracker, live: LiveSink | None, *, grace: float, started: float
+    ) -> None:
         self.count = 0
         self._tracker = tracker
         self._live = live
         self._grace = grace
+        self._started = started
+        self.report: ReportSink | None = None  # written by force_exit too
 
     async def watch(
         self,
@@ -490,6 +810,13 @@ class _Interrupts:
                     f"{what}: closing: no new stage will start; waiting for"
                     f" {self._running()}. Press Ctrl-C again to cancel them."
                 )
+            elif self.count == 2 and self._tracker.finished is not None:
+                # Every stage is done; only the sinks are still being served.
+                _notice(
+                    f"{what} again: every stage has finished; exiting within {self._grace:g}s"
+                    " (delivering the last events). Press Ctrl-C again to exit now."
+                )
+                nursery.start_soon(self._exit_after_grace)
             elif self.count == 2:
                 handle.cancel()
                 _notice(
@@ -524,14 +851,27 @@ class _Interrupts:
             self._live.stop()
         stuck = ", ".join(self._tracker.running) or "none"
         _notice(f"{reason}; still running: {stuck}. The run did not finish: no RunFinished event")
-        sys.stdout.write(self._tracker.partial_summary(trio.current_time()) + "\n")
+        if self.report is not None:
+            with contextlib.suppress(OSError):
+                self.report.write()  # marked incomplete: the stuck stages show as running
+                _notice(f"report (incomplete) written to {self.report.path}")
+        # Wall time since the command started, as in a finished run's summary.
+        run_started = self._tracker.started_at
+        now = trio.current_time()
+        if run_started is not None:
+            now = run_started + (time.monotonic() - self._started)
+        sys.stdout.write(self._tracker.partial_summary(now) + "\n")
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
 
 
-def _report_failures(result: RunResult) -> None:
-    """Print each failed stage's traceback once (plain text, so markup-safe), then sink trouble."""
+def _report_failures(result: RunResult, *, jsonl: str | None) -> None:
+    """Print each failed stage's traceback once (plain text, so markup-safe), then sink trouble.
+
+    Each sink problem is said once, here (the library's own log records about the
+    CLI's sinks are filtered out during the run).
+    """
     for name, outcome in result.stages.items():
         error = outcome.error
         if outcome.status is not StageStatus.FAILED or error is None:
@@ -541,9 +881,13 @@ def _report_failures(result: RunResult) -> None:
         tb = _skip_package_frames(error.__traceback__)
         sys.stderr.write("".join(traceback.format_exception(type(error), error, tb)))
     for sink, exc in result.sink_errors.items():
-        _error(f"event sink {sink!r} failed and was disabled: {exc!r}")
+        if isinstance(sink, JsonlSink) and sink.path == jsonl:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+            _error(f"--jsonl {jsonl}: writing failed ({why}); the file is incomplete (exit code 1)")
+        else:
+            _error(f"event sink {sink!r} failed and was disabled: {exc!r} (exit code 1)")
     for line in cut_off_warnings(result.deliveries):
-        _notice(f"warning: {line}")
+        _notice(f"warning: {line} (exit code 1)")
     sys.stderr.flush()
 
 
@@ -552,3 +896,14 @@ def _skip_package_frames(tb: TracebackType | None) -> TracebackType | None:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR + os.sep):
         tb = tb.tb_next
     return tb
+
+
+_SUBCOMMANDS: tuple[Callable[[_Commands], None], ...] = (
+    _add_run,
+    _add_graph,
+    _add_report,
+    _add_list,
+    _add_check,
+    _add_replay,
+)
+"""Each adds one subcommand's parser (with ``handler=``); add yours here."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -64,8 +65,16 @@ class Command:
     the stage's value is the whole stdout, decoded as UTF-8 (undecodable bytes
     replaced). The pipe readers are tasks of a nursery owned by the attempt.
 
-    Cancellation: the program gets SIGTERM, then SIGKILL if it has not exited after
-    `grace_period` seconds; the stage ends once it has exited.
+    Process group: the program runs in a session (and process group) of its own, so
+    everything it starts can be found and signalled together, and a Ctrl-C on the
+    terminal reaches only the CLI (which decides what to stop). When the attempt is
+    cancelled (timeout, fail-fast, `RunHandle.cancel`) the whole group gets SIGTERM,
+    then SIGKILL if any of it is still alive `grace_period` seconds later; the stage
+    ends once none of it is left. Processes the program left behind in its group when
+    it exited on its own are stopped the same way: no process outlives its stage.
+    What the program prints while it stops is still logged. (A process that starts
+    a session of its own, as daemons do, leaves the group and is not tracked; if it
+    keeps a pipe open, the stage ends `OUTPUT_DRAIN` seconds after the group.)
 
     Raises:
         StageDefinitionError: an argument is invalid (a `StageDefinitionTypeError`
@@ -109,35 +118,102 @@ class Command:
             stderr=subprocess.PIPE,
             cwd=self.cwd,
             env=env,
+            start_new_session=True,
         )
         assert process.stdout is not None
         assert process.stderr is not None
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stream_lines, process.stdout, ctx.log, stdout.append)
-                nursery.start_soon(_stream_lines, process.stderr, _stderr_sink(ctx, tail), None)
+        # The readers outlive a cancellation of the attempt, so what the command says
+        # while it stops ("caught SIGTERM, cleaning up") is still logged; they get
+        # OUTPUT_DRAIN seconds once the group is gone, in case something that left
+        # the group still holds a pipe.
+        readers = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                _read_output, readers, process, ctx.log, _stderr_sink(ctx, tail), stdout.append
+            )
+            try:
                 await process.wait()
-        finally:
-            if process.returncode is None:
-                # Cancelled (or a reader failed): the process must not outlive the stage.
+                # What the command left running in its group must not outlive the stage.
+                if _group_alive(process.pid):
+                    ctx.log("trio-pipeline: stopping what the command left running in its group")
+                    await self._stop_group(process)
+            finally:
                 with trio.CancelScope(shield=True):
-                    await self._stop(process)
+                    if process.returncode is None or _group_alive(process.pid):
+                        # Cancelled (or a reader failed): no process may outlive the stage.
+                        await self._stop_group(process)
+                    readers.deadline = trio.current_time() + OUTPUT_DRAIN
         returncode = process.returncode
         assert returncode is not None
         if returncode != 0:
             raise CommandError(ctx.name, self.argv, returncode, list(tail))
         return b"".join(stdout).decode("utf-8", errors="replace")
 
-    async def _stop(self, process: trio.Process) -> None:
-        process.terminate()
+    async def _stop_group(self, process: trio.Process) -> None:
+        """SIGTERM the group, SIGKILL what is left of it after `grace_period`; wait for it."""
+        group = process.pid  # the session leader's pid is its group's id
+        _signal_group(group, signal.SIGTERM)
         with trio.move_on_after(self.grace_period):
-            await process.wait()
+            await _wait_group(process)
             return
-        process.kill()
-        await process.wait()
+        _signal_group(group, signal.SIGKILL)
+        # SIGKILL cannot be ignored: the group dies promptly (bounded, in case of a
+        # process stuck in the kernel, so the stage cannot hang on it).
+        with trio.move_on_after(max(1.0, self.grace_period)):
+            await _wait_group(process)
 
     def __repr__(self) -> str:
         return f"<Command {list(self.argv)!r}>"
+
+
+def _signal_group(group: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group has exited already
+        os.killpg(group, signum)
+
+
+_GROUP_POLL = 0.01
+"""Seconds between checks for a group's last member (a group cannot be waited for)."""
+
+
+async def _wait_group(process: trio.Process) -> None:
+    """Wait until the leader has exited and no live process is left in its group.
+
+    Only the leader is our child; the others can be observed, not waited for, so
+    the group is polled (briefly: this runs only while stopping a command).
+    """
+    await process.wait()
+    while _group_alive(process.pid):  # noqa: ASYNC110 - no event exists for another's process
+        await trio.sleep(_GROUP_POLL)
+
+
+def _group_alive(group: int) -> bool:
+    """True while a process of `group` is alive (zombies, which only await reaping, are not)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False  # the common case, at the cost of one system call
+    except PermissionError:
+        return True
+    # Someone is in the group, maybe only a zombie nobody reaps yet: look closer.
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no procfs (macOS, BSD): zombies then count as alive
+        return True
+    return any(entry.isdigit() and _proc_group(entry) == group for entry in entries)
+
+
+def _proc_group(pid: str) -> int | None:
+    """The process group of a live (non-zombie) process from /proc/PID/stat, else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if len(fields) < 3 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[2])
 
 
 def _check_argv(argv: object) -> tuple[str, ...]:
@@ -156,6 +232,25 @@ def _check_argv(argv: object) -> tuple[str, ...]:
 
 
 edge.command = Command
+
+
+OUTPUT_DRAIN = 1.0
+"""Seconds a command's pipes get, once its group is gone, to reach end of file."""
+
+
+async def _read_output(
+    scope: trio.CancelScope,
+    process: trio.Process,
+    emit_out: Callable[[str], None],
+    emit_err: Callable[[str], None],
+    keep: Callable[[bytes | bytearray], None],
+) -> None:
+    assert process.stdout is not None
+    assert process.stderr is not None
+    with scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stream_lines, process.stdout, emit_out, keep)
+            nursery.start_soon(_stream_lines, process.stderr, emit_err, None)
 
 
 def _stderr_sink(ctx: StageContext, tail: deque[str]) -> Callable[[str], None]:

@@ -121,6 +121,10 @@ class Dispatcher:
         self._on_critical = on_critical
         self._scope = trio.CancelScope(shield=True)
         self.chaos = _chaos.current()  # read once, at run start: scoped to the run
+        # Called when a sink raises a BaseException that is not Cancelled (say a
+        # KeyboardInterrupt): the sink is disabled like one that raised an Exception,
+        # the other feeds go on, and the engine cancels the run and re-raises it at the end.
+        self.on_fatal: Callable[[BaseException], None] | None = None
 
     def emitter(self, send: trio.MemorySendChannel[Event]) -> Emitter:
         """The send side to emit through: feeds get each event at once, `max_backlog` sees it.

@@ -1,32 +1,47 @@
-"""The engine: runs a pipeline's stages in a nursery of their own and drives the state machines.
+"""The engine: carries out the scheduler's decisions in Trio and reports facts back.
 
 Ownership: `open_run` owns one nursery. In it run the dispatcher (started first,
 in a shielded scope, see `_dispatch`) and the stage host, which owns the stages'
 nursery: one task per running stage attempt and one per stage waiting out a retry
 delay. No task outlives the `async with` block.
 
-Stopping running stages cancels the stages' nursery as a whole (one cancel scope
-for all of them); a stage gets a cancel scope of its own only for its timeout,
-because entering a scope costs about as much as the rest of a no-op stage.
+Rules: none here. Every scheduling rule is the scheduler's (`_scheduler`, pure).
+Each task reports what happened to it as a fact (an attempt returned, raised, was
+cancelled; a retry delay elapsed; close or cancel requested; the run's scope was
+cancelled from outside) and then carries out the decisions the fact produced, in
+the outbox's order: emit events, cancel, start attempts, wait out retry delays,
+close the event channel. So scheduling happens synchronously inside whichever task
+changed something: there is no coordinator task and no context switch per stage.
+Events are emitted with `send_nowait` into an unbounded channel, so emitting never
+blocks a stage; the dispatcher drains it.
 
-Scheduling happens synchronously inside whichever task changed something: a
-finishing stage marks its downstream ready and starts what the concurrency limit
-allows, so there is no coordinator task and no context switch per stage. Events
-are emitted with `send_nowait` into an unbounded channel, so emitting never blocks
-a stage; the dispatcher drains it.
+Cancel scopes: stopping running stages cancels the stages' nursery as a whole (one
+cancel scope for all of them). An attempt gets a scope of its own only for its
+timeout or when it is shielded: a teardown stage (`Trigger.ALWAYS`, which a stop
+never cancels; after a cancellation its scope takes the teardown deadline), or an
+attempt started after the nursery was cancelled (a stage whose trigger still fires
+after a fail-fast stop). Entering a scope costs about as much as the rest of a
+no-op stage, so plain stages have none.
 
-Shutdown: when the last stage reaches a terminal status the engine emits
-`RunFinished`, closes the send side and gives the dispatcher `drain_timeout`
-seconds. The run is over when the dispatcher reports back, drained or not.
+Fatal exceptions: an attempt or a sink raising a BaseException that is not a
+cancellation (KeyboardInterrupt, SystemExit, ...) cancels the run and the
+``async with`` body; once every event was delivered and every sink closed,
+`open_run` raises that exception itself.
+
+Shutdown: when the last stage reaches a terminal status the scheduler emits
+`RunFinished`; the engine closes the send side and gives the dispatcher
+`drain_timeout` seconds. The run is over when the dispatcher reports back, drained
+or not.
 """
 
 from __future__ import annotations
 
-import heapq
+import contextlib
 import logging
 import math
+import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import Any, cast
@@ -37,78 +52,22 @@ from . import _chaos
 from ._context import StageContext
 from ._delivery import SinkState
 from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
-from ._errors import StageDefinitionError, StageDefinitionTypeError, StageTimeout
-from ._events import (
-    Event,
-    RunFinished,
-    RunStarted,
-    StageFinished,
-    StageLog,
-    StageRetrying,
-    StageStarted,
-    describe_error,
-)
+from ._errors import StageDefinitionError, StageDefinitionTypeError
+from ._events import Event
 from ._graph import Pipeline, Plan, Stage
-from ._options import check_optional_int, check_seconds
-from ._result import RunResult, StageOutcome, count_statuses
+from ._options import DEFAULT_OPTIONS, check_optional_int, check_pools, check_seconds
+from ._params import NO_PARAMS, Params, check_params
+from ._result import RunResult
+from ._scheduler import Outbox, Scheduler
 from ._sinks import Sink
-from ._state import Machine, RunState, StageStatus, run_machine, stage_machine
+from ._state import Machine, RunState
+from ._targets import select_stages, subpipeline
 
 logger = logging.getLogger("trio_pipeline")
 
-_PENDING = StageStatus.PENDING
-_NO_INPUTS: Mapping[str, Any] = MappingProxyType({})
-_RUNNING = StageStatus.RUNNING
-
-
-class _StageRecord:
-    """The engine's mutable view of one stage during one run."""
-
-    __slots__ = (
-        "attempt",
-        "blocked_by",
-        "cancel_requested",
-        "error",
-        "finished_at",
-        "index",
-        "inputs",
-        "machine",
-        "scope",
-        "stage",
-        "started_at",
-        "value",
-        "waiting",
-    )
-
-    def __init__(self, index: int, stage: Stage, waiting: int) -> None:
-        self.index = index
-        self.stage = stage
-        self.machine: Machine[StageStatus] = stage_machine(stage.name)
-        self.waiting = waiting  # upstream stages not yet SUCCEEDED
-        self.attempt = 0
-        self.started_at: float | None = None
-        self.finished_at: float | None = None
-        self.scope: trio.CancelScope | None = None  # the attempt's timeout or the retry wait
-        self.cancel_requested = False
-        self.inputs = _NO_INPUTS  # shared until the first attempt; dropped at the end
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self.blocked_by: str | None = None
-
-    def outcome(self) -> StageOutcome:
-        started, finished = self.started_at, self.finished_at
-        return StageOutcome(
-            status=self.machine.state,
-            value=self.value,
-            error=self.error if self.machine.state is StageStatus.FAILED else None,
-            attempts=self.attempt,
-            duration=0.0 if started is None or finished is None else finished - started,
-            blocked_by=self.blocked_by,
-        )
-
 
 class _Run:
-    """One execution of a `Plan`. All methods but the two task bodies are synchronous."""
+    """One execution of a `Plan`: the scheduler plus the tasks that carry it out."""
 
     # A seam for tests that swap in deliberately broken dispatchers (tests/test_teeth.py).
     dispatcher_type: type[Dispatcher] = Dispatcher
@@ -121,33 +80,33 @@ class _Run:
         keep_going: bool,
         max_parallel: int | None,
         drain_timeout: float,
+        teardown_timeout: float = 30.0,
+        pools: Mapping[str, int] | None = None,
+        params: Params = NO_PARAMS,
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     ) -> None:
         self.plan = plan
+        self.params = params
         self.run_id = uuid.uuid4().hex[:12]
-        self.machine: Machine[RunState] = run_machine(self.run_id)
-        self.keep_going = keep_going
+        self.sched = Scheduler(
+            plan,
+            run_id=self.run_id,
+            keep_going=keep_going,
+            max_parallel=max_parallel,
+            pools=pools,
+            teardown_timeout=teardown_timeout,
+            params=params,
+        )
         self.drain_timeout = drain_timeout
-        self.records = [
-            _StageRecord(i, stage, len(plan.upstream[i])) for i, stage in enumerate(plan.stages)
-        ]
-        self._by_name = {rec.stage.name: rec for rec in self.records}
-        self._unfinished = len(self.records)
-        self._ready: list[int] = []  # heap of stage indices: definition order wins
-        # Slots are taken and given back synchronously (never waited for), but through
-        # a CapacityLimiter with the stage's record as borrower: it refuses a second
-        # slot for one stage or a release without a slot, which a counter would not.
-        self._limiter = trio.CapacityLimiter(math.inf if max_parallel is None else max_parallel)
         send, receive = trio.open_memory_channel[Event](math.inf)
-        self._paused = False  # the slowest sink is more than max_backlog events behind
-        self._seq = 0
-        self._events_closed = False
         self._nursery: trio.Nursery | None = None  # the stages' nursery
+        self._start_soon: Callable[..., None] = _not_begun
+        self._scopes: dict[int, trio.CancelScope] = {}  # attempts and retry waits with one
         self._stages_done = trio.Event()
         # The run's clock, read directly on the per-stage path: trio.current_time()
         # goes through two more calls to reach the same method. Set in `begin`.
         self._now: Callable[[], float] = trio.current_time
-        self.started_at = 0.0
+        self._emit_log = self._log  # one bound method for every StageContext
         self.dispatcher = self.dispatcher_type(
             receive,
             sinks,
@@ -156,109 +115,183 @@ class _Run:
             on_backlog=self._on_backlog,
             on_critical=lambda feed: self.abort(),
         )
-        self._send = self.dispatcher.emitter(send)
+        self.dispatcher.on_fatal = self._sink_crashed
+        self._send = self.dispatcher.emitter(send)  # feeds get each event as it is sent
         self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
+        self.fatal: BaseException | None = None  # re-raised by open_run
+        self.body_scope: trio.CancelScope | None = None  # cancelled by a fatal exception
 
-    # -- events ---------------------------------------------------------------------
+    @property
+    def machine(self) -> Machine[RunState]:
+        return self.sched.machine
 
-    def _next_seq(self) -> int:
-        seq = self._seq
-        self._seq = seq + 1
-        return seq
+    # -- carrying out decisions --------------------------------------------------------
+
+    def _apply(self, now: float) -> None:
+        """Carry out the scheduler's outbox (see `Outbox` for the order)."""
+        out = self.sched.out
+        events = out.events
+        if events:
+            send = self._send.send_nowait
+            try:
+                for event in events:
+                    send(event)
+            except trio.BrokenResourceError:
+                pass  # the dispatcher is gone; the result counts what it did not deliver
+            events.clear()
+        if out.rare:
+            self._apply_cancels(out)
+        starts = out.start
+        if starts:
+            sched = self.sched
+            stages = self.plan.stages
+            start_soon = self._start_soon
+            attempt = self._attempt
+            for i in starts:
+                if stages[i].options.timeout is None and not (
+                    sched.shielded and i in sched.shielded
+                ):
+                    start_soon(attempt, i, None)  # the common case, inlined
+                else:
+                    self._spawn(i, now)
+            starts.clear()
+        if out.rare:
+            for i, delay in out.wait:
+                self._spawn_wait(i, delay)
+            if out.timer:
+                self._start_soon(self._teardown_timer)
+            if out.finished:
+                self._send.close()
+                self._stages_done.set()
+                self.dispatcher.set_deadline(now + self.drain_timeout)
+            out.clear()
+
+    def _apply_cancels(self, out: Outbox) -> None:
+        if out.cancel_running:
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+        scopes = self._scopes
+        for i in out.cancel:
+            scope = scopes.get(i)
+            if scope is not None:
+                scope.cancel()
+        deadline = self.sched.teardown_deadline
+        for i in out.deadline:
+            scope = scopes.get(i)
+            if scope is not None:
+                scope.deadline = min(scope.deadline, deadline)
+
+    def _spawn(self, i: int, now: float) -> None:
+        sched = self.sched
+        timeout = self.plan.stages[i].options.timeout
+        shielded = i in sched.shielded if sched.shielded else False
+        scope: trio.CancelScope | None = None
+        if timeout is not None or shielded:
+            # Created here, not in the task, so the deadline counts from StageStarted.
+            deadline = math.inf if timeout is None else now + timeout
+            if shielded and i in sched.teardown:
+                deadline = min(deadline, sched.teardown_deadline)
+            scope = self._scopes[i] = trio.CancelScope(deadline=deadline, shield=shielded)
+        self._start_soon(self._attempt, i, scope)
+
+    def _spawn_wait(self, i: int, delay: float) -> None:
+        sched = self.sched
+        shielded = i in sched.shielded
+        deadline = sched.teardown_deadline if shielded and i in sched.teardown else math.inf
+        scope = self._scopes[i] = trio.CancelScope(deadline=deadline, shield=shielded)
+        self._start_soon(self._retry_after, i, scope, delay)
 
     def _log(self, stage: str, message: str) -> None:
-        if self._by_name[stage].machine.state.is_terminal:
-            raise RuntimeError(f"stage {stage!r} has finished; its context no longer logs")
-        self._send.send_nowait(
-            StageLog(self.run_id, self._next_seq(), trio.current_time(), stage, message)
-        )
+        event = self.sched.log(stage, message, self._now())
+        with contextlib.suppress(trio.BrokenResourceError):  # the dispatcher is gone
+            self._send.send_nowait(event)
 
     # -- lifecycle ------------------------------------------------------------------
 
     async def host_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Own the stages' nursery: begin the run in it, then keep it open until all are done."""
+        """Own the stages' nursery (in a child task) and watch for outer cancellation."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._own_stages)
+            task_status.started()
+            try:
+                await self._stages_done.wait()
+            except BaseException:
+                # The run's scope was cancelled from outside (or by a fatal exception):
+                # cancel the stages; the stages' nursery sees the teardown stages through.
+                self.abort()
+                raise
+
+    async def _own_stages(self, *, task_status: trio.TaskStatus[None]) -> None:
+        # The stages' nursery, in a task of its own: a stop cancels this nursery's
+        # scope, which must not reach the watcher above. The body waits shielded, so
+        # the nursery stays open for teardown stages that start after a stop.
         async with trio.open_nursery() as nursery:
             self.begin(nursery)
             task_status.started()
+            with trio.CancelScope(shield=True):
+                await self._stages_done.wait()
+
+    async def _teardown_timer(self) -> None:
+        # In the stages' nursery, shielded: that nursery's scope is cancelled by now.
+        sched = self.sched
+        with trio.CancelScope(shield=True, deadline=sched.teardown_deadline):
             await self._stages_done.wait()
+            return
+        now = self._now()
+        sched.teardown_expired(now)
+        self._apply(now)
 
     def begin(self, nursery: trio.Nursery) -> None:
-        """Emit `RunStarted` and start the stages that have no dependencies."""
-        self.machine.advance(RunState.RUNNING)
+        """Emit `RunStarted` and start the stages that are ready."""
         self._nursery = nursery
+        self._start_soon = nursery.start_soon
         self._now = trio.lowlevel.current_clock().current_time
-        self.started_at = now = self._now()
-        names = tuple(rec.stage.name for rec in self.records)
-        self._send.send_nowait(
-            RunStarted(self.run_id, self._next_seq(), now, self.plan.name, names)
-        )
-        # Ascending indices already form a valid heap.
-        self._ready = [rec.index for rec in self.records if rec.waiting == 0]
-        self._pump()
-        self._check_done()
+        now = self._now()
+        self.sched.begin(now, wall_time=time.time())
+        self._apply(now)
 
     def request_close(self) -> None:
-        """Start no new stage; running ones finish. Idempotent; a no-op unless RUNNING."""
-        if self.machine.state is RunState.RUNNING:
-            self._stop(RunState.CLOSING, cancel_running=False)
-            self._check_done()
+        """Start no new stage but teardown stages; running ones finish. Idempotent."""
+        now = self._now()
+        self.sched.request_close(now)
+        self._apply(now)
 
     def abort(self) -> None:
         """Cancel running stages; the run ends CANCELLED. A no-op once draining or done."""
-        if self.machine.state in (RunState.RUNNING, RunState.CLOSING):
-            self._stop(RunState.CANCELLED, cancel_running=True)
-            self._check_done()
+        now = self._now()
+        self.sched.cancel(now)
+        self._apply(now)
 
-    def _stop(self, target: RunState, *, cancel_running: bool) -> None:
-        self.machine.advance(target)
-        self._ready.clear()
-        for rec in self.records:
-            state = rec.machine.state
-            if state is _RUNNING:
-                if cancel_running:
-                    rec.cancel_requested = True
-            elif state is _PENDING:
-                self._terminate(rec, StageStatus.CANCELLED)
-                if rec.scope is not None:  # waiting out a retry delay
-                    rec.scope.cancel()
-        if cancel_running:
-            assert self._nursery is not None
-            self._nursery.cancel_scope.cancel()
+    def _crashed(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+        if self.body_scope is not None:
+            self.body_scope.cancel()
 
-    def _check_done(self) -> None:
-        if self._unfinished or self._events_closed:
-            return
-        self._events_closed = True
-        if self.machine.state is RunState.RUNNING:
-            self.machine.advance(RunState.CLOSING)
-        final = RunState.CANCELLED if self.machine.state is RunState.CANCELLED else RunState.CLOSED
-        now = trio.current_time()
-        counts = count_statuses(rec.machine.state for rec in self.records)
-        self._send.send_nowait(
-            RunFinished(self.run_id, self._next_seq(), now, final, counts, now - self.started_at)
-        )
-        self._send.close()
-        self._stages_done.set()
-        if self.machine.state is RunState.CLOSING:
-            self.machine.advance(RunState.DRAINING)
-        self.dispatcher.set_deadline(now + self.drain_timeout)
+    def _sink_crashed(self, exc: BaseException) -> None:
+        """A sink raised a fatal exception (the dispatcher disabled it and goes on)."""
+        self._crashed(exc)
+        self.abort()
 
     def _on_backlog(self, over: bool) -> None:
-        self._paused = over
-        if not over:
-            self._pump()
+        """The slowest sink went over max_backlog (pause starts) or back under half of it."""
+        if over:
+            self.sched.pause_starts()  # from inside _apply too: it only sets a flag
+        else:
+            now = self._now()
+            self.sched.resume_starts(now)
+            self._apply(now)
 
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
-        total = self._seq
-        state = self.machine.state
-        if state is RunState.DRAINING:
-            clean = dispatcher.clean(total)
-            self.machine.advance(RunState.CLOSED if clean else RunState.CANCELLED)
-        elif state in (RunState.RUNNING, RunState.CLOSING):
-            # The dispatcher died before the run finished (a BaseException from a sink).
-            self.machine.advance(RunState.CANCELLED)
+        sched = self.sched
+        if not sched.finished:
+            # The dispatcher died before the run finished: nothing can be delivered.
+            self.abort()
+        total = sched.emitted
+        # CANCELLED only when a healthy sink was cut off (or a critical one failed).
+        sched.drained(overran=not dispatcher.clean(total))
         deliveries = dispatcher.deliveries(total)
         undelivered: dict[Sink, int] = {}
         for sink, record in deliveries.items():
@@ -273,16 +306,14 @@ class _Run:
                 )
             elif record.state is SinkState.CUT_OFF:
                 logger.error(
-                    "run %s: sink %r did not close within the drain deadline",
-                    self.run_id,
-                    sink,
+                    "run %s: sink %r did not close within the drain deadline", self.run_id, sink
                 )
         self.result = RunResult(
-            state=self.machine.state,
-            stages=MappingProxyType({rec.stage.name: rec.outcome() for rec in self.records}),
-            counts=MappingProxyType(count_statuses(rec.machine.state for rec in self.records)),
+            state=sched.state,
+            stages=sched.outcomes(),
+            counts=MappingProxyType(sched.counts()),
             run_id=self.run_id,
-            duration=trio.current_time() - self.started_at,
+            duration=self._now() - sched.started_at,
             sink_errors=MappingProxyType(
                 {sink: d.error for sink, d in deliveries.items() if d.error is not None}
             ),
@@ -291,197 +322,88 @@ class _Run:
         )
         self.finished.set()
 
-    # -- stages ---------------------------------------------------------------------
+    # -- tasks ------------------------------------------------------------------------
 
-    def _pump(self) -> None:
-        """Start ready stages while slots are free, lowest definition index first."""
-        if self.machine.state is not RunState.RUNNING:
-            return
-        ready, records, limiter = self._ready, self.records, self._limiter
-        # `_paused` may turn true inside the loop: the StageStarted just emitted can
-        # push the backlog over max_backlog.
-        while ready and limiter.available_tokens >= 1 and not self._paused:
-            rec = records[heapq.heappop(ready)]
-            limiter.acquire_on_behalf_of_nowait(rec)
-            self._start_attempt(rec)
-
-    def _start_attempt(self, rec: _StageRecord) -> None:
-        assert self._nursery is not None
-        rec.machine.advance(_RUNNING)
-        rec.attempt += 1
-        now = self._now()
-        if rec.attempt == 1:
-            rec.started_at = now
-            upstream = self.plan.upstream[rec.index]
-            if upstream:
-                records = self.records
-                rec.inputs = MappingProxyType(
-                    {records[j].stage.name: records[j].value for j in upstream}
-                )
-        timeout = rec.stage.timeout
-        # Created here, not in the task, so the deadline counts from the start event.
-        rec.scope = None if timeout is None else trio.CancelScope(deadline=now + timeout)
-        self._send.send_nowait(
-            StageStarted(self.run_id, self._next_seq(), now, rec.stage.name, rec.attempt)
-        )
-        self._nursery.start_soon(self._attempt, rec, rec.scope)
-
-    async def _attempt(self, rec: _StageRecord, scope: trio.CancelScope | None) -> None:
+    async def _attempt(self, i: int, scope: trio.CancelScope | None) -> None:
+        sched = self.sched
+        stage = self.plan.stages[i]
         ctx = StageContext(
-            name=rec.stage.name,
-            inputs=rec.inputs,
-            attempt=rec.attempt,
+            name=stage.name,
+            inputs=sched.inputs_of(i),
+            attempt=sched.attempts[i],
             run_id=self.run_id,
-            emit_log=self._log,
+            emit_log=self._emit_log,
+            params=self.params,
         )
         value: Any = None
         try:
-            if self._chaos is not None:
-                await self._chaos("stage.start")
             if scope is None:
-                value = await rec.stage.fn(ctx)
+                if self._chaos is not None:
+                    await self._chaos("stage.start")
+                value = await stage.fn(ctx)
             else:
                 with scope:
-                    value = await rec.stage.fn(ctx)
+                    if self._chaos is not None:
+                        await self._chaos("stage.start")
+                    value = await stage.fn(ctx)
+                del self._scopes[i]
             if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
                     await self._chaos("stage.end")
         except Exception as exc:
-            self._release(rec)
-            self._attempt_failed(rec, exc)
+            if scope is not None:
+                self._scopes.pop(i, None)
+            now = self._now()
+            sched.attempt_failed(i, exc, now)
+            self._apply(now)
         except BaseException as exc:
-            self._release(rec)
-            self._terminate(rec, StageStatus.CANCELLED)
-            if rec.cancel_requested and _is_cancellation(exc):
-                # The engine cancelled the stages' nursery (fail-fast or RunHandle.cancel).
-                self._pump()
-            else:
-                # Cancelled from outside the run (or interrupted): cancel the rest too.
-                self.abort()
-            self._check_done()
-            raise
+            if scope is not None:
+                self._scopes.pop(i, None)
+            now = self._now()
+            if _is_cancellation(exc):
+                sched.attempt_cancelled(i, now)
+                self._apply(now)
+                raise
+            # KeyboardInterrupt, SystemExit, ...: kept for open_run to raise, so
+            # the run can still cancel the rest and deliver every event.
+            self._crashed(_unwrap(exc))
+            sched.attempt_crashed(i, exc, now)
+            self._apply(now)
         else:
-            self._release(rec)
-            if scope is None or not scope.cancelled_caught:
-                self._succeeded(rec, value)
-            elif rec.cancel_requested:
-                self._terminate(rec, StageStatus.CANCELLED)
-                self._pump()
-                self._check_done()
+            now = self._now()
+            if scope is not None and scope.cancelled_caught:
+                sched.attempt_timed_out(i, now)
             else:
-                timeout = rec.stage.timeout
-                assert timeout is not None
-                self._attempt_failed(rec, StageTimeout(rec.stage.name, timeout, rec.attempt))
+                sched.attempt_succeeded(i, value, now)
+            self._apply(now)
 
-    def _release(self, rec: _StageRecord) -> None:
-        rec.scope = None
-        self._limiter.release_on_behalf_of(rec)
-
-    def _attempt_failed(self, rec: _StageRecord, exc: Exception) -> None:
-        stage = rec.stage
-        rec.error = exc
-        policy = stage.options.retry
-        if (
-            rec.cancel_requested
-            or self.machine.state is not RunState.RUNNING
-            or not policy.should_retry(exc, rec.attempt)
-        ):
-            self._failed(rec, exc)
-            return
-        delay = policy.delay_before(rec.attempt)
-        rec.machine.advance(_PENDING)
-        self._send.send_nowait(
-            StageRetrying(
-                self.run_id,
-                self._next_seq(),
-                trio.current_time(),
-                stage.name,
-                rec.attempt,
-                describe_error(exc),
-                delay,
-            )
-        )
-        if delay > 0:
-            assert self._nursery is not None
-            rec.scope = trio.CancelScope()
-            self._nursery.start_soon(self._retry_after, rec, rec.scope, delay)
-        else:
-            heapq.heappush(self._ready, rec.index)
-        self._pump()
-
-    async def _retry_after(self, rec: _StageRecord, scope: trio.CancelScope, delay: float) -> None:
+    async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
+        sched = self.sched
         try:
             with scope:
                 await trio.sleep(delay)
-            if self._chaos is not None:
-                await self._chaos("retry.wake")
+                if self._chaos is not None:
+                    await self._chaos("retry.wake")
         except BaseException:
-            # Not when the engine already cancelled this stage (fail-fast, RunHandle.cancel).
-            if rec.machine.state is _PENDING:
-                self.abort()
+            if self._scopes.get(i) is scope:
+                del self._scopes[i]
+            now = self._now()
+            sched.retry_wait_cancelled(i, now)
+            self._apply(now)
             raise
-        # Closing may have raced the wake-up; then the stage is already CANCELLED.
-        if rec.machine.state is _PENDING and self.machine.state is RunState.RUNNING:
-            rec.scope = None
-            heapq.heappush(self._ready, rec.index)
-            self._pump()
+        if self._scopes.get(i) is scope:
+            del self._scopes[i]
+        now = self._now()
+        if scope.cancelled_caught:
+            sched.retry_wait_cancelled(i, now)
+        else:
+            sched.retry_due(i, now)
+        self._apply(now)
 
-    def _succeeded(self, rec: _StageRecord, value: Any) -> None:
-        rec.value = value
-        self._terminate(rec, StageStatus.SUCCEEDED)
-        records, ready = self.records, self._ready
-        for j in self.plan.downstream[rec.index]:
-            down = records[j]
-            down.waiting -= 1
-            if down.waiting == 0 and down.machine.state is _PENDING:
-                heapq.heappush(ready, j)
-        self._pump()
-        self._check_done()
 
-    def _failed(self, rec: _StageRecord, exc: Exception) -> None:
-        self._terminate(rec, StageStatus.FAILED, error=exc)
-        self._block_downstream(rec)
-        if not self.keep_going and self.machine.state is RunState.RUNNING:
-            self._stop(RunState.CLOSING, cancel_running=True)
-        self._pump()
-        self._check_done()
-
-    def _block_downstream(self, failed: _StageRecord) -> None:
-        records, downstream = self.records, self.plan.downstream
-        stack = list(downstream[failed.index])
-        while stack:
-            down = records[stack.pop()]
-            # Only never-started stages can sit downstream of a failure; terminal
-            # ones were blocked or cancelled together with their own downstream.
-            if down.machine.state is _PENDING:
-                down.blocked_by = failed.stage.name
-                self._terminate(down, StageStatus.BLOCKED)
-                stack.extend(downstream[down.index])
-
-    def _terminate(
-        self, rec: _StageRecord, status: StageStatus, *, error: BaseException | None = None
-    ) -> None:
-        """The one way into a terminal status: exactly one StageFinished per stage."""
-        rec.machine.advance(status)
-        # Keeps the heap small: finished stages' inputs are garbage the collector would walk.
-        rec.inputs = _NO_INPUTS
-        self._unfinished -= 1
-        now = rec.finished_at = self._now()
-        started = rec.started_at
-        self._send.send_nowait(
-            StageFinished(
-                self.run_id,
-                self._next_seq(),
-                now,
-                rec.stage.name,
-                status,
-                rec.attempt,
-                0.0 if started is None else now - started,
-                None if error is None else describe_error(error),
-                rec.blocked_by,
-            )
-        )
+def _not_begun(*args: object) -> None:
+    raise RuntimeError("the run has not begun: no stage nursery yet")
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -490,6 +412,19 @@ def _is_cancellation(exc: BaseException) -> bool:
         rest = cast(BaseExceptionGroup[BaseException], exc).split(trio.Cancelled)[1]
         return rest is None
     return isinstance(exc, trio.Cancelled)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The fatal exception itself: a group's Cancelled dropped, single-member groups opened."""
+    while isinstance(exc, BaseExceptionGroup):
+        group = cast(BaseExceptionGroup[BaseException], exc)
+        rest: BaseExceptionGroup[BaseException] | None = group.split(trio.Cancelled)[1]
+        if rest is None:
+            return group
+        if len(rest.exceptions) != 1:
+            return rest
+        exc = rest.exceptions[0]
+    return exc
 
 
 class RunHandle:
@@ -512,17 +447,20 @@ class RunHandle:
         return self._run.machine.state
 
     def request_close(self) -> None:
-        """Graceful stop: no new stage starts; running stages may finish.
+        """Graceful stop: no new stage starts but teardown stages; running stages may finish.
 
-        Unstarted stages end CANCELLED. Idempotent; harmless once the run has finished.
+        Unstarted stages end CANCELLED (reason ``"close requested"``), except teardown
+        stages (``trigger=Trigger.ALWAYS``), which run once their upstream stages are
+        done. Idempotent; harmless once the run has finished.
         """
         self._run.request_close()
 
     def cancel(self) -> None:
         """Cancel running stages; every unfinished stage ends CANCELLED, the run CANCELLED.
 
-        Events are still delivered (within ``drain_timeout``). Idempotent; harmless
-        once all stages have finished (draining is not cut short).
+        Teardown stages still run, shielded, until ``teardown_timeout`` seconds from
+        now. Events are still delivered (within ``drain_timeout``). Idempotent;
+        harmless once all stages have finished (draining is not cut short).
         """
         self._run.abort()
 
@@ -544,15 +482,38 @@ class RunHandle:
         return f"<RunHandle {self._run.plan.name!r} run={self.run_id} {self.state}>"
 
 
+class _PoolUsers:
+    """The stages of `plan` that use pools: all `check_pools` needs to look at."""
+
+    __slots__ = ("stages",)
+
+    def __init__(self, plan: Plan) -> None:
+        # Most stages share DEFAULT_OPTIONS: skipping them is most of the saving
+        # (check_pools over every stage cost about 1 us a stage).
+        self.stages = [
+            stage
+            for stage in plan.stages
+            if stage.options is not DEFAULT_OPTIONS and stage.options.uses
+        ]
+
+
 def _check_options(
     sinks: Sequence[Sink],
+    keep_going: bool,
     max_parallel: int | None,
     drain_timeout: float,
+    teardown_timeout: float,
     max_backlog: int | None = None,
-) -> None:
+) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
+    if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
+        raise StageDefinitionTypeError(f"sinks must be a sequence of sinks, got {sinks!r}")
+    sinks = tuple(sinks)
+    if not isinstance(keep_going, bool):
+        raise StageDefinitionTypeError(f"keep_going must be a bool, got {keep_going!r}")
     check_optional_int(max_parallel, "max_parallel", minimum=1)
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
+    check_seconds(teardown_timeout, "teardown_timeout", infinite=True)
     check_optional_int(max_backlog, "max_backlog", minimum=0)
     for sink in sinks:
         if not isinstance(sink, Sink):
@@ -563,6 +524,18 @@ def _check_options(
         raise StageDefinitionError(
             "the same sink was passed twice; each sink receives each event once"
         )
+    return sinks
+
+
+def _compile_selected(
+    pipeline: Pipeline, targets: Iterable[str | Stage] | None, *, only: bool
+) -> Plan:
+    plan = pipeline.compile()  # the whole graph is validated, targets or not
+    if targets is None:
+        if only:
+            raise StageDefinitionError("only=True needs targets: the stages to run")
+        return plan
+    return subpipeline(pipeline, select_stages(pipeline, targets, only=only)).compile()
 
 
 @asynccontextmanager
@@ -573,6 +546,11 @@ async def open_run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    teardown_timeout: float = 30.0,
+    pools: Mapping[str, int] | None = None,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
     max_backlog: int | None = DEFAULT_MAX_BACKLOG,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
@@ -584,42 +562,78 @@ async def open_run(
     Args:
         sinks: Receive every event, in order.
         keep_going: On a failure, block only its downstream; independent stages go on.
-            Otherwise (fail-fast) the first failure cancels everything else.
+            Otherwise (fail-fast) the first failure cancels everything else but
+            teardown stages, and only stages whose trigger still fires start.
         max_parallel: At most this many stage attempts run at once (None: no limit).
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
             remaining events; a sink not done by then is cut off, its undelivered
             count reported, and the run ends CANCELLED.
+        teardown_timeout: Seconds teardown stages (``trigger=Trigger.ALWAYS``) get
+            after the run is cancelled (from outside, by `RunHandle.cancel` or a fatal
+            exception), counted from the cancellation; then they are cancelled too.
+        pools: ``{pool name: slots}`` for the stages' ``uses=``, overriding the
+            pipeline's pools of the same name.
+        params: The run's parameters, read by every stage as `StageContext.params`
+            (a read-only mapping with str keys) and carried by `RunStarted.params`.
+        targets: Run only these stages (names or `Stage` objects) and, unless
+            `only`, every stage they depend on. Other stages are not part of the run:
+            absent from `RunStarted.stages` and from the result. None: every stage.
+        only: With `targets`, just the targets: dependencies on stages that are not
+            targets are dropped (those stages' results are missing from ``inputs``).
         max_backlog: While the slowest sink (of those not disabled) has more than this
             many events emitted and not yet handled, no new stage attempt starts
-            (running ones go on, and emitting never blocks). None: unbounded.
+            (from the scheduler's next decision on; running ones go on, and emitting
+            never blocks), until it is back under half of it. None: unbounded.
 
     Raises:
-        PipelineError: the pipeline is invalid; raised before anything starts.
+        PipelineError: the pipeline or an option is invalid; raised before anything
+            starts.
+        UnknownStageError: a target is not a stage (with a did-you-mean).
+        StageDefinitionError: an invalid option (a `StageDefinitionTypeError`, also a
+            TypeError, for a value of the wrong type).
+        BaseException: a stage or a sink raised KeyboardInterrupt, SystemExit or
+            another BaseException that is not a cancellation: the run was cancelled,
+            every event delivered and every sink closed, then that exception itself
+            is raised here.
     """
-    plan = pipeline.compile()
-    sinks = tuple(sinks)
-    _check_options(sinks, max_parallel, drain_timeout, max_backlog)
+    plan = _compile_selected(pipeline, targets, only=only)
+    run_params = check_params(params)
+    sinks = _check_options(
+        sinks, keep_going, max_parallel, drain_timeout, teardown_timeout, max_backlog
+    )
+    merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
+    checked_pools = check_pools(_PoolUsers(plan), merged)
     run = _Run(
         plan,
         sinks=sinks,
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        teardown_timeout=teardown_timeout,
+        pools=checked_pools,
+        params=run_params,
         max_backlog=max_backlog,
     )
     handle = RunHandle(run)
-    async with trio.open_nursery() as nursery:
-        # Shielded: once entered, a run always reports in full. A cancellation
-        # arriving now reaches the stages instead, which then end CANCELLED.
-        with trio.CancelScope(shield=True):
-            await nursery.start(run.dispatcher.run)
-            await nursery.start(run.host_stages)
-        try:
-            yield handle
-            await run.finished.wait()
-        except BaseException:
-            run.abort()
-            raise
+    try:
+        async with trio.open_nursery() as nursery:
+            run.body_scope = nursery.cancel_scope
+            # Shielded: once entered, a run always reports in full. A cancellation
+            # arriving now reaches the stages instead, which then end CANCELLED.
+            with trio.CancelScope(shield=True):
+                await nursery.start(run.dispatcher.run)
+                await nursery.start(run.host_stages)
+            try:
+                yield handle
+                await run.finished.wait()
+            except BaseException:
+                run.abort()
+                raise
+    finally:
+        fatal = run.fatal
+        if fatal is not None:
+            # As itself, as trio's own functions do with their internal nurseries.
+            raise fatal from None
 
 
 async def run(
@@ -629,6 +643,11 @@ async def run(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    teardown_timeout: float = 30.0,
+    pools: Mapping[str, int] | None = None,
+    params: Mapping[str, Any] | None = None,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
     max_backlog: int | None = DEFAULT_MAX_BACKLOG,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
@@ -636,7 +655,8 @@ async def run(
     Stage failures are reported in the result, not raised (see
     `RunResult.raise_for_failures`). Options are those of `open_run`. If the caller
     is cancelled, running stages are cancelled, the sinks still receive every event
-    (within `drain_timeout`), and then `Cancelled` propagates.
+    (within `drain_timeout`), and then `Cancelled` propagates. A stage's or sink's
+    KeyboardInterrupt (SystemExit, ...) propagates the same way, as itself.
     """
     async with open_run(
         pipeline,
@@ -644,6 +664,11 @@ async def run(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        teardown_timeout=teardown_timeout,
+        pools=pools,
+        params=params,
+        targets=targets,
+        only=only,
         max_backlog=max_backlog,
     ) as handle:
         pass

@@ -89,8 +89,12 @@ class PipelineInternalError(Exception):
     """
 
 
-class TransitionError(RuntimeError):
-    """An illegal state transition was attempted; the state machine is unchanged."""
+class TransitionError(PipelineInternalError, RuntimeError):
+    """An illegal state transition was attempted; the state machine is unchanged.
+
+    The engine only makes legal moves, so this is an internal error (also a
+    `RuntimeError`).
+    """
 
     def __init__(self, machine: str, current: object, target: object) -> None:
         super().__init__(f"{machine}: illegal transition {current!s} -> {target!s}")

@@ -13,19 +13,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ._params import NO_PARAMS
 from ._slots import set_slots_directly
 from ._state import RunState, StageStatus
 
 
 @dataclass(frozen=True, slots=True)
 class RunStarted:
-    """The run began; `stages` lists every stage name in definition order."""
+    """The run began; `stages` lists every stage of the run in definition order.
+
+    `stages` holds only the selected stages when the run has targets; `params` is
+    the run's read-only parameters (empty when none were given). `after[i]` names
+    the stages that `stages[i]` waits for, so that a log alone can draw the graph;
+    `wall_time` is ``time.time()`` at the start (the trio clock's `time` has no
+    fixed origin); both are empty/None in events built by hand.
+    """
 
     run_id: str
     seq: int
     time: float
     pipeline: str
     stages: tuple[str, ...]
+    params: Mapping[str, Any] = NO_PARAMS
+    after: tuple[tuple[str, ...], ...] = ()
+    wall_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +84,10 @@ class StageFinished:
     `attempt` is the number of attempts started (0 if the stage never started),
     `duration` the seconds from its first start to now (0.0 if never started),
     `error` the failure as ``"Type: message"`` text, `blocked_by` the failed stage
-    that blocked it.
+    that blocked it, `reason` why a stage that did not succeed or fail ended as it did
+    (``"upstream 'a' failed"``, ``"fail-fast stop"``, ``"close requested"``, ``"run
+    cancelled"``, ``"trigger all_success not met: upstream 'a' skipped"``, ``"raised
+    KeyboardInterrupt"``, ...; None for SUCCEEDED and FAILED).
     """
 
     run_id: str
@@ -85,6 +99,7 @@ class StageFinished:
     duration: float
     error: str | None
     blocked_by: str | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,10 +86,17 @@ class Feed:
                 await self._close()
         except BaseException as exc:
             # Not Cancelled (the shield and our own scope catch those): a sink let a
-            # KeyboardInterrupt or similar through. Record it, then let it go on.
+            # KeyboardInterrupt or similar through. Disable it; the engine, if it takes
+            # such exceptions (`on_fatal`), cancels the run and re-raises it at the end.
             if self.state is None:
                 self._disable(exc, "handling an event")
-            raise
+            on_fatal = self._dispatcher.on_fatal
+            if on_fatal is None:
+                raise
+            on_fatal(exc)
+            if not self._aclose_called:
+                await self._close()
+            return
         if not self._aclose_called:
             if self.state is None:
                 self.state = SinkState.CUT_OFF

@@ -9,7 +9,6 @@ later, so unknown names and cycles are reported by `Pipeline.validate` (which
 from __future__ import annotations
 
 import difflib
-import heapq
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,6 +26,7 @@ from ._errors import (
     UnknownStageError,
 )
 from ._options import DEFAULT_OPTIONS, StageKeywords, StageOptions, build_options, check_pool_map
+from ._signature import check_stage_callable
 
 if TYPE_CHECKING:
     # Types only: the edge modules import trio, so the core never imports them.
@@ -136,7 +136,8 @@ class Pipeline:
 
     def __init__(self, name: str, *, pools: Mapping[str, int] | None = None) -> None:
         if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"pipeline name must be a non-empty string, got {name!r}")
+            error = StageDefinitionError if isinstance(name, str) else StageDefinitionTypeError
+            raise error(f"pipeline name must be a non-empty string, got {name!r}")
         self.name = name
         self.pools: Mapping[str, int] = check_pool_map({} if pools is None else pools)
         """Read-only ``{pool name: slots}``."""
@@ -240,9 +241,11 @@ class Pipeline:
                 `StageDefinitionTypeError` (also a TypeError) for a wrong type.
         """
         if not isinstance(name, str) or not name:
-            raise StageDefinitionError(f"stage name must be a non-empty string, got {name!r}")
+            error = StageDefinitionError if isinstance(name, str) else StageDefinitionTypeError
+            raise error(f"stage name must be a non-empty string, got {name!r}")
         if name in self._stages:
             raise DuplicateStageError(name, self.name)
+        check_stage_callable(name, fn, executor)
         run_fn: StageFunction
         try:
             stage_options = build_options(options)
@@ -340,7 +343,9 @@ class Pipeline:
             for dep in stage.after:
                 j = index.get(dep)
                 if j is None:
-                    close = difflib.get_close_matches(dep, index, n=2)
+                    # Never the referencing stage itself: "did you mean" must be another.
+                    others = [other for other in index if other != stage.name]
+                    close = difflib.get_close_matches(dep, others, n=2)
                     raise UnknownStageError(dep, stage.name, close)
                 ups.append(j)
                 downstream[j].append(i)
@@ -353,44 +358,53 @@ class Pipeline:
     def start_order(self) -> list[str]:
         """Stage names in the order an unlimited, failure-free run would start them.
 
-        Raises the same errors as `validate`.
+        The run's own scheduler decides it (priorities, pools and exclusive stages
+        included; each attempt succeeds in the order it started). A stage such a
+        run skips (a ``one_failed`` stage) is not listed. Raises the same errors as
+        `validate`.
         """
+        from ._options import check_pools
+        from ._scheduler import start_order  # pure, like this module
+
         plan = self.compile()
-        waiting = [len(ups) for ups in plan.upstream]
-        ready = [i for i, n in enumerate(waiting) if n == 0]
-        order: list[str] = []
-        while ready:
-            i = heapq.heappop(ready)
-            order.append(plan.stages[i].name)
-            for j in plan.downstream[i]:
-                waiting[j] -= 1
-                if waiting[j] == 0:
-                    heapq.heappush(ready, j)
-        return order
+        return start_order(plan, check_pools(plan, self.pools))
 
     def _resolve_after(self, name: str, after: Iterable[StageRef] | StageRef) -> tuple[str, ...]:
-        refs: Iterable[StageRef] = (
-            (after,) if isinstance(after, str | Stage) or callable(after) else after
-        )
+        if isinstance(after, str | Stage) or callable(after):
+            refs: Iterable[StageRef] = (after,)
+        elif isinstance(after, Iterable):
+            refs = after
+        else:
+            raise StageDefinitionTypeError(
+                f"after= must be a stage, a name, or an iterable of them, got {after!r}",
+                stage=name,
+            )
         names: list[str] = []
         for ref in refs:
             if isinstance(ref, str):
                 dep = ref
             elif isinstance(ref, Stage):
                 dep = ref.name
+                if self._stages.get(dep) is not ref:
+                    raise StageDefinitionError(
+                        f"after= entry {ref!r} is a Stage of another pipeline,"
+                        f" not of {self.name!r}",
+                        stage=name,
+                    )
             elif callable(ref):
                 registered = self._names_by_fn.get(id(ref), [])
                 if len(registered) != 1:
                     how = "is not a stage of" if not registered else "is several stages of"
                     raise StageDefinitionError(
-                        f"stage {name!r}: after= entry {ref!r} {how} pipeline {self.name!r};"
-                        " pass the stage's name or the Stage returned by stage()/add_stage()"
+                        f"after= entry {ref!r} {how} pipeline {self.name!r};"
+                        " pass the stage's name or the Stage returned by stage()/add_stage()",
+                        stage=name,
                     )
                 dep = registered[0]
             else:
-                raise StageDefinitionError(
-                    f"stage {name!r}: after= entries must be stage names or Stage objects,"
-                    f" got {ref!r}"
+                raise StageDefinitionTypeError(
+                    f"after= entries must be stage names or Stage objects, got {ref!r}",
+                    stage=name,
                 )
             if dep not in names:
                 names.append(dep)

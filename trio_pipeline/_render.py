@@ -1,4 +1,4 @@
-"""Text renderings of a validated pipeline: start order, Mermaid and Graphviz dot. Pure.
+"""Text renderings of a validated pipeline: start order, Mermaid, Graphviz dot, SVG. Pure.
 
 All three take a `Plan` (so the graph was validated) and return text with a trailing
 newline; the CLI only prints it.
@@ -7,8 +7,9 @@ newline; the CLI only prints it.
 from __future__ import annotations
 
 from ._graph import Plan
+from ._graph_svg import render_plan_svg
 
-FORMATS = ("mermaid", "dot")
+FORMATS = ("mermaid", "dot", "svg")
 
 
 def render_order(plan: Plan, order: list[str]) -> str:
@@ -35,11 +36,13 @@ def render_order(plan: Plan, order: list[str]) -> str:
 
 
 def render_graph(plan: Plan, fmt: str) -> str:
-    """The graph as Mermaid (``flowchart TD``) or Graphviz ``digraph`` text."""
+    """The graph as Mermaid (``flowchart TD``), Graphviz ``digraph`` text or an SVG document."""
     if fmt == "mermaid":
         return render_mermaid(plan)
     if fmt == "dot":
         return render_dot(plan)
+    if fmt == "svg":
+        return render_plan_svg(plan)
     raise ValueError(f"unknown graph format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 

@@ -15,7 +15,9 @@ and leaves the state as it was. Two rules keep the engine honest:
    state.
 
 A stage waiting out a retry delay is PENDING again (it holds no concurrency slot),
-so RUNNING -> PENDING is legal.
+so RUNNING -> PENDING is legal. The per-stage states live in the scheduler's flat
+lists (`_scheduler`), which checks every move against `STAGE_TRANSITIONS`; the run
+has one `Machine`.
 
 The run moves IDLE -> RUNNING when it starts, RUNNING -> CLOSING when no further
 stage may start (every stage is done, a fail-fast failure, or `request_close`),
@@ -71,6 +73,9 @@ TERMINAL_STATUSES: frozenset[StageStatus] = frozenset(
     }
 )
 
+OK_STATUSES: frozenset[StageStatus] = frozenset({StageStatus.SUCCEEDED})
+"""Terminal statuses that count as success downstream (their value is an input)."""
+
 _S = StageStatus
 STAGE_TRANSITIONS: Mapping[StageStatus, frozenset[StageStatus]] = {
     _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED}),
@@ -108,9 +113,6 @@ class Machine(Generic[_State]):
         self.state: _State = initial
         self._table: Mapping[_State, frozenset[_State]] = table
 
-    def can_advance(self, target: _State) -> bool:
-        return target in self._table[self.state]
-
     def advance(self, target: _State) -> None:
         """Move to `target`, or raise `TransitionError` and change nothing."""
         if target not in self._table[self.state]:
@@ -119,10 +121,6 @@ class Machine(Generic[_State]):
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state!s}>"
-
-
-def stage_machine(stage: str) -> Machine[StageStatus]:
-    return Machine(f"stage {stage!r}", StageStatus.PENDING, STAGE_TRANSITIONS)
 
 
 def run_machine(run_id: str) -> Machine[RunState]:

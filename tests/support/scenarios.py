@@ -9,6 +9,7 @@ fresh `trio.run` on a MockClock and checks every invariant with `check_run`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -40,7 +41,7 @@ LONG_HANG = 600.0
 # A deadlock jumps straight to this deadline instead of hanging the test.
 FAIL_AFTER = 1_000_000.0
 
-Behaviour = Literal["ok", "fail", "hang"]
+Behaviour = Literal["ok", "fail", "other", "hang", "fatal"]
 Control = Literal["none", "close", "cancel", "outer"]
 SinkKind = Literal["record", "slow", "raise", "hung", "torn"]
 FAULTY_SINKS: tuple[SinkKind, ...] = ("slow", "raise", "hung", "torn")
@@ -49,6 +50,22 @@ OpenRun = Callable[..., AbstractAsyncContextManager[tp.RunHandle]]
 
 class StageBoom(Exception):
     """What a failing stage raises."""
+
+
+class OtherBoom(Exception):
+    """What a failing stage raises when its spec says "other" (`retry_on` may reject it)."""
+
+
+class StageFatal(BaseException):
+    """What a "fatal" attempt raises: like KeyboardInterrupt, not an Exception."""
+
+
+def _retry_on_boom(exc: BaseException) -> bool:
+    return isinstance(exc, StageBoom)
+
+
+# retry_on values a stage may draw (None: every Exception, timeouts included).
+RETRY_ON: tuple[Any, ...] = (None, StageBoom, (StageBoom, tp.StageTimeout), _retry_on_boom)
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,15 @@ class StageSpec:
     # Waits in a child task of a nursery of its own, so cancelling it raises a
     # group of Cancelled rather than a bare Cancelled.
     nested: bool = False
+    # Scheduling rules (issue 10); the defaults are a plain stage's.
+    trigger: tp.Trigger = tp.Trigger.ALL_SUCCESS
+    priority: int = 0
+    exclusive: bool = False
+    uses: tuple[tuple[str, int], ...] = ()
+    retry_backoff: float = 2.0
+    retry_max_delay: float | None = None
+    retry_jitter: float = 0.0
+    retry_on: Any = None
 
     def behaviour(self, attempt: int) -> tuple[Behaviour, float]:
         return self.attempts[min(attempt, len(self.attempts)) - 1]
@@ -85,6 +111,13 @@ class Scenario:
     control_at: float
     tape: tuple[int, ...]
     max_backlog: int | None = None
+    pools: tuple[tuple[str, int], ...] = ()
+    teardown_timeout: float = 30.0
+
+    @property
+    def fatal(self) -> bool:
+        """Whether some attempt may raise `StageFatal`."""
+        return any(b == "fatal" for spec in self.stages for b, _ in spec.attempts)
 
     @property
     def lossless(self) -> bool:
@@ -97,19 +130,51 @@ class Scenario:
 _DURATIONS = st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0])
 
 
+_TRIGGERS = [tp.Trigger.ALL_SUCCESS] * 4 + list(tp.Trigger)
+
+
 @st.composite
-def stage_specs(draw: st.DrawFn, *, hangs: bool = True) -> StageSpec:
+def stage_specs(
+    draw: st.DrawFn,
+    *,
+    hangs: bool = True,
+    rules: bool = False,
+    pools: tuple[tuple[str, int], ...] = (),
+) -> StageSpec:
     kinds: list[Behaviour] = ["ok", "ok", "ok", "fail"]
     if hangs:
         kinds.append("hang")
+    if rules:
+        kinds.append("other")
     attempts = draw(st.lists(st.tuples(st.sampled_from(kinds), _DURATIONS), min_size=1, max_size=3))
-    return StageSpec(
+    spec = StageSpec(
         attempts=tuple(attempts),
         retries=draw(st.integers(0, 3)),
         retry_delay=draw(st.sampled_from([0.0, 0.5, 1.0])),
         timeout=draw(st.sampled_from([None, None, 1.5, 3.0])),
         logs=draw(st.integers(0, 2)),
         nested=draw(st.booleans()),
+    )
+    if not rules:
+        return spec
+    if draw(st.integers(0, 19)) == 0:  # now and then an attempt raises StageFatal
+        k = draw(st.integers(0, len(attempts) - 1))
+        attempts[k] = ("fatal", attempts[k][1])
+    uses: dict[str, int] = {}
+    for pool, size in pools:
+        if draw(st.booleans()):
+            uses[pool] = draw(st.integers(1, size))
+    return dataclasses.replace(
+        spec,
+        attempts=tuple(attempts),
+        trigger=draw(st.sampled_from(_TRIGGERS)),
+        priority=draw(st.sampled_from([0, 0, 0, 1, -1, 5])),
+        exclusive=draw(st.integers(0, 7)) == 0,
+        uses=tuple(uses.items()),
+        retry_backoff=draw(st.sampled_from([2.0, 1.0, 3.0])),
+        retry_max_delay=draw(st.sampled_from([None, None, 1.0])),
+        retry_jitter=draw(st.sampled_from([0.0, 0.0, 0.25])),
+        retry_on=draw(st.sampled_from(RETRY_ON)),
     )
 
 
@@ -138,7 +203,11 @@ def scenarios(
     controls: Sequence[Control] = ("none", "none", "close", "cancel", "outer"),
     hangs: bool = True,
     tape_size: int = 48,
+    rules: bool = False,
 ) -> Scenario:
+    """A random scenario; with `rules`, stages also draw triggers, priorities,
+    exclusive runs, pool slots, retry policies and fatal attempts, and the run draws
+    pools and a teardown timeout."""
     k = draw(st.integers(1, max_stages))
     max_backlog = draw(st.sampled_from([None, None, 0, 1, 5]))
     sinks = tuple(draw(st.lists(sink_specs(sink_kinds), min_size=1, max_size=3)))
@@ -151,8 +220,11 @@ def scenarios(
         )
     pairs = [(i, j) for j in range(k) for i in range(j)]
     chosen = draw(st.lists(st.booleans(), min_size=len(pairs), max_size=len(pairs)))
+    pools: tuple[tuple[str, int], ...] = ()
+    if rules:
+        pools = draw(st.sampled_from([(), (("gpu", 1),), (("gpu", 2), ("io", 1))]))
     return Scenario(
-        stages=tuple(draw(stage_specs(hangs=hangs)) for _ in range(k)),
+        stages=tuple(draw(stage_specs(hangs=hangs, rules=rules, pools=pools)) for _ in range(k)),
         edges=tuple(pair for pair, on in zip(pairs, chosen, strict=True) if on),
         max_parallel=draw(st.sampled_from([None, None, 1, 2, 3])),
         keep_going=draw(st.booleans()),
@@ -162,6 +234,8 @@ def scenarios(
         control_at=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0])),
         tape=tuple(draw(st.lists(st.integers(0, 6), max_size=tape_size))),
         max_backlog=max_backlog,
+        pools=pools,
+        teardown_timeout=draw(st.sampled_from([30.0, 0.0, 1.0, 4.0])) if rules else 30.0,
     )
 
 
@@ -172,9 +246,12 @@ def _value(name: str, attempt: int) -> str:
     return f"{name}#{attempt}"
 
 
-def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
-    """The scenario's pipeline; stages append to `problems` what they saw go wrong."""
-    pipe = tp.Pipeline("scenario")
+def build_pipeline(
+    sc: Scenario, problems: list[str], inputs: list[tuple[str, int, frozenset[str]]] | None = None
+) -> tp.Pipeline:
+    """The scenario's pipeline; stages append to `problems` what they saw go wrong,
+    and to `inputs` (stage, attempt, input names) what they were given."""
+    pipe = tp.Pipeline("scenario", pools=dict(sc.pools))
     upstream: dict[int, list[int]] = {j: [] for j in range(len(sc.stages))}
     for i, j in sc.edges:
         upstream[j].append(i)
@@ -183,8 +260,12 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
         after = [f"s{i}" for i in upstream[j]]
 
         async def fn(ctx: tp.StageContext, spec: StageSpec = spec, after: list[str] = after) -> str:
-            if set(ctx.inputs) != set(after):
+            if inputs is not None:
+                inputs.append((ctx.name, ctx.attempt, frozenset(ctx.inputs)))
+            if spec.trigger is tp.Trigger.ALL_SUCCESS and set(ctx.inputs) != set(after):
                 problems.append(f"{ctx.name}: inputs {sorted(ctx.inputs)} != {after}")
+            if not set(ctx.inputs) <= set(after):
+                problems.append(f"{ctx.name}: inputs {sorted(ctx.inputs)} not in {after}")
             for up, value in ctx.inputs.items():
                 if not (isinstance(value, str) and value.startswith(f"{up}#")):
                     problems.append(f"{ctx.name}: input {up}={value!r}")
@@ -209,6 +290,10 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
                 ctx.log("end")
             if behaviour == "ok":
                 return _value(ctx.name, ctx.attempt)
+            if behaviour == "fatal":
+                raise StageFatal(f"{ctx.name} attempt {ctx.attempt}")
+            if behaviour == "other":
+                raise OtherBoom(f"{ctx.name} attempt {ctx.attempt}")
             raise StageBoom(f"{ctx.name} attempt {ctx.attempt}")
 
         pipe.add_stage(
@@ -218,6 +303,14 @@ def build_pipeline(sc: Scenario, problems: list[str]) -> tp.Pipeline:
             retries=spec.retries,
             retry_delay=spec.retry_delay,
             timeout=spec.timeout,
+            trigger=spec.trigger,
+            priority=spec.priority,
+            exclusive=spec.exclusive,
+            uses=dict(spec.uses),
+            retry_backoff=spec.retry_backoff,
+            retry_max_delay=spec.retry_max_delay,
+            retry_jitter=spec.retry_jitter,
+            retry_on=spec.retry_on,
         )
     return pipe
 
@@ -253,7 +346,8 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
     """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
     TALLY.examples += 1
     problems: list[str] = []
-    pipeline = build_pipeline(sc, problems)
+    inputs: list[tuple[str, int, frozenset[str]]] = []
+    pipeline = build_pipeline(sc, problems, inputs)
     sinks = [build_sink(spec) for spec in sc.sinks]
     passed: list[tp.Sink] = [
         sink
@@ -277,6 +371,7 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
                         max_parallel=sc.max_parallel,
                         drain_timeout=sc.drain_timeout,
                         max_backlog=sc.max_backlog,
+                        teardown_timeout=sc.teardown_timeout,
                     ) as handle:
                         handles.append(handle)
                         if sc.control in ("close", "cancel"):
@@ -287,14 +382,19 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
                                 handle.cancel()
             tracker.check_all_exited()
 
+    fatal: StageFatal | None = None
     try:
         with tape.installed():
             trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     except trio.TooSlowError as exc:
         raise ScenarioFailure("invariant broken: every run finishes: it deadlocked") from exc
+    except StageFatal as exc:  # as itself, not in a group
+        fatal = exc
     result = handles[0].result
     note_statistics(sc, result, tape)
-    check_scenario(sc, pipeline, sinks, result, problems)
+    if fatal is not None:
+        event("a stage raised StageFatal")
+    check_scenario(sc, pipeline, sinks, result, problems, fatal=fatal, inputs=inputs)
 
 
 def note_statistics(sc: Scenario, result: tp.RunResult, tape: ChaosTape) -> None:
@@ -316,8 +416,19 @@ def check_scenario(
     sinks: list[RecordingSink],
     result: tp.RunResult,
     problems: list[str],
+    *,
+    fatal: BaseException | None = None,
+    inputs: list[tuple[str, int, frozenset[str]]] = (),  # type: ignore[assignment]
 ) -> None:
     """`check_run`, plus what this scenario's spec says about the outcome."""
+    crashed = [
+        name for name, outcome in result.stages.items() if outcome.reason == "raised StageFatal"
+    ]
+    if (fatal is not None) != bool(crashed):
+        raise ScenarioFailure(
+            "invariant broken: a stage's fatal exception propagates from open_run as itself:"
+            f" raised {fatal!r}, stages that raised it: {crashed}"
+        )
     check_run(
         sinks,
         pipeline,
@@ -325,18 +436,33 @@ def check_scenario(
         max_parallel=sc.max_parallel,
         keep_going=sc.keep_going,
         lossless=sc.lossless,
-        stopped=sc.control != "none",
+        stopped=sc.control != "none" or fatal is not None,
     )
-    if problems:
-        raise ScenarioFailure(f"invariant broken: stages get their upstream values: {problems}")
     statuses = {name: outcome.status for name, outcome in result.stages.items()}
     failed = tp.StageStatus.FAILED in statuses.values()
-    stopped = sc.control != "none" or (failed and not sc.keep_going)
+    stopped = sc.control != "none" or (failed and not sc.keep_going) or fatal is not None
+    ok = (tp.StageStatus.SUCCEEDED,)
+    for name, _attempt, given in inputs:
+        # Every upstream is terminal when a stage starts, but for a one_failed stage,
+        # which may start at the first failure: its inputs are those that succeeded.
+        succeeded = {u for u in pipeline.stages[name].after if statuses[u] in ok}
+        exact = pipeline.stages[name].options.trigger is not tp.Trigger.ONE_FAILED
+        if (given != succeeded) if exact else not given <= succeeded:
+            problems.append(
+                f"{name}: inputs {sorted(given)}, succeeded upstream {sorted(succeeded)}"
+            )
+    if problems:
+        raise ScenarioFailure(f"invariant broken: stages get their upstream values: {problems}")
     if tp.StageStatus.CANCELLED in statuses.values() and not stopped:
         raise ScenarioFailure(
             f"invariant broken: stages end CANCELLED only when the run is stopped: {statuses}"
         )
-    if sc.control in ("none", "close") and sc.lossless and result.state is not tp.RunState.CLOSED:
+    if (
+        sc.control in ("none", "close")
+        and fatal is None
+        and sc.lossless
+        and result.state is not tp.RunState.CLOSED
+    ):
         # `lossless` rules out hung sinks, so nothing may overrun the drain deadline.
         raise ScenarioFailure(
             f"invariant broken: a run nobody cancelled ends CLOSED: {result.state}"
@@ -353,7 +479,9 @@ def check_scenario(
             behaviour = spec.behaviour(outcome.attempts)[0]
             timed_out = isinstance(outcome.error, tp.StageTimeout)
             if not (
-                (behaviour != "ok" and isinstance(outcome.error, StageBoom))
+                (behaviour == "fail" and isinstance(outcome.error, StageBoom))
+                or (behaviour == "other" and isinstance(outcome.error, OtherBoom))
+                or (behaviour == "hang" and isinstance(outcome.error, StageBoom))
                 or (timed_out and spec.timeout is not None)
             ):
                 raise ScenarioFailure(

@@ -1,0 +1,1001 @@
+"""The scheduler: every rule of a run, as tables and pure methods. No trio import.
+
+Theory of operation
+-------------------
+Facts in, decisions out (h11's ``_state.py`` is the model). The engine reports each
+thing that happened by calling one method, passing the run clock's ``now``:
+
+    begin                   the run starts
+    attempt_succeeded       an attempt returned a value
+    attempt_failed          an attempt raised an Exception
+    attempt_timed_out       the attempt's own cancel scope stopped it (its timeout,
+                            the teardown deadline, or a `cancel` decision for it)
+    attempt_cancelled       Cancelled reached the attempt from outside it
+    attempt_crashed         an attempt raised KeyboardInterrupt, SystemExit, ...
+    stage_cached            a running stage was answered without running its function
+    retry_due               a retry delay elapsed
+    retry_wait_cancelled    a retry wait was cut short
+    request_close, cancel   the run is asked to stop (gracefully / now)
+    teardown_expired        the teardown deadline passed
+    pause_starts, resume_starts   backpressure: start nothing new / start again
+    log                     a running stage logs a message
+    drained                 the dispatcher finished (with or without overrunning)
+
+A method first checks that its fact is possible; an impossible one (a stage that is
+not running cannot succeed) raises `TransitionError` and changes nothing. Then it
+updates the state and appends its decisions to `out` (an `Outbox`): events to emit,
+in order; attempts to start; retry waits; cancellations; the teardown deadline;
+whether the run has finished. The engine carries them out and clears the outbox.
+
+Two rules, as in h11:
+
+1. Every scheduling rule lives in this file, as a table where it fits
+   (`TRIGGER_RULES`, `STOP_RULES`, the transition tables of `_state`). The engine
+   owns nurseries and cancel scopes and decides nothing.
+2. The scheduler never waits and never reads a clock: time comes with each fact.
+
+Per-stage state is kept in flat lists indexed like `Plan.stages` (and sparse dicts
+for what few stages have), not in an object per stage: a 100,000-stage run then
+holds a handful of large objects for the garbage collector to walk instead of
+several hundred thousand small ones.
+
+Readiness: a stage's trigger rule (`TRIGGER_RULES`) reads a summary of its upstream
+stages' terminal statuses; the first row whose condition holds decides whether it
+waits, runs, ends BLOCKED (a failure is stronger than a skip: the "failed" rows come
+first), SKIPPED or CANCELLED. Ready stages start by priority (higher first), then
+definition order, while ``max_parallel`` allows; a stage that cannot take all its
+pool slots at once is parked on that pool without holding anything, and the stages
+behind it go ahead; an exclusive stage starts only when nothing runs, and nothing
+starts while it runs (while it waits, the stages behind it wait too: otherwise it
+could wait forever).
+
+Stops (`STOP_RULES`): a fail-fast failure, `request_close` and `cancel` each say
+which unstarted stages may still start (by trigger) and whether running attempts are
+cancelled. Teardown stages (`Trigger.ALWAYS`) are never cancelled by a stop; after a
+cancellation they run shielded until the teardown deadline (``teardown_timeout``
+seconds after the cancellation). A stage waiting out a retry delay has started: a
+stop cancels it unless it is a teardown stage. Only a running run (or a teardown
+stage) retries.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from collections.abc import Iterator, Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ._errors import StageTimeout, TransitionError
+from ._events import (
+    Event,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageLog,
+    StageRetrying,
+    StageStarted,
+    describe_error,
+)
+from ._options import DEFAULT_OPTIONS, Trigger
+from ._params import NO_PARAMS
+from ._result import StageOutcome, count_statuses
+from ._state import OK_STATUSES, STAGE_TRANSITIONS, Machine, RunState, StageStatus, run_machine
+
+if TYPE_CHECKING:
+    from ._graph import Plan
+
+_PENDING = StageStatus.PENDING
+_RUNNING = StageStatus.RUNNING
+_SUCCEEDED = StageStatus.SUCCEEDED
+_FAILED = StageStatus.FAILED
+_BLOCKED = StageStatus.BLOCKED
+_SKIPPED = StageStatus.SKIPPED
+_CANCELLED = StageStatus.CANCELLED
+_ALWAYS = Trigger.ALWAYS
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class Verdict(StrEnum):
+    """What a trigger rule decides for a stage that has not started."""
+
+    WAIT = "wait"
+    RUN = "run"
+    BLOCK = "block"
+    SKIP = "skip"
+    CANCEL = "cancel"
+
+
+_T, _V = Trigger, Verdict
+TRIGGER_RULES: Mapping[Trigger, tuple[tuple[str, Verdict], ...]] = {
+    # Conditions on the upstream stages: "failed" one FAILED or was BLOCKED,
+    # "cancelled" one was CANCELLED, "waiting" one is not terminal yet, "skipped" one
+    # was SKIPPED, "else" always holds. The first row that holds decides.
+    _T.ALL_SUCCESS: (
+        ("failed", _V.BLOCK),
+        ("cancelled", _V.CANCEL),
+        ("waiting", _V.WAIT),
+        ("skipped", _V.SKIP),
+        ("else", _V.RUN),
+    ),
+    _T.NONE_FAILED: (
+        ("failed", _V.BLOCK),
+        ("cancelled", _V.CANCEL),
+        ("waiting", _V.WAIT),
+        ("else", _V.RUN),
+    ),
+    _T.ONE_FAILED: (
+        ("failed", _V.RUN),
+        ("waiting", _V.WAIT),
+        ("cancelled", _V.CANCEL),
+        ("else", _V.SKIP),
+    ),
+    _T.ALL_DONE: (("waiting", _V.WAIT), ("else", _V.RUN)),
+    _T.ALWAYS: (("waiting", _V.WAIT), ("else", _V.RUN)),
+}
+
+
+class Stop(StrEnum):
+    """Why a run stopped starting stages; the value is the `StageFinished.reason`."""
+
+    FAIL_FAST = "fail-fast stop"
+    CLOSE = "close requested"
+    CANCEL = "run cancelled"
+
+
+class StopRule(NamedTuple):
+    """What a stop does."""
+
+    run_state: RunState
+    """Where the run moves (from RUNNING, or from CLOSING for a cancel)."""
+    still_start: frozenset[Trigger]
+    """Unstarted stages with these triggers still start when their rule fires."""
+    cancels_running: bool
+    """Running attempts, except teardown stages', are cancelled."""
+
+
+STOP_RULES: Mapping[Stop, StopRule] = {
+    Stop.FAIL_FAST: StopRule(
+        RunState.CLOSING, frozenset({_T.ALWAYS, _T.ALL_DONE, _T.ONE_FAILED}), True
+    ),
+    Stop.CLOSE: StopRule(RunState.CLOSING, frozenset({_T.ALWAYS}), False),
+    Stop.CANCEL: StopRule(RunState.CANCELLED, frozenset({_T.ALWAYS}), True),
+}
+del _T, _V
+
+TEARDOWN_EXPIRED = "teardown_timeout passed"
+"""The reason of a teardown stage cut off by the teardown deadline."""
+
+
+class _Marks:
+    """The upstream summary of a stage whose readiness is not the plain fast path."""
+
+    __slots__ = ("cancelled", "decided", "failed", "skipped")
+
+    def __init__(self) -> None:
+        self.failed: str | None = None  # the failed root stage (blocked_by)
+        self.skipped: str | None = None
+        self.cancelled: str | None = None
+        self.decided = False  # the rule fired: queued, running or ended
+
+
+class Outbox:
+    """The decisions of the facts reported since the engine last cleared it.
+
+    The engine carries them out in this order: emit `events`; if `cancel_running`,
+    cancel every running attempt that is not shielded; cancel the attempts and
+    retry waits in `cancel`; give the scopes of the stages in `deadline` the
+    scheduler's `teardown_deadline`; start the attempts in `start`; wait out each
+    ``(stage, delay)`` in `wait`; if `timer`, report `Scheduler.teardown_expired`
+    at the teardown deadline unless the run finished first; if `finished`, close
+    the event channel. `rare` says whether anything but `events` and `start` is set.
+    """
+
+    __slots__ = (
+        "cancel",
+        "cancel_running",
+        "deadline",
+        "events",
+        "finished",
+        "rare",
+        "start",
+        "timer",
+        "wait",
+    )
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.start: list[int] = []
+        self.wait: list[tuple[int, float]] = []
+        self.cancel: list[int] = []
+        self.deadline: list[int] = []
+        self.cancel_running = False
+        self.timer = False
+        self.finished = False
+        self.rare = False
+
+    def clear(self) -> None:
+        self.events.clear()
+        self.start.clear()
+        if self.rare:
+            self.wait.clear()
+            self.cancel.clear()
+            self.deadline.clear()
+            self.cancel_running = False
+            self.timer = False
+            self.rare = False
+
+
+class Scheduler:
+    """The state of one run of a `Plan`, advanced by facts (see the module docs).
+
+    Args:
+        plan: The validated pipeline.
+        run_id: Carried by every event.
+        keep_going: On a failure block only its downstream (else: fail-fast stop).
+        max_parallel: Attempts running at once at most (None: no limit).
+        pools: ``{pool: slots}``, already checked against the stages' ``uses``.
+        teardown_timeout: Seconds teardown stages get after a cancellation.
+        params: The run's parameters (carried by `RunStarted`).
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        run_id: str,
+        keep_going: bool = False,
+        max_parallel: int | None = None,
+        pools: Mapping[str, int] | None = None,
+        teardown_timeout: float = 30.0,
+        params: Mapping[str, Any] = NO_PARAMS,
+    ) -> None:
+        n = len(plan.stages)
+        self.params = params
+        self.plan = plan
+        self.run_id = run_id
+        self.keep_going = keep_going
+        self.teardown_timeout = teardown_timeout
+        self.out = Outbox()
+        self.machine: Machine[RunState] = run_machine(run_id)
+        self.status: list[StageStatus] = [_PENDING] * n
+        self.attempts: list[int] = [0] * n
+        self.values: list[Any] = [None] * n
+        # First start time while a stage runs; its duration once it is terminal.
+        self._times: list[float] = [0.0] * n
+        # Upstream stages not yet terminal.
+        self._remaining: list[int] = [len(ups) for ups in plan.upstream]
+        self._errors: dict[int, BaseException] = {}
+        self._blocked_by: dict[int, str] = {}
+        self._reasons: dict[int, str] = {}
+        self._ready: list[int] = []  # heap of keys (see `_key`)
+        self._seq = 0
+        self._unfinished = n
+        self._running = 0
+        self._limit = sys.maxsize if max_parallel is None else max_parallel
+        self.paused = False
+        self.stop: Stop | None = None
+        self._still_start: frozenset[Trigger] | None = None  # None: anything may start
+        self._group_cancelled = False
+        self._cancel_reason: str | None = None  # of the first stop that cancelled attempts
+        self._ended: list[int] = []  # ended stages whose downstream is not yet updated
+        self._settling = False
+        self.shielded: set[int] = set()  # attempts and retry waits in a scope of their own
+        self._cancel_sent: set[int] = set()
+        self._waiting: set[int] = set()  # retry waits in progress
+        self.teardown_deadline = math.inf
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self._finished = False
+        self._index: dict[str, int] | None = None  # see `log`
+        # Options, sparse: most stages have none of these.
+        self._marks: dict[int, _Marks] = {}
+        self._trigger: dict[int, Trigger] = {}
+        self._uses: dict[int, tuple[tuple[str, int], ...]] = {}
+        self._free: dict[str, int] = dict(pools or {})
+        self._parked: dict[str, list[int]] = {}
+        teardown: set[int] = set()
+        exclusive: set[int] = set()
+        priorities: dict[int, int] = {}
+        for i, stage in enumerate(plan.stages):
+            options = stage.options
+            if options is DEFAULT_OPTIONS:
+                continue
+            if options.trigger is not Trigger.ALL_SUCCESS:
+                self._trigger[i] = options.trigger
+                self._marks[i] = _Marks()
+                if options.trigger is _ALWAYS:
+                    teardown.add(i)
+            if options.uses:
+                self._uses[i] = tuple(options.uses.items())
+            if options.exclusive:
+                exclusive.add(i)
+            if options.priority:
+                priorities[i] = options.priority
+        self.teardown: frozenset[int] = frozenset(teardown)
+        self._exclusive: frozenset[int] = frozenset(exclusive)
+        self._special: frozenset[int] = frozenset(exclusive | set(self._uses))
+        self._alone = -1  # the running exclusive stage
+        # Heap keys: the index, or with priorities -priority * n + index, which
+        # orders by priority (higher first), then index, and gives the index back
+        # as key % n.
+        self._keys: list[int] | None = None
+        if priorities:
+            self._keys = [-priorities.get(i, 0) * n + i for i in range(n)]
+
+    # -- reading --------------------------------------------------------------------
+
+    @property
+    def state(self) -> RunState:
+        return self.machine.state
+
+    @property
+    def emitted(self) -> int:
+        """Events emitted so far (the next event's seq)."""
+        return self._seq
+
+    @property
+    def finished(self) -> bool:
+        """Whether every stage is terminal (`RunFinished` was emitted)."""
+        return self._finished
+
+    def inputs_of(self, i: int) -> Mapping[str, Any]:
+        """The values of stage `i`'s upstream stages that succeeded, by name."""
+        upstream = self.plan.upstream[i]
+        if not upstream:
+            return _EMPTY
+        stages, status, values = self.plan.stages, self.status, self.values
+        inputs: dict[str, Any] = {}
+        for j in upstream:  # a loop, not a comprehension: one frame less per stage
+            if status[j] is _SUCCEEDED or status[j] in OK_STATUSES:
+                inputs[stages[j].name] = values[j]
+        return MappingProxyType(inputs)
+
+    def outcomes(self) -> Mapping[str, StageOutcome]:
+        """Every stage's `StageOutcome` by name, in definition order, built on access.
+
+        Lazily: building 300,000 outcomes at the end of a run cost about 1 us a stage
+        and, as fresh tracked objects, a full garbage collection.
+        """
+        return Outcomes(self)
+
+    def outcome_of(self, i: int) -> StageOutcome:
+        status = self.status[i]
+        return StageOutcome(
+            status,
+            self.values[i],
+            self._errors.get(i) if status is _FAILED else None,
+            self.attempts[i],
+            self._times[i] if status.is_terminal else 0.0,
+            self._blocked_by.get(i),
+            self._reasons.get(i),
+        )
+
+    def counts(self) -> dict[StageStatus, int]:
+        return count_statuses(s for s in self.status if s.is_terminal)
+
+    # -- facts: the run ---------------------------------------------------------------
+
+    def begin(self, now: float, *, wall_time: float | None = None) -> None:
+        """The run starts (`wall_time`: ``time.time()``): emit `RunStarted`, start what is ready."""
+        self.machine.advance(RunState.RUNNING)
+        self.started_at = now
+        plan = self.plan
+        stages = plan.stages
+        self._emit(
+            RunStarted(
+                self.run_id,
+                self._next_seq(),
+                now,
+                plan.name,
+                tuple(stage.name for stage in stages),
+                self.params,
+                tuple(stage.after for stage in stages),
+                wall_time,
+            )
+        )
+        marks, remaining = self._marks, self._remaining
+        ready = [i for i, r in enumerate(remaining) if r == 0 and i not in marks]
+        keys = self._keys
+        if keys is not None:
+            ready = [keys[i] for i in ready]
+            heapq.heapify(ready)
+        self._ready = ready  # ascending indices already form a heap
+        for i in [i for i in marks if remaining[i] == 0]:  # evaluating may add marks
+            if self.status[i] is _PENDING and not marks[i].decided:
+                self._evaluate(i, now)
+        self._pump(now)
+        self._check_done(now)
+
+    def request_close(self, now: float) -> None:
+        """Start no new stage but teardown stages; running ones finish.
+
+        A no-op once the run was cancelled or is draining.
+        """
+        if self.machine.state in (RunState.RUNNING, RunState.CLOSING) and (
+            self.stop is not Stop.CLOSE
+        ):
+            self._stop(Stop.CLOSE, now)
+            self._pump(now)
+            self._check_done(now)
+
+    def cancel(self, now: float) -> None:
+        """Cancel running attempts (teardown stages: at the teardown deadline).
+
+        For `RunHandle.cancel`, an outer cancellation and fatal exceptions. A no-op
+        once the run was cancelled or is draining.
+        """
+        if self.machine.state in (RunState.RUNNING, RunState.CLOSING):
+            self._stop(Stop.CANCEL, now)
+            self._pump(now)
+            self._check_done(now)
+
+    def teardown_expired(self, now: float) -> None:
+        """The teardown deadline passed: teardown stages not running end CANCELLED."""
+        if now < self.teardown_deadline:
+            raise TransitionError(f"run {self.run_id}", "teardown running", "expired")
+        for i in sorted(self.teardown):
+            if self.status[i] is _PENDING:
+                self._cancel_waiting(i)
+                self._finish(i, _CANCELLED, now, reason=TEARDOWN_EXPIRED)
+        self._check_done(now)
+
+    def pause_starts(self) -> None:
+        """Decide no new attempt start until `resume_starts` (running ones go on)."""
+        self.paused = True
+
+    def resume_starts(self, now: float) -> None:
+        self.paused = False
+        self._pump(now)
+
+    def drained(self, *, overran: bool) -> None:
+        """The dispatcher is done: CLOSED, or CANCELLED if it overran its deadline.
+
+        Also when it died before the run finished (the run then ends CANCELLED).
+        """
+        machine = self.machine
+        if machine.state is RunState.DRAINING:
+            machine.advance(RunState.CANCELLED if overran else RunState.CLOSED)
+        elif machine.state in (RunState.RUNNING, RunState.CLOSING):
+            machine.advance(RunState.CANCELLED)
+
+    def log(self, name: str, message: str, now: float) -> StageLog:
+        """The event for a stage's log line (the engine emits it).
+
+        Raises:
+            RuntimeError: the stage has finished.
+        """
+        index = self._index
+        if index is None:
+            # Built at the first log line, not per run: a name -> index dict costs
+            # about 50 bytes a stage, and most runs never log.
+            index = self._index = {stage.name: i for i, stage in enumerate(self.plan.stages)}
+        i = index[name]
+        if self.status[i].is_terminal:
+            raise RuntimeError(f"stage {name!r} has finished; its context no longer logs")
+        return StageLog(self.run_id, self._next_seq(), now, name, message)
+
+    # -- facts: attempts ----------------------------------------------------------------
+
+    def attempt_succeeded(self, i: int, value: Any, now: float) -> None:
+        # The per-stage path: the helpers' fast cases are inlined (measured).
+        if self.status[i] is not _RUNNING:
+            self._expect(i, _RUNNING, "succeed")
+        self._running -= 1
+        if i == self._alone or self.shielded or self._uses:
+            self._release_slots(i)
+        self.values[i] = value
+        self._finish(i, _SUCCEEDED, now)
+        if self._ready and not self.paused:
+            self._pump(now)
+        if not self._unfinished:
+            self._check_done(now)
+
+    def stage_cached(self, i: int, value: Any, now: float) -> None:
+        """A running stage was answered without running (a cache hit)."""
+        self._expect(i, _RUNNING, "be answered from the cache")
+        self._release(i)
+        self.values[i] = value
+        self._finish(i, CACHED_STATUS, now)
+        self._pump(now)
+        self._check_done(now)
+
+    def attempt_failed(self, i: int, error: BaseException, now: float) -> None:
+        """The attempt raised `error` (an Exception): retry it, or the stage FAILED."""
+        self._expect(i, _RUNNING, "fail")
+        self._release(i)
+        attempt = self.attempts[i]
+        policy = self.plan.stages[i].options.retry
+        if self._may_retry(i, now) and policy.should_retry(error, attempt):
+            delay = policy.delay_before(attempt)
+            self._errors[i] = error
+            self._move(i, _PENDING)
+            name = self.plan.stages[i].name
+            self._emit(
+                StageRetrying(
+                    self.run_id, self._next_seq(), now, name, attempt, describe_error(error), delay
+                )
+            )
+            if delay > 0:
+                self._waiting.add(i)
+                if self._group_cancelled or i in self.teardown:
+                    self.shielded.add(i)
+                out = self.out
+                out.wait.append((i, delay))
+                out.rare = True
+            else:
+                self._push(i)
+        else:
+            self._fail(i, error, now)
+        self._pump(now)
+        self._check_done(now)
+
+    def attempt_timed_out(self, i: int, now: float) -> None:
+        """The attempt's own scope stopped it: a timeout unless it was cancelled."""
+        self._expect(i, _RUNNING, "time out")
+        if i in self._cancel_sent:
+            self._release(i)
+            self._finish(i, _CANCELLED, now, reason=self._cancel_reason)
+        elif now >= self.teardown_deadline and i in self.teardown:
+            self._release(i)
+            self._finish(i, _CANCELLED, now, reason=TEARDOWN_EXPIRED)
+        else:
+            stage = self.plan.stages[i]
+            timeout = stage.options.timeout
+            if timeout is None:
+                raise TransitionError(f"stage {stage.name!r}", "without a timeout", "timed out")
+            self.attempt_failed(i, StageTimeout(stage.name, timeout, self.attempts[i]), now)
+            return
+        self._pump(now)
+        self._check_done(now)
+
+    def attempt_cancelled(self, i: int, now: float) -> None:
+        """Cancelled reached the attempt. If the scheduler did not ask, the run is cancelled."""
+        self._expect(i, _RUNNING, "be cancelled")
+        requested = i in self._cancel_sent or (self._group_cancelled and i not in self.shielded)
+        self._release(i)
+        reason = self._cancel_reason if requested else Stop.CANCEL.value
+        self._finish(i, _CANCELLED, now, reason=reason)
+        if not requested:
+            self.cancel(now)
+        self._pump(now)
+        self._check_done(now)
+
+    def attempt_crashed(self, i: int, error: BaseException, now: float) -> None:
+        """The attempt raised a BaseException that is not a cancellation: cancel the run."""
+        self._expect(i, _RUNNING, "crash")
+        self._release(i)
+        self._finish(i, _CANCELLED, now, reason=f"raised {type(error).__name__}")
+        self.cancel(now)
+        self._pump(now)
+        self._check_done(now)
+
+    def retry_due(self, i: int, now: float) -> None:
+        """A retry delay elapsed: the stage is ready again.
+
+        Harmless when a stop already cancelled the stage: the wake-up can race it.
+        """
+        if self.status[i].is_terminal:
+            return
+        self._expect_waiting(i)
+        self._waiting.discard(i)
+        self.shielded.discard(i)
+        self._push(i)
+        self._pump(now)
+
+    def retry_wait_cancelled(self, i: int, now: float) -> None:
+        """A retry wait was cut short (harmless if the scheduler cancelled it)."""
+        if self.status[i].is_terminal:
+            return  # a stop cancelled it
+        self._expect_waiting(i)
+        self._waiting.discard(i)
+        self.shielded.discard(i)
+        if i in self.teardown and now >= self.teardown_deadline:
+            self._finish(i, _CANCELLED, now, reason=TEARDOWN_EXPIRED)
+        else:
+            self._finish(i, _CANCELLED, now, reason=Stop.CANCEL)
+            self.cancel(now)
+        self._pump(now)
+        self._check_done(now)
+
+    # -- rules ------------------------------------------------------------------------
+
+    def _expect(self, i: int, status: StageStatus, what: str) -> None:
+        if self.status[i] is not status:
+            name = self.plan.stages[i].name
+            raise TransitionError(f"stage {name!r}", self.status[i], f"{what} (needs {status})")
+
+    def _expect_waiting(self, i: int) -> None:
+        if i not in self._waiting:
+            name = self.plan.stages[i].name
+            raise TransitionError(f"stage {name!r}", self.status[i], "retry (not waiting)")
+
+    def _may_retry(self, i: int, now: float) -> bool:
+        if self.machine.state is RunState.RUNNING:
+            return True
+        return i in self.teardown and now < self.teardown_deadline
+
+    def _stop_reason(self) -> str:
+        return self.stop.value if self.stop is not None else Stop.CANCEL.value
+
+    def _move(self, i: int, target: StageStatus) -> None:
+        current = self.status[i]
+        if target not in STAGE_TRANSITIONS[current]:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", current, target)
+        self.status[i] = target
+
+    def _next_seq(self) -> int:
+        seq = self._seq
+        self._seq = seq + 1
+        return seq
+
+    def _emit(self, event: Event) -> None:
+        self.out.events.append(event)
+
+    def _push(self, i: int) -> None:
+        keys = self._keys
+        heapq.heappush(self._ready, i if keys is None else keys[i])
+
+    def _pump(self, now: float) -> None:
+        """Start ready stages in order while the limits allow."""
+        ready = self._ready
+        if not ready or self.paused:
+            return
+        status, keys, special = self.status, self._keys, self._special
+        n = len(status)
+        while ready and self._running < self._limit:
+            key = ready[0]
+            i = key if keys is None else key % n
+            if status[i] is not _PENDING:
+                heapq.heappop(ready)  # ended while queued (a stop)
+                continue
+            if self._alone >= 0:
+                return  # an exclusive stage runs alone
+            if i in special:
+                if i in self._exclusive and self._running:
+                    return  # it waits for the running ones; so do the stages behind it
+                if i in self._uses and not self._take(i):
+                    heapq.heappop(ready)
+                    continue
+            heapq.heappop(ready)
+            self._start(i, now)
+
+    def _take(self, i: int) -> bool:
+        """Take all of stage `i`'s pool slots at once, or park it on a short pool."""
+        free = self._free
+        uses = self._uses[i]
+        for pool, slots in uses:
+            if free[pool] < slots:
+                self._parked.setdefault(pool, []).append(i)
+                return False
+        for pool, slots in uses:
+            free[pool] -= slots
+        return True
+
+    def _start(self, i: int, now: float) -> None:
+        current = self.status[i]
+        if _RUNNING not in STAGE_TRANSITIONS[current]:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", current, _RUNNING)
+        self.status[i] = _RUNNING
+        attempt = self.attempts[i] + 1
+        self.attempts[i] = attempt
+        if attempt == 1:
+            self._times[i] = now
+        self._running += 1
+        if i in self._exclusive:
+            self._alone = i
+        if self._group_cancelled or i in self.teardown:
+            self.shielded.add(i)
+        seq = self._seq
+        self._seq = seq + 1
+        out = self.out
+        out.events.append(StageStarted(self.run_id, seq, now, self.plan.stages[i].name, attempt))
+        out.start.append(i)
+
+    def _release(self, i: int) -> None:
+        """The attempt is over: give back its slots (every exit path comes here)."""
+        self._running -= 1
+        self._release_slots(i)
+
+    def _release_slots(self, i: int) -> None:
+        if i == self._alone:
+            self._alone = -1
+        if self.shielded:
+            self.shielded.discard(i)
+            self._cancel_sent.discard(i)
+        uses = self._uses.get(i) if self._uses else None
+        if uses is not None:
+            free, parked = self._free, self._parked
+            for pool, slots in uses:
+                free[pool] += slots
+                waiters = parked.pop(pool, None)
+                if waiters:
+                    for j in waiters:
+                        self._push(j)
+
+    def _cancel_waiting(self, i: int) -> None:
+        if i in self._waiting:
+            self._waiting.discard(i)
+            self.shielded.discard(i)
+            out = self.out
+            out.cancel.append(i)
+            out.rare = True
+
+    def _fail(self, i: int, error: BaseException, now: float) -> None:
+        self._errors[i] = error
+        self._finish(i, _FAILED, now, error=error)
+        if not self.keep_going and self.machine.state is RunState.RUNNING:
+            self._stop(Stop.FAIL_FAST, now)
+
+    def _finish(
+        self,
+        i: int,
+        status: StageStatus,
+        now: float,
+        *,
+        error: BaseException | None = None,
+        blocked_by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """The one way into a terminal status: exactly one StageFinished per stage."""
+        current = self.status[i]
+        if status not in STAGE_TRANSITIONS[current]:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", current, status)
+        self.status[i] = status
+        self._unfinished -= 1
+        attempts = self.attempts[i]
+        duration = now - self._times[i] if attempts else 0.0
+        self._times[i] = duration
+        if reason is not None:
+            self._reasons[i] = reason
+        if blocked_by is not None:
+            self._blocked_by[i] = blocked_by
+        seq = self._seq
+        self._seq = seq + 1
+        self.out.events.append(
+            StageFinished(
+                self.run_id,
+                seq,
+                now,
+                self.plan.stages[i].name,
+                status,
+                attempts,
+                duration,
+                None if error is None else describe_error(error),
+                blocked_by,
+                reason,
+            )
+        )
+        downstream = self.plan.downstream[i]
+        if not downstream:
+            return
+        if status is _SUCCEEDED:
+            # The fast path: a success only makes plain stages ready.
+            remaining, marks, stat = self._remaining, self._marks, self.status
+            for j in downstream:
+                left = remaining[j] - 1
+                remaining[j] = left
+                if j in marks:
+                    self._upstream_ended(j, i, status, now)
+                elif left == 0 and stat[j] is _PENDING:
+                    keys = self._keys
+                    heapq.heappush(self._ready, j if keys is None else keys[j])
+            return
+        # Other endings may end downstream stages in turn (a chain of BLOCKED): a
+        # worklist, not recursion, so a 100,000-stage chain stays flat.
+        ended = self._ended
+        ended.append(i)
+        if self._settling:
+            return
+        self._settling = True
+        try:
+            while ended:
+                k = ended.pop()
+                kstatus = self.status[k]
+                remaining = self._remaining
+                for j in self.plan.downstream[k]:
+                    remaining[j] -= 1
+                    self._upstream_ended(j, k, kstatus, now)
+        finally:
+            self._settling = False
+
+    def _upstream_ended(self, j: int, i: int, status: StageStatus, now: float) -> None:
+        """Upstream `i` of `j` ended with `status` (slow path: not a plain success)."""
+        m = self._marks.get(j)
+        if m is None:
+            m = self._marks[j] = _Marks()
+        # The first of each kind is kept: it names the culprit in the reason.
+        if status is _FAILED and m.failed is None:
+            m.failed = self.plan.stages[i].name
+        elif status is _BLOCKED and m.failed is None:
+            m.failed = self._blocked_by[i]  # the failed root, not the blocked stage
+        elif status is _SKIPPED and m.skipped is None:
+            m.skipped = self.plan.stages[i].name
+        elif status is _CANCELLED and m.cancelled is None:
+            m.cancelled = self.plan.stages[i].name
+        if not m.decided and self.status[j] is _PENDING:
+            self._evaluate(j, now)
+
+    def _evaluate(self, j: int, now: float) -> None:
+        """Apply stage `j`'s trigger rule to what its upstream stages did so far."""
+        m = self._marks.get(j)
+        if m is None:
+            m = self._marks[j] = _Marks()
+        trigger = self._trigger.get(j, Trigger.ALL_SUCCESS)
+        holds = {
+            "failed": m.failed is not None,
+            "cancelled": m.cancelled is not None,
+            "waiting": self._remaining[j] > 0,
+            "skipped": m.skipped is not None,
+            "else": True,
+        }
+        verdict = next(v for condition, v in TRIGGER_RULES[trigger] if holds[condition])
+        if verdict is Verdict.WAIT:
+            return
+        m.decided = True
+        if verdict is Verdict.RUN:
+            if self._still_start is not None and trigger not in self._still_start:
+                self._finish(j, _CANCELLED, now, reason=self._stop_reason())
+            elif j in self.teardown and now >= self.teardown_deadline:
+                self._finish(j, _CANCELLED, now, reason=TEARDOWN_EXPIRED)
+            else:
+                self._push(j)
+        elif verdict is Verdict.BLOCK:
+            assert m.failed is not None
+            why = f"upstream {m.failed!r} failed"
+            self._finish(j, _BLOCKED, now, blocked_by=m.failed, reason=why)
+        elif verdict is Verdict.SKIP:
+            if m.skipped is not None:
+                why = f"upstream {m.skipped!r} skipped"
+            else:
+                why = "no upstream failed"
+            self._finish(j, _SKIPPED, now, reason=f"trigger {trigger} not met: {why}")
+        else:
+            why = self.stop.value if self.stop else f"upstream {m.cancelled!r} cancelled"
+            self._finish(j, _CANCELLED, now, reason=why)
+
+    def _stop(self, stop: Stop, now: float) -> None:
+        rule = STOP_RULES[stop]
+        machine = self.machine
+        if machine.state is not rule.run_state:
+            machine.advance(rule.run_state)
+        if self.stop is not Stop.CANCEL:
+            self.stop = stop
+        still = rule.still_start
+        if self._still_start is not None:
+            still = still & self._still_start
+        self._still_start = still
+        out = self.out
+        if rule.cancels_running:
+            if self._cancel_reason is None:
+                self._cancel_reason = stop.value
+            if not self._group_cancelled:
+                self._group_cancelled = True
+                out.cancel_running = True
+                out.rare = True
+            for i in sorted(self.shielded):
+                if (
+                    i not in self.teardown
+                    and self.status[i] is _RUNNING
+                    and i not in self._cancel_sent
+                ):
+                    self._cancel_sent.add(i)
+                    out.cancel.append(i)
+                    out.rare = True
+        if stop is Stop.CANCEL and self.teardown_deadline == math.inf:
+            self.teardown_deadline = now + self.teardown_timeout
+            out.timer = any(not self.status[i].is_terminal for i in self.teardown)
+            out.rare = out.rare or out.timer
+            for i in sorted(self.teardown):
+                if self.status[i] is _RUNNING or i in self._waiting:
+                    out.deadline.append(i)
+                    out.rare = True
+        reason = self._stop_reason()
+        trigger = self._trigger
+        status = self.status
+        for i in range(len(status)):
+            if status[i] is not _PENDING or i in self.teardown:
+                continue
+            if self.attempts[i]:
+                # Started, now waiting out a retry delay (or queued for its retry).
+                self._cancel_waiting(i)
+                self._finish(i, _CANCELLED, now, reason=reason)
+            elif trigger.get(i, Trigger.ALL_SUCCESS) not in still:
+                self._finish(i, _CANCELLED, now, reason=reason)
+        if stop is Stop.CANCEL and self.teardown_deadline <= now:
+            self.teardown_expired(now)
+
+    def _check_done(self, now: float) -> None:
+        if self._unfinished or self._finished:
+            return
+        self._finished = True
+        machine = self.machine
+        if machine.state is RunState.RUNNING:
+            machine.advance(RunState.CLOSING)
+        final = RunState.CANCELLED if machine.state is RunState.CANCELLED else RunState.CLOSED
+        self.finished_at = now
+        self._emit(
+            RunFinished(
+                self.run_id,
+                self._next_seq(),
+                now,
+                final,
+                self.counts(),
+                now - self.started_at,
+            )
+        )
+        if machine.state is RunState.CLOSING:
+            machine.advance(RunState.DRAINING)
+        out = self.out
+        out.finished = True
+        out.rare = True
+
+
+class Outcomes(Mapping[str, StageOutcome]):
+    """A read-only view of a scheduler's outcomes: `RunResult.stages`."""
+
+    __slots__ = ("_built", "_index", "_names", "_sched")
+
+    def __init__(self, sched: Scheduler) -> None:
+        self._sched = sched
+        self._names = [stage.name for stage in sched.plan.stages]
+        self._index: dict[str, int] | None = None
+        self._built: dict[int, StageOutcome] = {}
+
+    def __getitem__(self, name: str) -> StageOutcome:
+        index = self._index
+        if index is None:
+            index = self._index = {n: i for i, n in enumerate(self._names)}
+        i = index[name]
+        outcome = self._built.get(i)
+        if outcome is None:
+            outcome = self._built[i] = self._outcome(i)
+        return outcome
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in (self._index if self._index is not None else self._names)
+
+    def _outcome(self, i: int) -> StageOutcome:
+        return self._sched.outcome_of(i)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def __reduce__(self) -> tuple[type[dict[str, StageOutcome]], tuple[dict[str, StageOutcome]]]:
+        return (dict, (dict(self.items()),))  # a plain dict: the scheduler stays behind
+
+
+CACHED_STATUS = StageStatus.SUCCEEDED
+"""The status `Scheduler.stage_cached` ends a stage with (issue 14 makes it CACHED)."""
+
+
+def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]:
+    """Stage names in the order an unlimited, failure-free run starts them.
+
+    Runs the scheduler itself: every attempt succeeds, in the order it started.
+    """
+    sched = Scheduler(plan, run_id="start-order", keep_going=True, pools=pools)
+    sched.begin(0.0)
+    names = [stage.name for stage in plan.stages]
+    order: list[str] = []
+    queue: list[int] = []
+    head = 0
+    while True:
+        out = sched.out
+        started = list(out.start)
+        out.clear()
+        order.extend(names[i] for i in started)
+        queue.extend(started)
+        if head == len(queue):
+            return order
+        i = queue[head]
+        head += 1
+        sched.attempt_succeeded(i, None, 0.0)
