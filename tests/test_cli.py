@@ -772,6 +772,8 @@ def test_check_and_replay_commands(tmp_path: Path) -> None:
     done = cli("replay", str(log), "--speed", "-1")
     assert done.returncode == 2
     assert "expected a speed factor >= 0" in done.stderr
+
+
 # -- what a new user hits (issue 12) ----------------------------------------------------------
 # In process where the subprocess adds nothing (an interpreter start per call is most of
 # the time of a CLI test): `main` is called as the entry point calls it.

@@ -295,7 +295,7 @@ def _add_check(commands: _Commands) -> None:
         help="verify a JSONL event log (--jsonl): exit 0, or 1 naming the broken invariant",
     )
     check.add_argument("log", metavar="RUN.jsonl")
-    check.set_defaults(handler=lambda args: cmd_check(args.log))
+    check.set_defaults(handler=_cmd_check)
 
 
 def _add_replay(commands: _Commands) -> None:
@@ -305,11 +305,16 @@ def _add_replay(commands: _Commands) -> None:
         "--speed", type=_speed, default=1.0, metavar="X", help="X times as fast (0: at once)"
     )
     replay.add_argument("--plain", action="store_true", help="plain lines, not the live view")
-    replay.set_defaults(
-        handler=lambda args: cmd_replay(
-            args.log, speed=args.speed, live=_output_mode(plain=args.plain, quiet=False) == "live"
-        )
-    )
+    replay.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    return cmd_check(args.log)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    live = _output_mode(plain=args.plain, quiet=False) == "live"
+    return cmd_replay(args.log, speed=args.speed, live=live)
 
 
 def _speed(text: str) -> float:

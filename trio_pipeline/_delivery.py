@@ -155,7 +155,7 @@ def sink_name(sink: object) -> str:
 
 def cut_off_warnings(deliveries: Mapping[Sink, SinkDelivery]) -> list[str]:
     """One line per sink the drain deadline cut off, naming it readably."""
-    lines = []
+    lines: list[str] = []
     for sink, record in deliveries.items():
         if record.state is not SinkState.CUT_OFF:
             continue

@@ -84,9 +84,10 @@ class Feed:
                     # put into a closed one (BrokenResourceError).
                     self._dispatcher.feed_ended(self)
                 await self._close()
+        except trio.Cancelled:
+            raise  # from outside an unshielded feed (never in a real run): not ours to keep
         except BaseException as exc:
-            # Not Cancelled (the shield and our own scope catch those): a sink let a
-            # KeyboardInterrupt or similar through. Disable it; the engine, if it takes
+            # A sink let a KeyboardInterrupt or similar through. Disable it; the engine, if it takes
             # such exceptions (`on_fatal`), cancels the run and re-raises it at the end.
             if self.state is None:
                 self._disable(exc, "handling an event")

@@ -121,9 +121,16 @@ class JsonlSink:
             await writer.wait_room()
 
     async def aclose(self) -> None:
+        """Wait for the writer thread to write what is queued (blocking: one batch at most).
+
+        Blocking rather than awaiting a thread: under `trio.testing.MockClock` with
+        autojump, a task waiting for a thread looks idle, the clock jumps to the drain
+        deadline and the file would end early. Raises the writer's I/O error, if any.
+        """
         writer, self._writer = self._writer, None
         if writer is not None:
-            await writer.aclose()
+            writer.close_now()
+            writer.check()
 
     async def wait_written(self) -> None:
         """Wait until every event handled so far is written to the file."""
@@ -159,7 +166,12 @@ def _converter(hint: Any) -> Callable[[Any], Any] | None:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint
     if origin is tuple:
-        return tuple
+        args = typing.get_args(hint)
+        inner = _converter(args[0]) if args else None
+        if inner is None:
+            return tuple
+        convert_item = inner
+        return lambda value: tuple(convert_item(v) for v in value)
     if origin in (Mapping, dict):
         key, _ = typing.get_args(hint)
         if isinstance(key, type) and issubclass(key, enum.Enum):
@@ -173,9 +185,20 @@ def _converter(hint: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+def _field_converter(hint: Any, default: Any) -> Callable[[Any], Any] | None:
+    convert = _converter(hint)
+    # A read-only mapping type as the default (`Params`): rebuild the value as one.
+    if convert is None and isinstance(default, Mapping) and not isinstance(default, dict):
+        return type(cast(Mapping[str, Any], default))
+    return convert
+
+
 def _reader(cls: type[Event]) -> Callable[[dict[str, Any]], Event]:
     hints = typing.get_type_hints(cls)
-    fields = [(f.name, _converter(hints[f.name]), f.default) for f in dataclasses.fields(cls)]
+    fields = [
+        (f.name, _field_converter(hints[f.name], f.default), f.default)
+        for f in dataclasses.fields(cls)
+    ]
 
     def build(row: dict[str, Any]) -> Event:
         values: list[Any] = []

@@ -49,6 +49,7 @@ async def open_run_drain_race(
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
     max_backlog: int | None = None,
+    teardown_timeout: float = 30.0,
 ) -> AsyncGenerator[RunHandle]:
     """Variant 1, the classic drain race: once the stages are done (event channel
     closed), yield once and cancel the nursery, dispatcher included."""
@@ -59,6 +60,7 @@ async def open_run_drain_race(
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
         max_backlog=max_backlog,
+        teardown_timeout=teardown_timeout,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
