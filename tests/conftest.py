@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 from hypothesis import HealthCheck, settings
 
@@ -26,3 +27,9 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Runs with a cached stage (and every CLI run, which records its history) write to
+# the cache folder: never into the working tree. Child processes inherit it.
+os.environ.setdefault(
+    "TRIO_PIPELINE_CACHE_DIR", tempfile.mkdtemp(prefix="trio-pipeline-tests-cache-")
+)

@@ -167,6 +167,7 @@ def test_jsonl_file_is_complete(tmp_path: Path) -> None:
         "blocked": 2,
         "skipped": 0,
         "cancelled": 0,
+        "cached": 0,
     }
     assert [r["stage"] for r in rows if r["type"] == "StageRetrying"] == ["fetch_mirror"]
 

@@ -32,6 +32,7 @@ CORE = frozenset(
         "_targets",
         "_signature",
         "_dryrun",
+        "_cache._policy",  # the cache's stage options (issue 14); the rest of _cache is edge
     }
 )
 NOT_YET = frozenset({"_scheduler"})  # lands with the scheduler rebuild (issue 10 section 1)
@@ -95,7 +96,7 @@ def _is_dynamic_import(func: ast.expr) -> bool:
 
 @pytest.mark.parametrize("module", sorted(PURE))
 def test_core_module_imports_only_stdlib_and_core(module: str) -> None:
-    path = PACKAGE / f"{module}.py"
+    path = PACKAGE / f"{module.replace('.', '/')}.py"
     if module in NOT_YET and not path.exists():
         pytest.skip(f"{module} is not written yet")
     assert forbidden_imports(path.read_text()) == []

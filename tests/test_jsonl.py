@@ -87,6 +87,7 @@ async def test_jsonl_sink_writes_every_event(tmp_path: Any) -> None:
         "blocked": 1,
         "skipped": 0,
         "cancelled": 0,
+        "cached": 0,
     }
     failed = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "first")
     assert failed["status"] == "failed"
@@ -109,6 +110,7 @@ async def test_jsonl_sink_writes_every_event_and_reads_back(tmp_path: Path) -> N
         "blocked": 1,
         "skipped": 0,
         "cancelled": 0,
+        "cached": 0,
     }
     assert all(r["run_id"] == result.run_id for r in rows)
     assert list(tp.read_jsonl(path)) == recorded.events

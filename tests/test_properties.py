@@ -65,6 +65,32 @@ FOUND: list[Scenario] = [
         control_at=2.0,
         tape=(),
     ),
+    # s1 waits for the pool s0 holds; s2, behind it, must not wait with it.
+    Scenario(
+        stages=(
+            StageSpec(
+                (("ok", 1.0),),
+                retries=0,
+                retry_delay=0.0,
+                timeout=None,
+                logs=0,
+                uses=(("gpu", 2),),
+            ),
+            StageSpec(
+                (("ok", 0.0),), retries=0, retry_delay=0.0, timeout=None, logs=0, uses=(("gpu", 1),)
+            ),
+            StageSpec((("ok", 0.0),), retries=0, retry_delay=0.0, timeout=None, logs=0),
+        ),
+        edges=(),
+        max_parallel=None,
+        keep_going=False,
+        sinks=(SinkSpec("record", 0.0),),
+        drain_timeout=LONG_DRAIN,
+        control="none",
+        control_at=0.0,
+        tape=(),
+        pools=(("gpu", 2),),
+    ),
 ]
 
 

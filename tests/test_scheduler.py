@@ -59,6 +59,7 @@ class Driver:
         self.waits: dict[str, float] = {}
         self.cancelled: list[str] = []
         self.cancel_running = 0
+        self.lookups: list[str] = []  # cache lookups decided (issue 14)
         self.now = 0.0
 
     def i(self, name: str) -> int:
@@ -71,6 +72,7 @@ class Driver:
         self.waits.update({self.names[i]: delay for i, delay in out.wait})
         self.cancelled += [self.names[i] for i in out.cancel]
         self.cancel_running += out.cancel_running
+        self.lookups += [self.names[i] for i in out.lookup]
         out.clear()
 
     def begin(self) -> Driver:
@@ -584,11 +586,46 @@ def test_pause_starts_nothing_until_resumed() -> None:
 
 
 def test_a_cached_stage_counts_as_succeeded_downstream() -> None:
-    d = Driver(pipeline(("a", [], {}), ("b", ["a"], {}))).begin()
-    d.sched.stage_cached(d.i("a"), "from cache", 0.0)
+    d = Driver(pipeline(("a", [], {}), ("b", ["a"], {})), lookups=frozenset({0})).begin()
+    assert d.lookups == ["a"]
+    assert d.started == []  # looked up first: no attempt, no StageStarted
+    d.sched.cache_hit(d.i("a"), "from cache", "cache hit: stored 1s ago by run x", 0.0)
     d.drain()
+    assert d.status("a") is S.CACHED
+    assert d.finished("a").reason == "cache hit: stored 1s ago by run x"
+    assert d.finished("a").attempt == 0
     assert d.status("b") is S.RUNNING
     assert d.sched.inputs_of(d.i("b")) == {"a": "from cache"}
+
+
+def test_a_lookup_takes_no_slot_and_a_miss_queues_the_stage() -> None:
+    d = Driver(
+        pipeline(("busy", [], {}), ("c", [], {}), ("d", [], {})),
+        max_parallel=1,
+        lookups=frozenset({1}),
+    ).begin()
+    assert d.started == ["busy"]  # the only slot
+    assert d.lookups == ["c"]  # looked up at once all the same
+    d.sched.cache_miss(d.i("c"), 0.0, "cache miss: no entry")
+    d.drain()
+    assert d.started == ["busy"]
+    d.ok("busy")
+    assert d.started == ["busy", "c"]  # before d: definition order once it is ready
+    d.ok("c")
+    assert d.finished("c").reason == "cache miss: no entry"
+
+
+def test_a_stop_ends_a_stage_whose_lookup_is_out_and_the_late_answer_is_ignored() -> None:
+    d = Driver(pipeline(("a", [], {}), ("b", [], {})), lookups=frozenset({1})).begin()
+    d.fail("a")  # fail-fast stop
+    assert d.status("b") is S.CANCELLED
+    d.sched.cache_hit(d.i("b"), 1, "cache hit", 0.0)  # the lookup was already sent
+    d.drain()
+    assert d.status("b") is S.CANCELLED
+    with pytest.raises(tp.TransitionError):
+        d.sched.cache_miss(d.i("b"), 0.0)  # no second answer
+    with pytest.raises(tp.TransitionError):
+        d.sched.cache_hit(d.i("a"), 1, "cache hit", 0.0)  # never looked up
 
 
 def test_log_refuses_a_finished_stage() -> None:

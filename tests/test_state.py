@@ -23,6 +23,7 @@ LEGAL_STAGE_MOVES = {
     (S.PENDING, S.BLOCKED),
     (S.PENDING, S.SKIPPED),
     (S.PENDING, S.CANCELLED),
+    (S.PENDING, S.CACHED),  # answered from the cache without running
     (S.RUNNING, S.SUCCEEDED),
     (S.RUNNING, S.FAILED),
     (S.RUNNING, S.CANCELLED),
@@ -78,7 +79,9 @@ def test_run_transition(current: RunState, target: RunState) -> None:
 
 def test_terminal_statuses_have_no_way_out() -> None:
     assert {s for s in StageStatus if s.is_terminal} == TERMINAL_STATUSES
-    assert {S.SUCCEEDED, S.FAILED, S.BLOCKED, S.SKIPPED, S.CANCELLED} == TERMINAL_STATUSES
+    assert {S.SUCCEEDED, S.FAILED, S.BLOCKED, S.SKIPPED, S.CANCELLED, S.CACHED} == (
+        TERMINAL_STATUSES
+    )
     for status in TERMINAL_STATUSES:
         assert not STAGE_TRANSITIONS[status]
     assert not RUN_TRANSITIONS[R.CLOSED]
@@ -99,6 +102,7 @@ def test_enum_values_are_lowercase_strings() -> None:
         "blocked",
         "skipped",
         "cancelled",
+        "cached",
     ]
     assert [s.value for s in RunState] == [
         "idle",

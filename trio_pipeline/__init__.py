@@ -2,6 +2,17 @@
 
 import contextlib as _contextlib
 
+from ._cache import (
+    CacheEntry,
+    CachePolicy,
+    CacheStore,
+    CacheStoreError,
+    Decision,
+    DecisionKind,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+)
 from ._command import Command, CommandError
 from ._context import StageContext
 from ._delivery import SinkDelivery, SinkState, SinkTimeout, SupervisedSink, critical, supervised
@@ -48,11 +59,17 @@ from ._state import RunState, StageStatus
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheEntry",
+    "CachePolicy",
+    "CacheStore",
+    "CacheStoreError",
     "Command",
     "CommandError",
     "ConsoleSink",
     "CycleError",
     "DaskExecutor",
+    "Decision",
+    "DecisionKind",
     "DuplicateStageError",
     "Event",
     "Executor",
@@ -67,10 +84,12 @@ __all__ = [
     "RetryPolicy",
     "RunFinished",
     "RunHandle",
+    "RunRecord",
     "RunResult",
     "ReportSink",
     "RunStarted",
     "RunState",
+    "SQLiteStore",
     "SerializationError",
     "Sink",
     "SinkDelivery",
@@ -85,6 +104,7 @@ __all__ = [
     "StageLog",
     "StageOptions",
     "StageOutcome",
+    "StageRecord",
     "StageRetrying",
     "StageSnapshot",
     "StageStarted",

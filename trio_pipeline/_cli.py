@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, TypeAlias
@@ -42,6 +42,10 @@ from typing import Any, TypeAlias
 import trio
 from rich.console import Console
 
+from ._cache import _commands as _cache_commands
+from ._cache import _run as _cache_run
+from ._cache import _watch as _cache_watch
+from ._cache._store import CacheStoreError
 from ._delivery import cut_off_warnings
 from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
@@ -102,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(exc))
         if exc.detail:
             sys.stderr.write(exc.detail)
+        return EXIT_USAGE
+    except CacheStoreError as exc:
+        _error(str(exc))
         return EXIT_USAGE
     except PipelineError as exc:
         _error(f"invalid pipeline: {exc}")
@@ -176,7 +183,10 @@ def _add_run(commands: _Commands) -> None:
         "stages",
         nargs="*",
         metavar="STAGE",
-        help="run only these stages and what they depend on (default: every stage)",
+        help=(
+            "run only these stages, what they depend on, and the teardowns (trigger always)"
+            " of those (default: every stage)"
+        ),
     )
     run.add_argument(
         "--only",
@@ -253,6 +263,7 @@ def _add_run(commands: _Commands) -> None:
             f" (default {DEFAULT_DRAIN_TIMEOUT:g}); after it, what they missed is reported"
         ),
     )
+    _cache_commands.add_run_options(run)
     run.set_defaults(handler=_cmd_run)
 
 
@@ -575,6 +586,7 @@ class _RunOptions:
     drain_timeout: float
     params: dict[str, Any]
     started: float  # time.monotonic() when the command started
+    cache: dict[str, Any] = field(default_factory=dict[str, Any])  # open_run's cache options
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -582,6 +594,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--json goes with --dry-run (for events as JSON, use --jsonl PATH)")
     if args.only and not args.stages:
         raise UsageError("--only needs the STAGEs to run: run FILE STAGE... --only")
+    if args.watch:
+        return _cache_watch.watch(args)
     params = _run_params(args)
     pipeline = select_pipeline(args.target)
     _compile(pipeline, args.target)
@@ -589,6 +603,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # The run is of the selection only: as `run(..., targets=)` does, and the dry
         # run shows the same.
         pipeline = subpipeline(pipeline, _select(pipeline, args.stages, only=args.only))
+    if args.dry_run and args.explain:
+        plan = _compile(pipeline, args.target)
+        order = pipeline.start_order()
+        return _cache_commands.print_dry_run_explain(plan, pipeline.cache, order, args, params)
     if args.dry_run:
         plan = _compile(pipeline, args.target)
         order, pools = pipeline.start_order(), pipeline.pools
@@ -599,6 +617,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)
+    _cache_commands.check_run_options(_compile(pipeline, args.target), args)
     if args.report is not None:
         _check_writable(args.report, option="--report")
     options = _RunOptions(
@@ -606,12 +625,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         jsonl=args.jsonl,
         report=args.report,
-        mode=_output_mode(plain=args.plain, quiet=args.quiet),
+        mode=_output_mode(plain=args.plain or args.explain, quiet=args.quiet),
         grace=args.grace,
         drain_timeout=args.drain_timeout,
         params=params,
         started=args.started,
+        cache=_cache_commands.run_keywords(args),
     )
+    _cache_run.pipeline_file.set(os.path.abspath(split_target(args.target)[0]))
     try:
         result, interrupted = trio.run(functools.partial(_execute, pipeline, options=options))
     finally:
@@ -702,6 +723,8 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                 else:
                     display = _SummarySink()
             sinks.append(_WallClockSummary(display, options.started))
+            if options.cache.get("explain"):
+                sinks.append(_cache_commands.ExplainSink(sys.stdout))
             interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
             interrupts.report = report
             stack.enter_context(_reported_by_cli(sinks))
@@ -713,6 +736,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     max_parallel=options.jobs,
                     drain_timeout=options.drain_timeout,
                     params=options.params,
+                    **options.cache,
                 ) as handle:
                     nursery.start_soon(interrupts.watch, signals, handle, nursery)
                     result = await handle.wait_finished()
@@ -910,5 +934,6 @@ _SUBCOMMANDS: tuple[Callable[[_Commands], None], ...] = (
     _add_list,
     _add_check,
     _add_replay,
+    _cache_commands.add_commands,  # cache, history, show
 )
 """Each adds one subcommand's parser (with ``handler=``); add yours here."""

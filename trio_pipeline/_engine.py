@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
@@ -49,6 +50,9 @@ from typing import Any, cast
 import trio
 
 from . import _chaos
+from ._cache._lookup import LookupResult
+from ._cache._run import RunCache, open_run_cache
+from ._cache._store import CacheStore
 from ._context import StageContext
 from ._delivery import SinkState
 from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
@@ -84,10 +88,13 @@ class _Run:
         pools: Mapping[str, int] | None = None,
         params: Params = NO_PARAMS,
         max_backlog: int | None = DEFAULT_MAX_BACKLOG,
+        cache: RunCache | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.plan = plan
         self.params = params
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.cache = cache  # the result cache's side of the run (issue 14), if any
         self.sched = Scheduler(
             plan,
             run_id=self.run_id,
@@ -96,6 +103,7 @@ class _Run:
             pools=pools,
             teardown_timeout=teardown_timeout,
             params=params,
+            lookups=frozenset() if cache is None else cache.lookups,
         )
         self.drain_timeout = drain_timeout
         send, receive = trio.open_memory_channel[Event](math.inf)
@@ -157,6 +165,8 @@ class _Run:
                 else:
                     self._spawn(i, now)
             starts.clear()
+        if out.lookup:
+            self._look_up(out.lookup)
         if out.rare:
             for i, delay in out.wait:
                 self._spawn_wait(i, delay)
@@ -164,9 +174,30 @@ class _Run:
                 self._start_soon(self._teardown_timer)
             if out.finished:
                 self._send.close()
+                if self.cache is not None:
+                    self.cache.close()
                 self._stages_done.set()
                 self.dispatcher.set_deadline(now + self.drain_timeout)
             out.clear()
+
+    def _look_up(self, lookups: list[int]) -> None:
+        """Send ready stages to the cache's worker; each answer is a fact (issue 14)."""
+        cache, inputs_of = self.cache, self.sched.inputs_of
+        assert cache is not None
+        for i in lookups:
+            cache.lookup(i, inputs_of(i), self._looked_up)
+        lookups.clear()
+
+    def _looked_up(self, i: int, result: LookupResult) -> None:
+        now = self._now()
+        decision = result.decision
+        if decision.hit:
+            self.sched.cache_hit(i, result.value, decision.reason, now)
+        else:
+            cache = self.cache
+            explain = cache is not None and cache.jobs.explain
+            self.sched.cache_miss(i, now, f"cache miss: {decision.reason}" if explain else None)
+        self._apply(now)
 
     def _apply_cancels(self, out: Outbox) -> None:
         if out.cancel_running:
@@ -228,10 +259,18 @@ class _Run:
         # scope, which must not reach the watcher above. The body waits shielded, so
         # the nursery stays open for teardown stages that start after a stop.
         async with trio.open_nursery() as nursery:
-            self.begin(nursery)
-            task_status.started()
-            with trio.CancelScope(shield=True):
-                await self._stages_done.wait()
+            if self.cache is not None:
+                # Its own shielded task: answers still arrive while the stages'
+                # scope is cancelled, and it ends once `out.finished` closed it.
+                await nursery.start(self.cache.serve)
+            try:
+                self.begin(nursery)
+                task_status.started()
+                with trio.CancelScope(shield=True):
+                    await self._stages_done.wait()
+            finally:
+                if self.cache is not None:
+                    self.cache.close()
 
     async def _teardown_timer(self) -> None:
         # In the stages' nursery, shielded: that nursery's scope is cancelled by now.
@@ -336,7 +375,10 @@ class _Run:
             params=self.params,
         )
         value: Any = None
+        cache = self.cache
         try:
+            if cache is not None and sched.attempts[i] == 1 and i in cache.logs:
+                ctx.log(cache.logs[i])  # why this stage is not cached
             if scope is None:
                 if self._chaos is not None:
                     await self._chaos("stage.start")
@@ -347,6 +389,15 @@ class _Run:
                         await self._chaos("stage.start")
                     value = await stage.fn(ctx)
                 del self._scopes[i]
+            if (
+                cache is not None
+                and cache.wants_commit(i)
+                and not (scope is not None and scope.cancelled_caught)
+            ):
+                # Durable before StageFinished; not cancellable (a bounded wait).
+                message = await cache.commit(i, value)
+                if message is not None:
+                    ctx.log(message)
             if self._chaos is not None:
                 # Shielded: once the function has returned, the attempt has succeeded.
                 with trio.CancelScope(shield=True):
@@ -552,6 +603,11 @@ async def open_run(
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
     max_backlog: int | None = DEFAULT_MAX_BACKLOG,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    store: CacheStore | None = None,
+    force: bool | Iterable[str] = False,
+    explain: bool = False,
 ) -> AsyncGenerator[RunHandle]:
     """Start a run of `pipeline` in the background of the ``async with`` block.
 
@@ -576,18 +632,31 @@ async def open_run(
         params: The run's parameters, read by every stage as `StageContext.params`
             (a read-only mapping with str keys) and carried by `RunStarted.params`.
         targets: Run only these stages (names or `Stage` objects) and, unless
-            `only`, every stage they depend on. Other stages are not part of the run:
-            absent from `RunStarted.stages` and from the result. None: every stage.
+            `only`, every stage they depend on and the teardown stages (trigger
+            ``always``) whose upstream stages are all selected. Other stages are not
+            part of the run: absent from `RunStarted.stages` and from the result.
+            None: every stage.
         only: With `targets`, just the targets: dependencies on stages that are not
             targets are dropped (those stages' results are missing from ``inputs``).
         max_backlog: While the slowest sink (of those not disabled) has more than this
             many events emitted and not yet handled, no new stage attempt starts
             (from the scheduler's next decision on; running ones go on, and emitting
             never blocks), until it is back under half of it. None: unbounded.
+        cache: False: read and write no cache entry (``--no-cache``); the run is still
+            recorded in the history when a store is used.
+        cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
+            or ``.trio-pipeline/`` in the working directory; used when a stage is
+            cached or `cache_dir` is given).
+        store: A `CacheStore` to use instead (the run does not close it).
+        force: Re-run every cached stage (True), or the named stages and their
+            downstream; their new results are stored.
+        explain: Compare each miss with the stage's latest entry (what changed goes
+            to `RunCache.decisions`; a hit's `StageFinished.reason` always says why).
 
     Raises:
         PipelineError: the pipeline or an option is invalid; raised before anything
             starts.
+        CacheStoreError: the cache store is corrupt or not a trio_pipeline store.
         UnknownStageError: a target is not a stage (with a did-you-mean).
         StageDefinitionError: an invalid option (a `StageDefinitionTypeError`, also a
             TypeError, for a value of the wrong type).
@@ -603,6 +672,18 @@ async def open_run(
     )
     merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
     checked_pools = check_pools(_PoolUsers(plan), merged)
+    run_id = uuid.uuid4().hex[:12]
+    run_cache = await open_run_cache(
+        plan,
+        run_id=run_id,
+        pipeline_cache=pipeline.cache,
+        cache=cache,
+        cache_dir=cache_dir,
+        store=store,
+        force=force,
+        params=run_params,
+        explain=explain,
+    )
     run = _Run(
         plan,
         sinks=sinks,
@@ -613,6 +694,8 @@ async def open_run(
         pools=checked_pools,
         params=run_params,
         max_backlog=max_backlog,
+        cache=run_cache,
+        run_id=run_id,
     )
     handle = RunHandle(run)
     try:
@@ -630,6 +713,8 @@ async def open_run(
                 run.abort()
                 raise
     finally:
+        if run_cache is not None:
+            await run_cache.finish(run.result, pipeline=plan.name, params=run_params)
         fatal = run.fatal
         if fatal is not None:
             # As itself, as trio's own functions do with their internal nurseries.
@@ -649,6 +734,11 @@ async def run(
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
     max_backlog: int | None = DEFAULT_MAX_BACKLOG,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    store: CacheStore | None = None,
+    force: bool | Iterable[str] = False,
+    explain: bool = False,
 ) -> RunResult:
     """Run `pipeline` to the end and return its `RunResult`.
 
@@ -670,6 +760,11 @@ async def run(
         targets=targets,
         only=only,
         max_backlog=max_backlog,
+        cache=cache,
+        cache_dir=cache_dir,
+        store=store,
+        force=force,
+        explain=explain,
     ) as handle:
         pass
     return handle.result

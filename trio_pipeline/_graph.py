@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar, Unpack, overload
 
+from ._cache._policy import (
+    CacheOptions,
+    CachePolicy,
+    cache_options,
+    check_cache_option,
+)
 from ._context import StageContext
 from ._errors import (
     CycleError,
@@ -52,6 +58,7 @@ class Stage:
     after: tuple[str, ...]
     options: StageOptions = DEFAULT_OPTIONS
     executor: Executor | None = None
+    cache: CacheOptions | None = None  # cache=, deps=, outs=, version= (issue 14)
 
     @property
     def retries(self) -> int:
@@ -134,11 +141,19 @@ class Pipeline:
             ``uses=``; a run's ``pools=`` option overrides them.
     """
 
-    def __init__(self, name: str, *, pools: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        pools: Mapping[str, int] | None = None,
+        cache: bool | CachePolicy | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name:
             error = StageDefinitionError if isinstance(name, str) else StageDefinitionTypeError
             raise error(f"pipeline name must be a non-empty string, got {name!r}")
         self.name = name
+        self.cache = check_cache_option(f"pipeline {name!r}", cache)
+        """The stages' default ``cache=`` (a stage's own setting wins)."""
         self.pools: Mapping[str, int] = check_pool_map({} if pools is None else pools)
         """Read-only ``{pool name: slots}``."""
         self._stages: dict[str, Stage] = {}
@@ -233,6 +248,13 @@ class Pipeline:
                 - ``uses``: ``{pool: slots}`` held while running (a str: one slot).
                 - ``exclusive``: run alone. Default False.
                 - ``priority``: among ready stages, higher starts first. Default 0.
+                - ``cache``: True or a `CachePolicy`: skip the stage when its key
+                  (code, inputs, params, deps, version) has a stored result; False
+                  opts out of the pipeline's ``cache=``; None (default) follows it.
+                - ``deps``: files or directories whose content enters the key.
+                - ``outs``: files or directories the stage writes; a hit needs them
+                  unchanged (or restores them: ``CachePolicy(restore_outs=True)``).
+                - ``version``: a string you bump by hand to invalidate stored results.
 
         Raises:
             DuplicateStageError: `name` is taken.
@@ -248,6 +270,13 @@ class Pipeline:
         check_stage_callable(name, fn, executor)
         run_fn: StageFunction
         try:
+            cache = cache_options(
+                name,
+                cache=options.pop("cache", None),
+                deps=options.pop("deps", ()),
+                outs=options.pop("outs", ()),
+                version=options.pop("version", None),
+            )
             stage_options = build_options(options)
             if executor is None:
                 if not is_async_callable(fn):
@@ -266,6 +295,7 @@ class Pipeline:
             after=self._resolve_after(name, after),
             options=stage_options,
             executor=executor,
+            cache=cache,
         )
         self._stages[name] = stage
         self._names_by_fn.setdefault(id(fn), []).append(name)

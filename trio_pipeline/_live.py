@@ -66,8 +66,9 @@ _MARKS: dict[StageStatus, tuple[str, str]] = {
     StageStatus.BLOCKED: ("⊘", "yellow"),
     StageStatus.CANCELLED: ("■", "magenta"),
     StageStatus.SKIPPED: ("-", "dim"),
+    StageStatus.CACHED: ("↺", "cyan"),
 }
-_OK = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED})
+_OK = frozenset({StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED})
 # What rich's Text strips too: these would move the cursor and break the area's erase.
 _STRIP: dict[int, None] = dict.fromkeys((7, 8, 11, 12, 13))
 

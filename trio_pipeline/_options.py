@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Protocol, TypeAlias, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypedDict, cast
 
 from ._errors import StageDefinitionError, StageDefinitionTypeError
+
+if TYPE_CHECKING:
+    from ._cache._policy import CachePolicy
 
 RetryOn: TypeAlias = (
     type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
@@ -422,6 +426,11 @@ class StageKeywords(TypedDict, total=False):
     uses: Mapping[str, int] | str
     exclusive: bool
     priority: int
+    # Issue 14 (the cache): checked by `_cache._policy.cache_options` into `Stage.cache`.
+    cache: bool | CachePolicy | None
+    deps: Iterable[str | os.PathLike[str]]
+    outs: Iterable[str | os.PathLike[str]]
+    version: str | None
 
 
 _RETRY_FIELDS = {

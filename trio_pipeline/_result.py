@@ -76,9 +76,9 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        """True when every stage SUCCEEDED or was SKIPPED."""
+        """True when every stage SUCCEEDED, was SKIPPED or CACHED."""
         return all(
-            outcome.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED)
+            outcome.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED)
             for outcome in self.stages.values()
         )
 

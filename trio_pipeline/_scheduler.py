@@ -12,7 +12,7 @@ thing that happened by calling one method, passing the run clock's ``now``:
                             the teardown deadline, or a `cancel` decision for it)
     attempt_cancelled       Cancelled reached the attempt from outside it
     attempt_crashed         an attempt raised KeyboardInterrupt, SystemExit, ...
-    stage_cached            a running stage was answered without running its function
+    cache_hit, cache_miss   a stage's cache lookup (an `Outbox.lookup` decision) answered
     retry_due               a retry delay elapsed
     retry_wait_cancelled    a retry wait was cut short
     request_close, cancel   the run is asked to stop (gracefully / now)
@@ -63,6 +63,7 @@ from __future__ import annotations
 import heapq
 import math
 import sys
+from array import array
 from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from types import MappingProxyType
@@ -94,6 +95,7 @@ _FAILED = StageStatus.FAILED
 _BLOCKED = StageStatus.BLOCKED
 _SKIPPED = StageStatus.SKIPPED
 _CANCELLED = StageStatus.CANCELLED
+_CACHED = StageStatus.CACHED
 _ALWAYS = Trigger.ALWAYS
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -190,7 +192,9 @@ class Outbox:
     scheduler's `teardown_deadline`; start the attempts in `start`; wait out each
     ``(stage, delay)`` in `wait`; if `timer`, report `Scheduler.teardown_expired`
     at the teardown deadline unless the run finished first; if `finished`, close
-    the event channel. `rare` says whether anything but `events` and `start` is set.
+    the event channel. `rare` says whether anything but `events`, `start` and `lookup`
+    is set. `lookup`: ready stages the engine looks up in the cache (no slot taken);
+    each answer comes back as `Scheduler.cache_hit` or `Scheduler.cache_miss`.
     """
 
     __slots__ = (
@@ -199,6 +203,7 @@ class Outbox:
         "deadline",
         "events",
         "finished",
+        "lookup",
         "rare",
         "start",
         "timer",
@@ -208,6 +213,7 @@ class Outbox:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.start: list[int] = []
+        self.lookup: list[int] = []  # ready stages to look up in the cache (issue 14)
         self.wait: list[tuple[int, float]] = []
         self.cancel: list[int] = []
         self.deadline: list[int] = []
@@ -219,6 +225,7 @@ class Outbox:
     def clear(self) -> None:
         self.events.clear()
         self.start.clear()
+        self.lookup.clear()
         if self.rare:
             self.wait.clear()
             self.cancel.clear()
@@ -251,8 +258,14 @@ class Scheduler:
         pools: Mapping[str, int] | None = None,
         teardown_timeout: float = 30.0,
         params: Mapping[str, Any] = NO_PARAMS,
+        lookups: frozenset[int] = frozenset(),
     ) -> None:
         n = len(plan.stages)
+        # Issue 14: stages looked up in the cache when they become ready, before
+        # they take a slot; `_looking` holds those whose answer is still out.
+        self._lookups = lookups
+        self._looking: set[int] = set()
+        self._miss_reasons: dict[int, str] = {}
         self.params = params
         self.plan = plan
         self.run_id = run_id
@@ -261,12 +274,14 @@ class Scheduler:
         self.out = Outbox()
         self.machine: Machine[RunState] = run_machine(run_id)
         self.status: list[StageStatus] = [_PENDING] * n
-        self.attempts: list[int] = [0] * n
+        # Numbers live in arrays, which the garbage collector does not walk (a list
+        # of 300,000 ints is visited item by item in every full collection).
+        self.attempts = array("l", bytes(8 * n)) if n else array("l")
         self.values: list[Any] = [None] * n
         # First start time while a stage runs; its duration once it is terminal.
-        self._times: list[float] = [0.0] * n
+        self._times = array("d", bytes(8 * n)) if n else array("d")
         # Upstream stages not yet terminal.
-        self._remaining: list[int] = [len(ups) for ups in plan.upstream]
+        self._remaining = array("l", [len(ups) for ups in plan.upstream])
         self._errors: dict[int, BaseException] = {}
         self._blocked_by: dict[int, str] = {}
         self._reasons: dict[int, str] = {}
@@ -398,6 +413,8 @@ class Scheduler:
         )
         marks, remaining = self._marks, self._remaining
         ready = [i for i, r in enumerate(remaining) if r == 0 and i not in marks]
+        if self._lookups:
+            ready = [i for i in ready if not self._look_up(i)]
         keys = self._keys
         if keys is not None:
             ready = [keys[i] for i in ready]
@@ -487,20 +504,53 @@ class Scheduler:
         if i == self._alone or self.shielded or self._uses:
             self._release_slots(i)
         self.values[i] = value
-        self._finish(i, _SUCCEEDED, now)
+        # A stage that missed the cache says why, when the run explains (issue 14).
+        why = self._miss_reasons.pop(i, None) if self._miss_reasons else None
+        self._finish(i, _SUCCEEDED, now, reason=why)
         if self._ready and not self.paused:
             self._pump(now)
         if not self._unfinished:
             self._check_done(now)
 
-    def stage_cached(self, i: int, value: Any, now: float) -> None:
-        """A running stage was answered without running (a cache hit)."""
-        self._expect(i, _RUNNING, "be answered from the cache")
-        self._release(i)
+    def _look_up(self, i: int) -> bool:
+        """Send ready stage `i` to the cache first if it is cached; True if it was."""
+        if i not in self._lookups or i in self._looking or self.attempts[i]:
+            return False
+        self._looking.add(i)
+        self.out.lookup.append(i)
+        return True
+
+    def cache_hit(self, i: int, value: Any, reason: str, now: float) -> None:
+        """Stage `i`'s lookup found its value: it ends CACHED (no attempt, no slot).
+
+        A no-op when a stop ended the stage while its lookup was out.
+        """
+        if i not in self._looking:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", self.status[i], _CACHED)
+        self._looking.discard(i)
+        if self.status[i] is not _PENDING:
+            return
         self.values[i] = value
-        self._finish(i, CACHED_STATUS, now)
+        self._finish(i, _CACHED, now, reason=reason)
+        if self._ready and not self.paused:
+            self._pump(now)
+        if not self._unfinished:
+            self._check_done(now)
+
+    def cache_miss(self, i: int, now: float, reason: str | None = None) -> None:
+        """Stage `i`'s lookup found nothing usable: it waits for a slot like any ready stage.
+
+        A no-op when a stop ended the stage while its lookup was out.
+        """
+        if i not in self._looking:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", self.status[i], _RUNNING)
+        self._looking.discard(i)
+        if self.status[i] is not _PENDING:
+            return
+        if reason is not None:
+            self._miss_reasons[i] = reason  # its StageFinished says why it ran
+        self._push(i)
         self._pump(now)
-        self._check_done(now)
 
     def attempt_failed(self, i: int, error: BaseException, now: float) -> None:
         """The attempt raised `error` (an Exception): retry it, or the stage FAILED."""
@@ -771,15 +821,20 @@ class Scheduler:
         downstream = self.plan.downstream[i]
         if not downstream:
             return
-        if status is _SUCCEEDED:
+        if status is _SUCCEEDED or status is _CACHED:
             # The fast path: a success only makes plain stages ready.
-            remaining, marks, stat = self._remaining, self._marks, self.status
+            remaining, marks, stat, lookups = (
+                self._remaining,
+                self._marks,
+                self.status,
+                self._lookups,
+            )
             for j in downstream:
                 left = remaining[j] - 1
                 remaining[j] = left
                 if j in marks:
                     self._upstream_ended(j, i, status, now)
-                elif left == 0 and stat[j] is _PENDING:
+                elif left == 0 and stat[j] is _PENDING and not (lookups and self._look_up(j)):
                     keys = self._keys
                     heapq.heappush(self._ready, j if keys is None else keys[j])
             return
@@ -840,7 +895,7 @@ class Scheduler:
                 self._finish(j, _CANCELLED, now, reason=self._stop_reason())
             elif j in self.teardown and now >= self.teardown_deadline:
                 self._finish(j, _CANCELLED, now, reason=TEARDOWN_EXPIRED)
-            else:
+            elif not (self._lookups and self._look_up(j)):
                 self._push(j)
         elif verdict is Verdict.BLOCK:
             assert m.failed is not None
@@ -971,10 +1026,6 @@ class Outcomes(Mapping[str, StageOutcome]):
 
     def __reduce__(self) -> tuple[type[dict[str, StageOutcome]], tuple[dict[str, StageOutcome]]]:
         return (dict, (dict(self.items()),))  # a plain dict: the scheduler stays behind
-
-
-CACHED_STATUS = StageStatus.SUCCEEDED
-"""The status `Scheduler.stage_cached` ends a stage with (issue 14 makes it CACHED)."""
 
 
 def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]:

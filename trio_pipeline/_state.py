@@ -46,6 +46,7 @@ class StageStatus(enum.StrEnum):
     BLOCKED = "blocked"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    CACHED = "cached"  # answered from the cache without running; counts as SUCCEEDED
 
     @property
     def is_terminal(self) -> bool:
@@ -70,21 +71,23 @@ TERMINAL_STATUSES: frozenset[StageStatus] = frozenset(
         StageStatus.BLOCKED,
         StageStatus.SKIPPED,
         StageStatus.CANCELLED,
+        StageStatus.CACHED,
     }
 )
 
-OK_STATUSES: frozenset[StageStatus] = frozenset({StageStatus.SUCCEEDED})
+OK_STATUSES: frozenset[StageStatus] = frozenset({StageStatus.SUCCEEDED, StageStatus.CACHED})
 """Terminal statuses that count as success downstream (their value is an input)."""
 
 _S = StageStatus
 STAGE_TRANSITIONS: Mapping[StageStatus, frozenset[StageStatus]] = {
-    _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED}),
+    _S.PENDING: frozenset({_S.RUNNING, _S.BLOCKED, _S.SKIPPED, _S.CANCELLED, _S.CACHED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.PENDING}),
     _S.SUCCEEDED: frozenset(),
     _S.FAILED: frozenset(),
     _S.BLOCKED: frozenset(),
     _S.SKIPPED: frozenset(),
     _S.CANCELLED: frozenset(),
+    _S.CACHED: frozenset(),
 }
 
 _R = RunState

@@ -67,9 +67,9 @@ class Script:
             self.events.append(tp.StageStarted("r", self._seq(), self.now, name, attempt))
         return self
 
-    def retry(self, name: str, delay: float) -> Script:
+    def retry(self, name: str, delay: float, error: str = "E: x") -> Script:
         attempt = self.attempts[name]
-        event = tp.StageRetrying("r", self._seq(), self.now, name, attempt, "E: x", delay)
+        event = tp.StageRetrying("r", self._seq(), self.now, name, attempt, error, delay)
         self.events.append(event)
         return self
 
@@ -350,6 +350,17 @@ def test_after_a_fail_fast_stop_only_always_all_done_and_one_failed_start() -> N
         .end("join")
     )
     _broken((pipe, late, {"keep_going": False}), "fail-fast: no stage starts after a failure")
+    join_cancelled = lambda s: (
+        s.start("bad", "slow")
+        .end("bad", S.FAILED)
+        .end("slow", S.CANCELLED, reason="fail-fast stop")
+        .end("join", S.CANCELLED, reason="fail-fast stop")
+        .end("plain", S.CANCELLED, reason="fail-fast stop")
+    )
+    _broken(
+        (pipe, join_cancelled, {"keep_going": False}),
+        "after a stop a stage whose trigger rule fires still runs",
+    )
 
 
 def test_after_a_close_only_teardown_stages_start_and_nothing_retries() -> None:
@@ -620,3 +631,53 @@ def test_a_failure_with_retries_left_is_retried_unless_retry_on_rejects_it() -> 
     _check((picky, failed_early, {"stopped": False}))  # a ValueError is not retried
     keyed = lambda s: s.start("s").end("s", S.FAILED, error=KeyError("k"))
     _broken((picky, keyed, {"stopped": False}), "a failed attempt with retries left is retried")
+
+
+def test_no_stage_that_could_start_waits_while_time_passes() -> None:
+    pipe = pipeline(
+        ("a", [], {"uses": "gpu"}), ("b", [], {"uses": "gpu"}), ("c", [], {}), pools={"gpu": 1}
+    )
+    # b waits for the pool without holding anything: c, behind it, goes ahead.
+    went_ahead = lambda s: s.start("a", "c").at(1).end("a").start("b").at(2).end("b").end("c")
+    _check((pipe, went_ahead, {"max_parallel": 3}))
+    held_up = lambda s: s.start("a").at(1).end("a").start("b", "c").at(2).end("b").end("c")
+    _broken(
+        (pipe, held_up, {"max_parallel": 3}),
+        "a ready stage that can take its slots starts at once: 'c' was ready and fit but still"
+        " waited at t=1",
+    )
+    one_by_one = lambda s: s.start("a").at(1).end("a").start("b").at(2).end("b").start("c").end("c")
+    _check((pipe, one_by_one, {"max_parallel": 1}))  # no slot was free
+    _check((pipe, held_up, {}))  # the limit unknown: not checked
+
+
+def test_stages_behind_a_waiting_exclusive_stage_may_wait() -> None:
+    pipe = pipeline(
+        ("gate", [], {}),
+        ("a", [], {}),
+        ("x", ["gate"], {"exclusive": True, "priority": 5}),
+        ("d", ["gate"], {}),
+    )
+    behind = lambda s: (
+        s.start("gate", "a")
+        .at(1)
+        .end("gate")
+        .at(2)
+        .end("a")
+        .start("x")
+        .at(3)
+        .end("x")
+        .start("d")
+        .at(4)
+        .end("d")
+    )
+    _check((pipe, behind, {"max_parallel": 4}))
+
+
+def test_a_timeout_fires_no_earlier_than_its_deadline() -> None:
+    pipe = pipeline(("s", [], {"timeout": 1.5, "retries": 1}))
+    timed_out = "StageTimeout: stage 's' timed out after 1.5s (attempt 1)"
+    on_time = lambda s: s.at(1).start("s").at(2.5).retry("s", 0.0, timed_out).start("s").end("s")
+    _check((pipe, on_time, {}))
+    early = lambda s: s.at(1).start("s").at(2).retry("s", 0.0, timed_out).start("s").end("s")
+    _broken((pipe, early, {}), r"a timeout fires no earlier than StageStarted.time \+ timeout")

@@ -47,7 +47,9 @@ def check_run(
         pipeline: The pipeline that ran.
         result: What `run` returned (or `RunHandle.result`).
         max_parallel: The run's limit, checked against the stages running at each
-            point of the event sequence (None: not checked).
+            point of the event sequence; and no ready stage that fits may wait while
+            time passes with a slot free (None: neither is checked; for an unlimited
+            run pass ``len(pipeline.stages)``; not with ``max_backlog`` pauses).
         keep_going: The run's option; with False, a failure is a fail-fast stop:
             afterwards only ALWAYS, ALL_DONE and ONE_FAILED stages may start (None:
             a fail-fast stop is seen only through the cancelled stages' reasons).
@@ -93,7 +95,14 @@ def check_run(
     complete = bool(events) and isinstance(events[-1], RunFinished)
     if lossless or complete:
         _check_complete(events)
-    schedule = Schedule(pipeline, result, keep_going=keep_going, pools=pools, stopped=stopped)
+    schedule = Schedule(
+        pipeline,
+        result,
+        keep_going=keep_going,
+        pools=pools,
+        stopped=stopped,
+        max_parallel=max_parallel,
+    )
     _check_sequence(events, pipeline, result, max_parallel=max_parallel, schedule=schedule)
     _check_result(events, pipeline, result, complete=complete, lossless=lossless)
 
@@ -218,6 +227,8 @@ def _check_sequence(
             raise _fail("one run id", f"{event!r} vs result.run_id={result.run_id}")
         if event.time < last_time:
             raise _fail("time never goes backwards", repr(event))
+        if last_time < event.time and index:
+            schedule.time_passes(event.time)
         last_time = event.time
         if isinstance(event, RunStarted):
             if index != 0:
@@ -290,7 +301,7 @@ def _check_finished(
     started = name in attempts
     if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
         raise _fail("StageStarted before its StageFinished", repr(event))
-    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED) and started:
+    if event.status in (StageStatus.BLOCKED, StageStatus.SKIPPED, StageStatus.CACHED) and started:
         raise _fail(f"a {event.status} stage never started", repr(event))
     if (event.status is StageStatus.FAILED) != (event.error is not None):
         raise _fail("StageFinished.error is set exactly for FAILED", repr(event))

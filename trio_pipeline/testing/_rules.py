@@ -16,14 +16,17 @@ the events so far, so a scheduler bug cannot hide behind the same bug here.
   stage runs alone.
 - Priorities: when a stage starts, no stage that was ready for its first attempt and
   could have started (its slots free, nothing exclusive in the way) outranks it:
-  higher priority, or the same priority and defined earlier.
+  higher priority, or the same priority and defined earlier. And no such stage waits
+  while the clock moves on with a `max_parallel` slot free (no hold-and-wait).
 - Retries: a retry's delay is the policy's (within its jitter) and the retry starts
   no earlier; a failed attempt with retries left is retried unless `retry_on`
-  rejects its error or the run was stopped.
+  rejects its error or the run was stopped. A timeout fires no earlier than the
+  attempt's `StageStarted.time` plus the stage's timeout.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 
@@ -132,12 +135,14 @@ class Schedule:
         keep_going: bool | None,
         pools: Mapping[str, int] | None,
         stopped: bool | None,
+        max_parallel: int | None = None,
     ) -> None:
         self.stages: Mapping[str, Stage] = pipeline.stages
         self.order = {name: i for i, name in enumerate(self.stages)}
         self.result = result
         self.keep_going = keep_going
         self.stopped = stopped
+        self.max_parallel = max_parallel
         self.free = dict(pipeline.pools if pools is None else pools)
         self.size = dict(self.free)
         self.downstream: dict[str, list[str]] = {name: [] for name in self.stages}
@@ -149,9 +154,24 @@ class Schedule:
         self.alone: str | None = None  # the running exclusive stage
         self.started: set[str] = set()
         self.retry_due: dict[str, float] = {}
+        self.attempt_started: dict[str, float] = {}
         self.stops: list[str] = []
         self.still: frozenset[Trigger] | None = None  # None: no stop yet
-        self.ready = {name for name in self.stages if self._may_start(name)}
+        # Stages the cache looks up first (issue 14): the lookup holds no slot and
+        # answers later, so such a stage may start after lower-ranked ones.
+        self.looked_up = {
+            name
+            for name, stage in self.stages.items()
+            if (getattr(pipeline, "cache", None) if stage.cache is None else stage.cache.cache)
+            or (stage.cache is not None and (stage.cache.deps or stage.cache.outs))
+        }
+        # Ready for a first attempt; `_ranked` orders them (priority, then definition),
+        # holding stale entries that `ready` no longer has.
+        self.ready: set[str] = set()
+        self._ranked: list[tuple[int, int, str]] = []
+        for name in self.stages:
+            if self._may_start(name):
+                self._make_ready(name)
 
     # -- what the rules say ---------------------------------------------------------
 
@@ -177,9 +197,30 @@ class Schedule:
             return False
         return all(self.free.get(pool, 0) >= n for pool, n in options.uses.items())
 
-    def _outranks(self, other: str, name: str) -> bool:
-        a, b = self.stages[other].options.priority, self.stages[name].options.priority
-        return a > b or (a == b and self.order[other] < self.order[name])
+    def _rank(self, name: str) -> tuple[int, int]:
+        return -self.stages[name].options.priority, self.order[name]
+
+    def _make_ready(self, name: str) -> None:
+        if name in self.looked_up:
+            return  # ready only once its lookup missed, which no event shows
+        self.ready.add(name)
+        heapq.heappush(self._ranked, (*self._rank(name), name))
+
+    def _passed_over(self, name: str) -> str | None:
+        """A ready stage that outranks `name` and could have started instead, if any."""
+        ranked, ready = self._ranked, self.ready
+        while ranked and ranked[0][2] not in ready:
+            heapq.heappop(ranked)
+        rank = self._rank(name)
+        if not ranked or ranked[0][:2] >= rank:
+            return None  # the usual case: `name` is the best ready stage
+        # Rare: better stages wait (for pool slots, or behind an exclusive one).
+        for *key, other in sorted(ranked):
+            if tuple(key) >= rank:
+                break
+            if other in ready and self._fits(other):
+                return other
+        return None
 
     def _stop(self, kind: str) -> None:
         if kind not in self.stops:
@@ -187,6 +228,32 @@ class Schedule:
         still = _STILL_START[kind]
         self.still = still if self.still is None else self.still & still
         self.ready = {name for name in self.ready if self._trigger(name) in self.still}
+
+    def time_passes(self, now: float) -> None:
+        """The clock moves on to `now`: no stage that could have started may still wait.
+
+        Checked only when the limit is known (`max_parallel`). A stage waiting for pool
+        slots holds nothing, so the stages behind it that fit must not wait; those
+        behind a waiting exclusive stage may (it waits for the running ones to end).
+        """
+        if self.max_parallel is None or len(self.running) >= self.max_parallel:
+            return
+        ranked, ready = self._ranked, self.ready
+        while ranked and ranked[0][2] not in ready:
+            heapq.heappop(ranked)
+        if not ranked:
+            return
+        for *_, name in sorted(ranked) if len(ranked) > 1 else ranked:
+            if name not in ready:
+                continue
+            if self._fits(name):
+                raise RuleError(
+                    "a ready stage that can take its slots starts at once",
+                    f"{name!r} was ready and fit but still waited at t={now}"
+                    f" ({len(self.running)} of {self.max_parallel} running)",
+                )
+            if self.stages[name].options.exclusive:
+                return
 
     # -- events ---------------------------------------------------------------------
 
@@ -223,15 +290,16 @@ class Schedule:
                     f"{name!r} took {n} of pool {pool!r} ({used} of {self.size[pool]} in use)"
                     f" at seq={event.seq}",
                 )
-        for other in self.ready:
-            if other != name and self._outranks(other, name) and self._fits(other):
-                raise RuleError(
-                    "ready stages start by priority, then definition order",
-                    f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
-                )
+        other = self._passed_over(name)
+        if other is not None:
+            raise RuleError(
+                "ready stages start by priority, then definition order",
+                f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
+            )
         self.ready.discard(name)
         self.started.add(name)
         self.running.add(name)
+        self.attempt_started[name] = event.time
         if options.exclusive:
             self.alone = name
         for pool, n in options.uses.items():
@@ -264,8 +332,21 @@ class Schedule:
         for pool, n in self.stages[name].options.uses.items():
             self.free[pool] += n
 
+    def _check_timeout(self, name: str, error: str | None, now: float) -> None:
+        """A timeout fires no earlier than the attempt's StageStarted.time + timeout."""
+        timeout = self.stages[name].options.timeout
+        if timeout is None or not (error or "").startswith("StageTimeout"):
+            return
+        deadline = self.attempt_started.get(name, -math.inf) + timeout
+        if now < deadline and not _close(now, deadline):
+            raise RuleError(
+                "a timeout fires no earlier than StageStarted.time + timeout",
+                f"{name!r} timed out at {now}, its deadline {deadline}",
+            )
+
     def retrying(self, event: StageRetrying) -> None:
         name = event.stage
+        self._check_timeout(name, event.error, event.time)
         policy = self.stages[name].options.retry
         if event.attempt > policy.retries:
             raise RuleError(
@@ -295,12 +376,14 @@ class Schedule:
         trigger = self._trigger(name)
         upstream = self._upstream(name)
         status = event.status
-        if not event.attempt:
-            self._check_unstarted_end(event, trigger, upstream, reason, stopped_before)
         if trigger is Trigger.ALWAYS:
             self._check_teardown_end(event, reason)
-        if status is _S.FAILED and not stopped_before:
-            self._check_retries_used(event)
+        if not event.attempt:
+            self._check_unstarted_end(event, trigger, upstream, reason, stopped_before)
+        if status is _S.FAILED:
+            self._check_timeout(name, event.error, event.time)
+            if not stopped_before:
+                self._check_retries_used(event)
         self._release(name)
         self.retry_due.pop(name, None)
         self.ready.discard(name)
@@ -308,8 +391,8 @@ class Schedule:
         if status is _S.FAILED and self.keep_going is False and not self.stops:
             self._stop("fail-fast")
         for down in self.downstream[name]:
-            if self._may_start(down):
-                self.ready.add(down)
+            if down not in self.ready and self._may_start(down):
+                self._make_ready(down)
 
     def _check_unstarted_end(
         self,
@@ -347,6 +430,17 @@ class Schedule:
                     f"{name!r}: reason {reason!r}, blocked_by {culprit!r}",
                 )
         elif status is _S.CANCELLED:
+            if (
+                self.still is not None
+                and trigger in self.still
+                and can_run(trigger, upstream)
+                and reason != TEARDOWN_EXPIRED
+            ):
+                raise RuleError(
+                    "after a stop a stage whose trigger rule fires still runs",
+                    f"{name!r} ({trigger}) cancelled after a {self.stops[0]} stop with"
+                    f" upstream {statuses}",
+                )
             cancelled_up = any(s is _S.CANCELLED for s in upstream)
             stopped = stopped_before or bool(self.stops) or cancelled_up
             if self.stopped is False and not stopped and reason != TEARDOWN_EXPIRED:

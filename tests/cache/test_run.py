@@ -1,0 +1,557 @@
+"""Runs with the cache: CACHED stages, value-based keys, commits before StageFinished, options."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trio_pipeline as tp
+from tests.support.runs import finished, statuses
+from trio_pipeline.testing import RecordingSink, check_run
+
+S = tp.StageStatus
+
+
+def chain(counter: dict[str, int]) -> tp.Pipeline:
+    """a -> b -> c, each counting its calls; c is not cached."""
+    pipe = tp.Pipeline("chain", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        counter["a"] = counter.get("a", 0) + 1
+        return 1
+
+    @pipe.stage(after=[a])
+    async def b(ctx: tp.StageContext) -> int:
+        counter["b"] = counter.get("b", 0) + 1
+        return int(ctx.inputs["a"]) + 1
+
+    @pipe.stage(after=[b], cache=False)
+    async def c(ctx: tp.StageContext) -> int:
+        counter["c"] = counter.get("c", 0) + 1
+        return int(ctx.inputs["b"]) * 10
+
+    return pipe
+
+
+async def run(
+    pipe: tp.Pipeline, tmp_path: Path, **options: Any
+) -> tuple[tp.RunResult, RecordingSink]:
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink], cache_dir=tmp_path / "cache", **options)
+    check_run(sink.events, pipe, result)
+    return result, sink
+
+
+async def test_a_second_run_hits(tmp_path: Path) -> None:
+    calls: dict[str, int] = {}
+    pipe = chain(calls)
+    first, _ = await run(pipe, tmp_path)
+    assert statuses(first) == {"a": S.SUCCEEDED, "b": S.SUCCEEDED, "c": S.SUCCEEDED}
+    second, sink = await run(pipe, tmp_path)
+    assert statuses(second) == {"a": S.CACHED, "b": S.CACHED, "c": S.SUCCEEDED}
+    assert calls == {"a": 1, "b": 1, "c": 2}
+    assert {k: v.value for k, v in second.stages.items()} == {"a": 1, "b": 2, "c": 20}
+    assert second.ok
+    assert second.counts[S.CACHED] == 2
+    done = finished(sink)
+    assert done["a"].attempt == 0
+    assert done["a"].reason is not None
+    assert done["a"].reason.startswith("cache hit: stored")
+    assert first.run_id in done["a"].reason
+    assert not any(isinstance(e, tp.StageStarted) and e.stage in "ab" for e in sink.events)
+
+
+async def test_value_based_an_equal_upstream_value_keeps_downstream_hits(tmp_path: Path) -> None:
+    runs: list[int] = []
+    pipe = tp.Pipeline("v")
+
+    @pipe.stage(cache=False)
+    async def source(ctx: tp.StageContext) -> list[int]:
+        return [1, 2, 3]  # rebuilt every run, equal every time
+
+    @pipe.stage(after=[source], cache=True)
+    async def total(ctx: tp.StageContext) -> int:
+        runs.append(1)
+        return sum(ctx.inputs["source"])
+
+    await run(pipe, tmp_path)
+    second, _ = await run(pipe, tmp_path)
+    assert statuses(second) == {"source": S.SUCCEEDED, "total": S.CACHED}
+    assert len(runs) == 1
+
+
+async def test_the_entry_is_committed_before_stage_finished(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    class Probe:
+        async def handle(self, event: tp.Event, /) -> None:
+            if isinstance(event, tp.StageFinished) and event.stage == "a":
+                seen.append(await trio.to_thread.run_sync(self.entries))
+
+        def entries(self) -> int:
+            with tp.SQLiteStore(tmp_path / "cache") as store:
+                return store.stats().entries
+
+        async def aclose(self) -> None:
+            pass
+
+    pipe = tp.Pipeline("p", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    await tp.run(pipe, sinks=[Probe()], cache_dir=tmp_path / "cache")
+    assert seen == [1]
+
+
+async def test_lookups_take_no_slot(tmp_path: Path) -> None:
+    """With max_parallel=1 held by a running stage, a cached stage still ends CACHED."""
+    pipe = tp.Pipeline("p")
+    hit = trio.Event()
+    second_run = [False]
+
+    @pipe.stage
+    async def slow(ctx: tp.StageContext) -> None:
+        if second_run[0]:
+            await hit.wait()  # needs `quick` to hit while this holds the only slot
+
+    @pipe.stage(cache=True)
+    async def quick(ctx: tp.StageContext) -> int:
+        return 5
+
+    class SetOnHit:
+        async def handle(self, event: tp.Event, /) -> None:
+            if isinstance(event, tp.StageFinished) and event.status is S.CACHED:
+                hit.set()
+
+        async def aclose(self) -> None:
+            pass
+
+    await tp.run(pipe, cache_dir=tmp_path / "c", max_parallel=1)
+    second_run[0] = True
+    with trio.fail_after(10):
+        result = await tp.run(pipe, sinks=[SetOnHit()], cache_dir=tmp_path / "c", max_parallel=1)
+    assert statuses(result) == {"slow": S.SUCCEEDED, "quick": S.CACHED}
+
+
+async def test_unpicklable_input_runs_uncached_and_says_why(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def make(ctx: tp.StageContext) -> Any:
+        return lambda: 1
+
+    @pipe.stage(after=[make], cache=True)
+    async def use(ctx: tp.StageContext) -> int:
+        return 2
+
+    for _ in range(2):
+        result, sink = await run(pipe, tmp_path)
+        assert statuses(result) == {"make": S.SUCCEEDED, "use": S.SUCCEEDED}
+        logs = [e.message for e in sink.events if isinstance(e, tp.StageLog)]
+        assert any("not cached: its input from 'make' cannot be pickled" in m for m in logs)
+
+
+async def test_unpicklable_value_is_not_stored_and_says_why(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("p", cache=True)
+
+    @pipe.stage
+    async def make(ctx: tp.StageContext) -> Any:
+        return lambda: 1
+
+    for _ in range(2):
+        result, sink = await run(pipe, tmp_path)
+        assert statuses(result) == {"make": S.SUCCEEDED}
+        logs = [e.message for e in sink.events if isinstance(e, tp.StageLog)]
+        assert any("its value cannot be pickled" in m for m in logs), logs
+
+
+async def test_force(tmp_path: Path) -> None:
+    calls: dict[str, int] = {}
+    pipe = chain(calls)
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path, force=True)
+    assert statuses(result)["a"] is S.SUCCEEDED
+    assert statuses(result)["b"] is S.SUCCEEDED
+    result, _ = await run(pipe, tmp_path, force=["b"])  # b and its downstream
+    assert statuses(result) == {"a": S.CACHED, "b": S.SUCCEEDED, "c": S.SUCCEEDED}
+    with pytest.raises(tp.UnknownStageError, match="'bb'"):
+        await run(pipe, tmp_path, force=["bb"])
+
+
+async def test_force_reruns_the_downstream_even_when_its_key_is_unchanged(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("f", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[a])
+    async def b(ctx: tp.StageContext) -> int:
+        return 2  # the same value every time: d's key does not change
+
+    @pipe.stage(after=[b])
+    async def d(ctx: tp.StageContext) -> int:
+        return 3
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path, force=["b"])
+    assert statuses(result) == {"a": S.CACHED, "b": S.SUCCEEDED, "d": S.SUCCEEDED}
+
+
+async def test_no_cache_run_reads_and_writes_nothing_but_is_recorded(tmp_path: Path) -> None:
+    calls: dict[str, int] = {}
+    pipe = chain(calls)
+    result, _ = await run(pipe, tmp_path, cache=False)
+    assert S.CACHED not in set(statuses(result).values())
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        assert store.stats().entries == 0
+        assert [r.run_id for r in store.runs()] == [result.run_id]
+
+
+async def test_stage_cache_false_overrides_the_pipeline(tmp_path: Path) -> None:
+    calls: dict[str, int] = {}
+    pipe = chain(calls)
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result)["c"] is S.SUCCEEDED  # cache=False on c
+
+
+async def test_a_corrupt_store_fails_before_anything_runs(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "cache.sqlite").write_bytes(b"not a database" * 100)
+    calls: dict[str, int] = {}
+    sink = RecordingSink()
+    with pytest.raises(tp.CacheStoreError, match="cache clear"):
+        await tp.run(chain(calls), sinks=[sink], cache_dir=folder)
+    assert calls == {}
+    assert sink.events == []
+
+
+async def test_history_is_recorded(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("h", cache=True)
+
+    @pipe.stage
+    async def good(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(cache=False)
+    async def bad(ctx: tp.StageContext) -> None:
+        raise ValueError("boom")
+
+    @pipe.stage(after=[bad])
+    async def after_bad(ctx: tp.StageContext) -> None:
+        pass
+
+    result, _ = await run(pipe, tmp_path, keep_going=True)
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        record = store.run(result.run_id)
+    assert record is not None
+    assert record.pipeline == "h"
+    assert not record.ok
+    assert record.counts["failed"] == 1
+    by_name = {s.name: s for s in record.stages}
+    assert by_name["bad"].error == "ValueError: boom"
+    assert by_name["after_bad"].reason == "upstream 'bad' failed"
+    assert by_name["good"].status == "succeeded"
+
+
+class MemoryStore:
+    """Another `CacheStore`: proves `store=` takes any implementation."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tp.CacheEntry] = {}
+        self.history: list[tp.RunRecord] = []
+
+    def get(self, key: str) -> tp.CacheEntry | None:
+        return self.entries.get(key)
+
+    def put(self, entry: tp.CacheEntry) -> None:
+        self.entries[entry.key] = entry
+
+    def latest(self, pipeline: str, stage: str) -> tp.CacheEntry | None:
+        found = [e for e in self.entries.values() if (e.pipeline, e.stage) == (pipeline, stage)]
+        return max(found, key=lambda e: e.created, default=None)
+
+    def delete(self, key: str) -> None:
+        self.entries.pop(key, None)
+
+    def snapshot(self, pipeline: str, max_bytes: int) -> dict[str, tp.CacheEntry | None]:
+        return {k: None for k, e in self.entries.items() if e.pipeline == pipeline}
+
+    def file_memo(self, path: str) -> Any:
+        return None
+
+    def put_file_memo(self, path: str, memo: Any) -> None:
+        pass
+
+    def record_run(self, record: tp.RunRecord) -> None:
+        self.history.append(record)
+
+    def runs(self, *, limit: int = 20, file: str | None = None) -> list[tp.RunRecord]:
+        return self.history[-limit:]
+
+    def run(self, run_id: str) -> tp.RunRecord | None:
+        return next((r for r in self.history if r.run_id == run_id), None)
+
+    def stats(self) -> Any:
+        raise NotImplementedError
+
+    def prune(self, older_than: float) -> int:
+        return 0
+
+    @contextlib.contextmanager
+    def batch(self) -> Generator[None]:
+        yield
+
+    def close(self) -> None:
+        raise AssertionError("the run must not close a store it was given")
+
+
+async def test_a_store_of_our_own(tmp_path: Path) -> None:
+    store = MemoryStore()
+    assert isinstance(store, tp.CacheStore)
+    calls: dict[str, int] = {}
+    pipe = chain(calls)
+    await tp.run(pipe, store=store)
+    result = await tp.run(pipe, store=store)
+    assert statuses(result)["b"] is S.CACHED
+    assert len(store.history) == 2
+    assert not (tmp_path / ".trio-pipeline").exists()
+
+
+async def test_explain_says_what_changed(tmp_path: Path) -> None:
+    version = ["1"]
+
+    def build() -> tp.Pipeline:
+        pipe = tp.Pipeline("e", cache=True)
+
+        @pipe.stage(version=version[0])
+        async def a(ctx: tp.StageContext) -> int:
+            return 1
+
+        return pipe
+
+    await run(build(), tmp_path)
+    version[0] = "2"
+    _, sink = await run(build(), tmp_path, explain=True)
+    assert finished(sink)["a"].reason == "cache miss: version changed: '1' -> '2'"
+
+
+def write(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
+def read(path: str) -> str:
+    return Path(path).read_text()
+
+
+def remove(path: str) -> None:
+    Path(path).unlink()
+
+
+async def test_deps_and_outs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write("in.txt", "one")
+    runs: list[str] = []
+    pipe = tp.Pipeline("files")
+
+    @pipe.stage(deps=["in.txt"], outs=["out.txt"], cache=tp.CachePolicy(restore_outs=True))
+    async def copy(ctx: tp.StageContext) -> str:
+        text = read("in.txt")
+        write("out.txt", text.upper())
+        runs.append(text)
+        return text
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"copy": S.CACHED}
+    remove("out.txt")
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"copy": S.CACHED}  # restored, not re-run
+    assert read("out.txt") == "ONE"
+    write("in.txt", "two")
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"copy": S.SUCCEEDED}
+    assert runs == ["one", "two"]
+
+
+async def test_a_teardown_stage_is_never_cached(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("t", cache=True)
+
+    @pipe.stage
+    async def work(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[work], trigger=tp.Trigger.ALWAYS)
+    async def cleanup(ctx: tp.StageContext) -> None:
+        pass
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"work": S.CACHED, "cleanup": S.SUCCEEDED}
+
+
+async def test_a_retried_stage_is_stored_once_it_succeeds(tmp_path: Path) -> None:
+    attempts: list[int] = []
+    pipe = tp.Pipeline("r", cache=True)
+
+    @pipe.stage(retries=1)
+    async def flaky(ctx: tp.StageContext) -> int:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("first time")
+        return 7
+
+    await run(pipe, tmp_path)
+    result, _ = await run(pipe, tmp_path)
+    assert statuses(result) == {"flaky": S.CACHED}
+    assert result.stages["flaky"].value == 7
+    assert attempts == [1, 2]
+
+
+# -- property: the second run's CACHED set is exactly the stages whose key did not change --
+
+import textwrap  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from trio_pipeline._cli import load_file  # noqa: E402
+
+
+def _combine(name: str, k: int, inputs: dict[str, Any], dep: str | None, coarse: bool) -> Any:
+    text = repr((name, k, sorted(inputs.items()), dep))
+    return len(text) % 3 if coarse else text
+
+
+_MODULE = """
+import trio_pipeline as tp
+
+def combine(name, k, inputs, dep, coarse):
+    text = repr((name, k, sorted(inputs.items()), dep))
+    return len(text) % 3 if coarse else text
+
+pipe = tp.Pipeline("prop")
+"""
+
+_STAGE = """
+K{i} = {k}
+
+async def s{i}(ctx):
+    dep = None
+    if {has_dep}:
+        with open({dep_path!r}) as f:
+            dep = f.read()
+    return combine("s{i}", K{i}, dict(ctx.inputs), dep, {coarse})
+
+pipe.add_stage("s{i}", s{i}, after={after!r}, cache={cached}, deps={deps!r})
+"""
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(2, 7))
+    stages = []
+    for i in range(n):
+        ups = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
+        stages.append(
+            {
+                "ups": ups,
+                "cached": draw(st.booleans()) or i == n - 1,
+                "coarse": draw(st.booleans()),
+                "has_dep": draw(st.booleans()),
+                "k1": draw(st.integers(0, 2)),
+                "k2": draw(st.integers(0, 2)),  # a code change when k2 != k1
+                "dep1": draw(st.sampled_from(["x", "y"])),
+                "dep2": draw(st.sampled_from(["x", "y"])),
+            }
+        )
+    force = draw(st.sets(st.integers(0, n - 1), max_size=2))
+    return {"stages": stages, "force": sorted(force)}
+
+
+def _write_version(folder: Path, scenario: dict[str, Any], version: int, name: str) -> Path:
+    parts = [_MODULE]
+    for i, s in enumerate(scenario["stages"]):
+        dep_path = str(folder / f"dep{i}.txt")
+        (folder / f"dep{i}.txt").write_text(s[f"dep{version}"])
+        parts.append(
+            _STAGE.format(
+                i=i,
+                k=s[f"k{version}"],
+                has_dep=s["has_dep"],
+                dep_path=dep_path,
+                coarse=s["coarse"],
+                after=[f"s{u}" for u in s["ups"]],
+                cached=s["cached"],
+                deps=[dep_path] if s["has_dep"] else [],
+            )
+        )
+    path = folder / name
+    path.write_text(textwrap.dedent("\n".join(parts)))
+    return path
+
+
+def _model_values(scenario: dict[str, Any], version: int) -> list[Any]:
+    values: list[Any] = []
+    for i, s in enumerate(scenario["stages"]):
+        inputs = {f"s{u}": values[u] for u in s["ups"]}
+        dep = s[f"dep{version}"] if s["has_dep"] else None
+        values.append(_combine(f"s{i}", s[f"k{version}"], inputs, dep, s["coarse"]))
+    return values
+
+
+def _expected_cached(scenario: dict[str, Any]) -> set[str]:
+    stages = scenario["stages"]
+    forced: set[int] = set()
+    stack = list(scenario["force"])
+    while stack:
+        i = stack.pop()
+        if i not in forced:
+            forced.add(i)
+            stack.extend(j for j, s in enumerate(stages) if i in s["ups"])
+    one, two = _model_values(scenario, 1), _model_values(scenario, 2)
+    return {
+        f"s{i}"
+        for i, s in enumerate(stages)
+        if s["cached"]
+        and i not in forced
+        and s["k1"] == s["k2"]
+        and (not s["has_dep"] or s["dep1"] == s["dep2"])
+        and all(one[u] == two[u] for u in s["ups"])
+    }
+
+
+@settings(max_examples=25)
+@given(scenarios())
+def test_cached_set_is_exactly_the_unchanged_keys(tmp_path_factory: Any, scenario: Any) -> None:
+    folder = tmp_path_factory.mktemp("prop")
+    cache_dir = folder / "cache"
+
+    async def main() -> None:
+        first = load_file(str(_write_version(folder, scenario, 1, "pipe.py")))
+        await tp.run(first.pipe, cache_dir=cache_dir)
+        second = load_file(str(_write_version(folder, scenario, 2, "pipe.py")))
+        force = [f"s{i}" for i in scenario["force"]]
+        sink = RecordingSink()
+        result = await tp.run(second.pipe, sinks=[sink], cache_dir=cache_dir, force=force)
+        check_run(sink.events, second.pipe, result)
+        cached = {name for name, out in result.stages.items() if out.status is S.CACHED}
+        assert cached == _expected_cached(scenario)
+        # The values are those of a run without a cache.
+        plain = await tp.run(second.pipe, cache=False, cache_dir=folder / "none")
+        assert {k: v.value for k, v in result.stages.items()} == {
+            k: v.value for k, v in plain.stages.items()
+        }
+        assert [v.value for v in plain.stages.values()] == _model_values(scenario, 2)
+
+    trio.run(main)

@@ -1,0 +1,428 @@
+"""The SQLite cache store: schema marks, refusal of foreign/corrupt files, crash safety, sharing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trio_pipeline._cache._store import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    CacheEntry,
+    CacheStore,
+    CacheStoreError,
+    FileMemo,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+    digest_bytes,
+    remove_store_files,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def entry(key: str, value: bytes = b"v", *, stage: str = "a", created: float = 0.0) -> CacheEntry:
+    return CacheEntry(
+        key=key,
+        pipeline="p",
+        stage=stage,
+        value=value,
+        value_digest=digest_bytes(value),
+        parts={"stage": stage, "inputs": {"x": "1"}},
+        outs={"out.txt": "abc"},
+        created=created,
+        run_id="run1",
+    )
+
+
+def test_it_is_a_cache_store(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        assert isinstance(store, CacheStore)
+
+
+def test_put_get_latest_delete(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        assert store.get("k1") is None
+        store.put(entry("k1", b"one", created=100.0))
+        store.put(entry("k2", b"two", created=200.0))
+        got = store.get("k1")
+        assert got is not None
+        assert got.value == b"one"
+        assert got.outs == {"out.txt": "abc"}
+        assert got.run_id == "run1"
+        latest = store.latest("p", "a")
+        assert latest is not None
+        assert latest.key == "k2"
+        assert latest.parts == {"stage": "a", "inputs": {"x": "1"}}
+        assert store.latest("p", "other") is None
+        assert store.latest("q", "a") is None
+        store.delete("k1")
+        assert store.get("k1") is None
+
+
+def test_a_write_is_visible_to_another_connection_when_put_returns(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store, SQLiteStore(tmp_path / "c") as other:
+        store.put(entry("k", b"x"))
+        assert other.get("k") is not None
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    with SQLiteStore(folder) as store:
+        store.put(entry("k"))
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        for name in os.listdir(folder):
+            assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+
+
+def test_an_existing_folder_and_file_are_tightened(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    (folder / "cache.sqlite").touch()
+    os.chmod(folder / "cache.sqlite", 0o644)
+    SQLiteStore(folder).close()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / "cache.sqlite").stat().st_mode) == 0o600
+
+
+def test_the_file_is_marked_as_a_trio_pipeline_store(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "c").close()
+    db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    path = folder / "cache.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE mine (x)")
+    db.execute("INSERT INTO mine VALUES (42)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(CacheStoreError) as info:
+        SQLiteStore(folder)
+    message = str(info.value)
+    assert str(path) in message
+    assert "not a trio_pipeline cache store" in message
+    assert "trio-pipeline cache clear" in message
+    assert path.read_bytes() == before
+    assert isinstance(info.value, OSError)
+
+
+def test_a_sqlite_file_of_another_application_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    db = sqlite3.connect(folder / "cache.sqlite")
+    db.execute("PRAGMA application_id=1234")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheStoreError, match="not a trio_pipeline cache store"):
+        SQLiteStore(folder)
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    SQLiteStore(tmp_path / "c").close()
+    db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheStoreError, match="newer trio_pipeline"):
+        SQLiteStore(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"this is not a database at all, just text" * 10, b"SQLite format 3\x00" + b"\xff" * 5000],
+)
+def test_a_corrupt_file_gives_a_clear_error(tmp_path: Path, garbage: bytes) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "cache.sqlite").write_bytes(garbage)
+    with pytest.raises(CacheStoreError) as info:
+        SQLiteStore(folder)
+    assert str(folder / "cache.sqlite") in str(info.value)
+    assert "cache clear" in str(info.value)
+
+
+def test_clear_removes_even_a_corrupt_store(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "cache.sqlite").write_bytes(b"garbage")
+    (folder / "keep.txt").write_text("not ours")
+    removed = remove_store_files(folder)
+    assert str(folder / "cache.sqlite") in removed
+    assert (folder / "keep.txt").exists()
+    SQLiteStore(folder).close()  # usable again
+
+
+def test_a_value_that_does_not_match_its_hash_is_never_returned(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.put(entry("k", b"the real value"))
+        db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+        db.execute("UPDATE entries SET value = ? WHERE key = 'k'", (b"the real val",))
+        db.commit()
+        db.close()
+        assert store.get("k") is None
+        assert store.stats().entries == 0  # and it was dropped
+
+
+def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store, SQLiteStore(tmp_path / "c") as other:
+        with store.batch():
+            store.put(entry("a"))
+            with store.batch():  # nested: joins
+                store.put(entry("b"))
+            assert other.get("a") is None  # not committed yet
+        assert other.get("a") is not None
+        assert other.get("b") is not None
+
+        def failing_batch() -> None:
+            with store.batch():
+                store.put(entry("c"))
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            failing_batch()
+        assert store.get("c") is None
+
+
+def test_file_memo(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        assert store.file_memo("/x") is None
+        store.put_file_memo("/x", FileMemo(1, 2, 3, "d"))
+        assert store.file_memo("/x") == FileMemo(1, 2, 3, "d")
+        store.put_file_memo("/x", FileMemo(4, 5, 6, "e"))
+        assert store.file_memo("/x") == FileMemo(4, 5, 6, "e")
+
+
+def record(run_id: str, started: float, *, file: str | None = "/p.py") -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        pipeline="p",
+        file=file,
+        started=started,
+        duration=1.5,
+        state="closed",
+        ok=False,
+        counts={"succeeded": 1, "failed": 1},
+        params={"lr": 0.1, "obj": object()},
+        stages=(
+            StageRecord("a", "succeeded", 1, 0.5),
+            StageRecord("b", "failed", 2, 1.0, error="ValueError: boom"),
+        ),
+    )
+
+
+def test_history(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.record_run(record("aaa111", 10.0))
+        store.record_run(record("aab222", 20.0, file="/q.py"))
+        store.record_run(record("bbb333", 30.0))
+        assert [r.run_id for r in store.runs()] == ["bbb333", "aab222", "aaa111"]
+        assert [r.run_id for r in store.runs(limit=1)] == ["bbb333"]
+        assert [r.run_id for r in store.runs(file="/p.py")] == ["bbb333", "aaa111"]
+        run = store.run("bbb")
+        assert run is not None
+        assert run.run_id == "bbb333"
+        assert [s.name for s in run.stages] == ["a", "b"]
+        assert run.stages[1].error == "ValueError: boom"
+        assert run.params["lr"] == 0.1
+        assert run.params["obj"].startswith("<object")  # not JSON: kept as its repr
+        assert store.run("aa") is None  # ambiguous
+        assert store.run("aaa111") is not None
+        assert store.run("zzz") is None
+        assert store.run("%") is None  # LIKE wildcards are literal
+
+
+def test_stats_and_prune(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        now = time.time()
+        store.put(entry("old", b"x" * 10, created=now - 10 * 86400))
+        store.put(entry("new", b"y" * 20, created=now))
+        store.record_run(record("r-old", now - 10 * 86400))
+        store.record_run(record("r-new", now))
+        stats = store.stats()
+        assert (stats.entries, stats.value_bytes, stats.runs, stats.stages) == (2, 30, 2, 1)
+        assert store.prune(5 * 86400) == 1
+        assert store.get("old") is None
+        assert store.get("new") is not None
+        assert [r.run_id for r in store.runs()] == ["r-new"]
+
+
+def test_closed_store_raises(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c")
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(CacheStoreError, match="closed"):
+        store.get("k")
+
+
+# -- crashes and concurrency -------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import os, random, sys
+    sys.path.insert(0, {root!r})
+    from trio_pipeline._cache._store import CacheEntry, SQLiteStore, digest_bytes
+
+    def value_for(key):
+        rnd = random.Random(key)
+        return rnd.randbytes(rnd.choice([10, 1000, 100_000, 1_000_000]))
+
+    store = SQLiteStore(sys.argv[1])
+    rnd = random.Random(int(sys.argv[2]))
+    print("ready", flush=True)
+    n = 0
+    while True:
+        keys = [f"{{sys.argv[2]}}-{{n + i}}" for i in range(rnd.choice([1, 1, 5]))]
+        n += len(keys)
+        with store.batch():
+            for key in keys:
+                value = value_for(key)
+                store.put(CacheEntry(key, "p", "s", value, digest_bytes(value)))
+        for key in keys:
+            print(key, flush=True)
+    """
+)
+
+
+def _value_for(key: str) -> bytes:
+    rnd = random.Random(key)
+    return rnd.randbytes(rnd.choice([10, 1000, 100_000, 1_000_000]))
+
+
+def _check_store(folder: Path, committed: list[str], after_rowid: int) -> int:
+    """Committed keys are there with their values; no row written since `after_rowid` is torn."""
+    with SQLiteStore(folder) as store:
+        for key in committed:
+            got = store.get(key)
+            assert got is not None, f"{key} was reported committed but is gone"
+            assert got.value == _value_for(key)
+    db = sqlite3.connect(folder / "cache.sqlite")
+    try:
+        rows = db.execute(
+            "SELECT rowid, key, value, value_digest FROM entries WHERE rowid > ?", (after_rowid,)
+        )
+        for rowid, key, value, digest in rows:
+            assert digest_bytes(value) == digest, f"torn row {key}"
+            assert value == _value_for(key)
+            after_rowid = max(after_rowid, rowid)
+    finally:
+        db.close()
+    return after_rowid
+
+
+def kill_loop(folder: Path, kills: int, seed: int) -> int:
+    """SIGKILL a writer at random moments `kills` times; check the store after each."""
+    rnd = random.Random(seed)
+    script = _WRITER.format(root=str(ROOT))
+    total = 0
+    rowid = 0
+    for i in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(folder), str(seed * 1000 + i)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(rnd.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        committed = [line for line in out.splitlines() if line]
+        total += len(committed)
+        rowid = _check_store(folder, committed, rowid)
+    db = sqlite3.connect(folder / "cache.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    db.close()
+    return total
+
+
+def test_sigkill_at_random_moments_never_tears_or_loses_a_committed_value(tmp_path: Path) -> None:
+    # `nox -s stress` style long version: TRIO_PIPELINE_KILLS=50.
+    kills = int(os.environ.get("TRIO_PIPELINE_KILLS", "6"))
+    total = kill_loop(tmp_path / "c", kills, seed=1)
+    assert total > 0
+
+
+_SHARER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    from trio_pipeline._cache._store import CacheEntry, RunRecord, SQLiteStore, digest_bytes
+
+    store = SQLiteStore(sys.argv[1])
+    me = sys.argv[2]
+    for i in range(300):
+        for key in (f"{{me}}-{{i}}", f"shared-{{i}}"):
+            value = key.encode() if key.startswith(me) else f"shared-{{i}}".encode()
+            store.put(CacheEntry(key, "p", "s", value, digest_bytes(value)))
+            assert store.get(key) is not None
+        if i % 50 == 0:
+            store.record_run(RunRecord(f"{{me}}-{{i}}", "p", None, i, 0.0, "closed", True, {{}}))
+            store.runs()
+    print("done", flush=True)
+    """
+)
+
+
+def test_two_processes_share_one_store(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    script = _SHARER.format(root=str(ROOT))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(folder), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out == "done\n"
+        assert "locked" not in err
+    with SQLiteStore(folder) as store:
+        assert store.stats().entries == 900
+        for i in range(300):
+            for key in (f"one-{i}", f"two-{i}", f"shared-{i}"):
+                assert store.get(key) is not None, key
+        assert len(store.runs(limit=100)) == 12
+
+
+def test_snapshot_reads_a_pipelines_entries_once(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.put(entry("k1", b"one"))
+        store.put(entry("k2", b"two"))
+        store.put(CacheEntry("k3", "other", "a", b"x", digest_bytes(b"x")))
+        snap = store.snapshot("p", 1 << 20)
+        assert set(snap) == {"k1", "k2"}
+        one = snap["k1"]
+        assert one is not None
+        assert one.value == b"one"
+        assert one.outs == {"out.txt": "abc"}
+        assert store.snapshot("p", 0) == {"k1": None, "k2": None}  # too big: keys only
+        db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+        db.execute("UPDATE entries SET value = ? WHERE key = 'k2'", (b"tw",))
+        db.commit()
+        db.close()
+        assert set(store.snapshot("p", 1 << 20)) == {"k1"}  # a torn value is left out

@@ -1,0 +1,285 @@
+"""The cache's blocking work for one run: look a stage up, commit its result. No trio.
+
+`RunJobs` holds the state of one run that lives on the worker thread (the hashes of
+the values seen so far, the parameters' hashes). Its methods block (store, files,
+pickling) and are only called from that thread, or directly by ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
+from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
+from ._keys import Fingerprint, hash_params, key_of, key_parts, pickle_value
+from ._policy import CachePolicy
+from ._store import CacheEntry, CacheStore, digest_bytes
+
+_NO_CODE = Fingerprint("", {})
+
+
+@dataclass(slots=True)  # not frozen: built once per stage per run, and frozen costs 2x
+class StageSpec:
+    """What the cache needs to know about one stage for one run (built at run start)."""
+
+    name: str
+    policy: CachePolicy
+    fingerprint: Fingerprint
+    version: str | None = None
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    forced: bool = False
+    upstream: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class LookupResult:
+    """A lookup's answer. On a hit `value` is the stored value, loaded."""
+
+    decision: Decision
+    parts: dict[str, Any] | None = None  # the key's components, for the commit
+    value: Any = None
+    log: str | None = None  # a message for the stage's log (say, why it is not cacheable)
+
+
+@dataclass(slots=True)
+class CommitResult:
+    stored: bool
+    log: str | None = None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class RunJobs:
+    """One run's cache work, on the worker thread. `objects` is the restore cache (or None)."""
+
+    store: CacheStore
+    pipeline: str
+    run_id: str
+    params: Mapping[str, Any]
+    objects: ObjectCache | None = None
+    explain: bool = True  # False: a miss is not compared with the latest entry (cheaper)
+    # The store's entries of this pipeline (`CacheStore.snapshot`), read once: a miss
+    # then costs no query, and neither does a hit whose value was read with them.
+    known: Mapping[str, CacheEntry | None] | None = None
+    value_digests: dict[str, str] = field(default_factory=dict[str, str])
+    _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
+        default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
+    )
+
+    def note_value(self, stage: str, value: Any) -> str | None:
+        """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
+        digest = self.value_digests.get(stage)
+        if digest is None:
+            try:
+                digest = digest_bytes(pickle_value(value))
+            except Exception:
+                return None
+            self.value_digests[stage] = digest
+        return digest
+
+    def _params(self, only: tuple[str, ...] | None) -> dict[str, str] | str:
+        digests = self._param_digests.get(only)
+        if digests is None:
+            try:
+                digests = hash_params(self.params, only)
+            except Exception as exc:
+                digests = f"a parameter cannot be pickled ({_describe(exc)})"
+            self._param_digests[only] = digests
+        return digests
+
+    def parts_for(
+        self, spec: StageSpec, inputs: Mapping[str, Any], *, known: Mapping[str, str] | None = None
+    ) -> dict[str, Any] | str:
+        """The key's components, or the reason the stage cannot be cached (str).
+
+        `known` gives hashes of upstream values already known (dry run); others are
+        hashed from `inputs`.
+        """
+        digests: dict[str, str] = {}
+        for name in spec.upstream:
+            digest = self.value_digests.get(name) if known is None else known.get(name)
+            if digest is None:
+                if name not in inputs:
+                    return f"the value of upstream {name!r} is not known"
+                try:
+                    digest = digest_bytes(pickle_value(inputs[name]))
+                except Exception as exc:
+                    return f"its input from {name!r} cannot be pickled ({_describe(exc)})"
+                self.value_digests[name] = digest
+            digests[name] = digest
+        params = self._params(spec.policy.params)
+        if isinstance(params, str):
+            return params
+        return key_parts(
+            stage=spec.name,
+            code=spec.fingerprint if spec.policy.code else _NO_CODE,
+            version=spec.version,
+            inputs=digests,
+            params=params,
+            deps=digests_of(spec.deps, self.store),
+        )
+
+    def lookup(
+        self,
+        spec: StageSpec,
+        inputs: Mapping[str, Any],
+        *,
+        load: bool = True,
+        known: Mapping[str, str] | None = None,
+    ) -> LookupResult:
+        """Decide whether `spec` hits. With `load`, a hit carries the loaded value."""
+        parts = self.parts_for(spec, inputs, known=known)
+        if isinstance(parts, str):
+            reason = f"not cached: {parts}"
+            return LookupResult(Decision(spec.name, DecisionKind.UNCACHEABLE, reason), log=reason)
+        key = key_of(parts)
+        if spec.forced:
+            return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
+        if self.known is None:
+            entry = self.store.get(key)
+        else:
+            entry = self.known.get(key)
+            if entry is None and key in self.known:
+                entry = self.store.get(key)  # too big to have been read with the rest
+        if entry is None:
+            if not self.explain:
+                return LookupResult(
+                    Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
+                )
+            latest = self.store.latest(self.pipeline, spec.name)
+            decision = miss_reason(None if latest is None else latest.parts, parts)
+            return LookupResult(_with_key(decision, key), parts)
+        now = time.time()
+        expire = spec.policy.expire
+        if expire is not None and now - entry.created > expire:
+            reason = f"expired: stored {format_age(now - entry.created)} ago, expire={expire:g}s"
+            return LookupResult(Decision(spec.name, DecisionKind.EXPIRED, reason, key), parts)
+        problem = self._check_outs(spec, entry)
+        if problem is not None:
+            return LookupResult(Decision(spec.name, DecisionKind.OUTS, problem, key), parts)
+        value: Any = None
+        if load:
+            try:
+                value = pickle.loads(entry.value)
+            except Exception as exc:
+                reason = f"the stored value does not load ({_describe(exc)})"
+                return LookupResult(
+                    Decision(spec.name, DecisionKind.UNREADABLE, reason, key), parts, log=reason
+                )
+        self.value_digests[spec.name] = entry.value_digest
+        decision = Decision(
+            spec.name, DecisionKind.HIT, hit_reason(entry.run_id, entry.created), key
+        )
+        return LookupResult(decision, parts, value)
+
+    def _check_outs(self, spec: StageSpec, entry: CacheEntry) -> str | None:
+        changed = outs_changed(entry.outs, self.store)
+        if not changed:
+            return None
+        if spec.policy.restore_outs and self.objects is not None:
+            lost = [p for p in changed if not self.objects.has(entry.outs[p])]
+            if not lost:
+                for path in changed:
+                    self.objects.restore(entry.outs[path], path)
+                return None
+            changed = lost
+        missing = [p for p in changed if not os.path.exists(p)]
+        what = "missing" if len(missing) == len(changed) else "changed"
+        shown = ", ".join(repr(p) for p in changed[:5]) + (", ..." if len(changed) > 5 else "")
+        noun = "file" if len(changed) == 1 else "files"
+        return f"outs changed: {noun} {shown} {what}"
+
+    def commit(
+        self,
+        spec: StageSpec,
+        parts: Mapping[str, Any],
+        value: Any,
+        *,
+        created: float | None = None,
+        key: str | None = None,
+    ) -> CommitResult:
+        """Store `value` under the key of `parts`; durable when this returns (outside a batch)."""
+        try:
+            data = pickle_value(value)
+        except Exception as exc:
+            return CommitResult(
+                False, f"not cached: its value cannot be pickled ({_describe(exc)})"
+            )
+        digest = digest_bytes(data)
+        self.value_digests[spec.name] = digest
+        outs: dict[str, str] = {}
+        for path in spec.outs:
+            found = path_digests(path, self.store)
+            if any(d == MISSING for d in found.values()):
+                return CommitResult(False, f"not cached: declared out {path!r} does not exist")
+            outs.update(found)
+        if spec.policy.restore_outs and self.objects is not None:
+            for path, file_digest in outs.items():
+                self.objects.save(path, file_digest)
+        self.store.put(
+            CacheEntry(
+                key=key_of(parts) if key is None else key,
+                pipeline=self.pipeline,
+                stage=spec.name,
+                value=data,
+                value_digest=digest,
+                parts=parts,
+                outs=outs,
+                created=time.time() if created is None else created,
+                run_id=self.run_id,
+            )
+        )
+        return CommitResult(True)
+
+
+def _with_key(decision: Decision, key: str) -> Decision:
+    return Decision(decision.stage, decision.kind, decision.reason, key)
+
+
+def simulate(
+    jobs: RunJobs, specs: Sequence[StageSpec | None], names: Sequence[str]
+) -> list[Decision]:
+    """``--dry-run --explain``: each stage's decision, in `names` order, running nothing.
+
+    `specs[i]` is None for a stage that is not cached. A stage downstream of one that
+    would run would run too (its input is not known without running); loads no pickle.
+    """
+    by_name = dict(zip(names, specs, strict=True))
+    runs: set[str] = set()
+    known: dict[str, str] = {}
+    decisions: list[Decision] = []
+    for name in names:
+        spec = by_name[name]
+        if spec is None:
+            runs.add(name)
+            decisions.append(Decision(name, DecisionKind.DISABLED, "not cached"))
+            continue
+        if spec.forced:
+            runs.add(name)
+            decisions.append(Decision(name, DecisionKind.FORCED, "forced"))
+            continue
+        upstream_runs = [u for u in spec.upstream if u in runs]
+        if upstream_runs:
+            runs.add(name)
+            shown = ", ".join(repr(u) for u in upstream_runs[:3])
+            reason = f"upstream {shown} will run (the new input is not known yet)"
+            decisions.append(Decision(name, DecisionKind.CHANGED, reason))
+            continue
+        result = jobs.lookup(spec, {}, load=False, known=known)
+        decision = result.decision
+        if decision.hit:
+            known[name] = jobs.value_digests[name]
+        else:
+            runs.add(name)
+        decisions.append(decision)
+    return decisions

@@ -1,0 +1,335 @@
+"""The cache side of one run, as the engine uses it.
+
+Ownership: `open_run_cache` opens the store (off the event loop) and builds each
+cached stage's `StageSpec` before the run starts; the engine then starts
+`RunCache.serve` in its stages' nursery, which owns the worker thread until
+`RunCache.close`. The engine never touches the store itself:
+
+- a ready stage in `lookups` is looked up with `lookup` (no slot is taken, nothing
+  is awaited); the answer comes back as a call of `answer(i, result)` in Trio, which
+  the engine turns into the scheduler's fact (hit or miss);
+- after a looked-up stage's function returned, the attempt task awaits `commit`
+  before reporting success, so the entry is durable before `StageFinished`;
+- at the end, `record` writes the run to the history (and closes a store it opened).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import outcome
+import trio
+
+from .._errors import UnknownStageError
+from .._options import Trigger
+from ._explain import Decision, DecisionKind
+from ._files import ObjectCache
+from ._keys import CodeFingerprinter
+from ._lookup import CommitResult, LookupResult, RunJobs, StageSpec, simulate
+from ._policy import CacheOptions, CachePolicy, resolve_policy
+from ._store import (
+    OBJECTS_DIRNAME,
+    CacheStore,
+    RunRecord,
+    SQLiteStore,
+    StageRecord,
+    default_cache_dir,
+)
+from ._worker import CacheWorker
+
+if TYPE_CHECKING:
+    from .._graph import Plan, Stage
+    from .._result import RunResult
+
+Answer = Callable[[int, LookupResult], None]
+
+SNAPSHOT_BYTES = 64 << 20
+"""Stored values up to this total are read in one query when a run starts."""
+
+pipeline_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pipeline_file", default=None
+)
+"""The pipeline file a run comes from, for the history (the CLI sets it)."""
+
+
+def stage_cache_options(stage: Stage) -> CacheOptions | None:
+    return getattr(stage, "cache", None)
+
+
+class UnknownForcedStageError(UnknownStageError):
+    """``force=`` names a stage that is not in the pipeline."""
+
+    def __init__(self, stage: str, pipeline: str, known: list[str]) -> None:
+        import difflib
+
+        close = difflib.get_close_matches(stage, known, n=2)
+        super().__init__(stage, "force=", close)
+        hint = " (did you mean " + " or ".join(repr(s) for s in close) + "?)" if close else ""
+        self.args = (f"force= names {stage!r}, not a stage of pipeline {pipeline!r}{hint}",)
+
+
+def forced_stages(plan: Plan, force: bool | Iterable[str]) -> set[int]:
+    """Indices of the stages `force` re-runs: all, or the named ones and their downstream.
+
+    Raises:
+        UnknownStageError: a name is not a stage of the plan.
+    """
+    n = len(plan.stages)
+    if force is True:
+        return set(range(n))
+    if force is False:
+        return set()
+    names = [force] if isinstance(force, str) else list(force)
+    index = {stage.name: i for i, stage in enumerate(plan.stages)}
+    stack: list[int] = []
+    for name in names:
+        if name not in index:
+            raise UnknownForcedStageError(name, plan.name, list(index))
+        stack.append(index[name])
+    seen: set[int] = set()
+    while stack:
+        i = stack.pop()
+        if i not in seen:
+            seen.add(i)
+            stack.extend(plan.downstream[i])
+    return seen
+
+
+def build_specs(
+    plan: Plan, pipeline_cache: bool | CachePolicy | None, force: bool | Iterable[str]
+) -> list[StageSpec | None]:
+    """Each stage's `StageSpec`, or None for a stage that is not cached. Pure CPU work."""
+    forced = forced_stages(plan, force)
+    printer = CodeFingerprinter()
+    specs: list[StageSpec | None] = []
+    for i, stage in enumerate(plan.stages):
+        options = stage_cache_options(stage)
+        setting = None if options is None else options.cache
+        if setting is None and options is not None and (options.deps or options.outs):
+            setting = True if pipeline_cache is None else None  # declaring files asks for it
+        policy = resolve_policy(setting, pipeline_cache)
+        if policy is None or _is_teardown(stage):
+            # A teardown stage (trigger ALWAYS) always runs: it is there for its effect.
+            specs.append(None)
+            continue
+        fn = getattr(stage.fn, "__wrapped__", None) or stage.fn
+        specs.append(
+            StageSpec(
+                name=stage.name,
+                policy=policy,
+                fingerprint=printer.fingerprint(fn),
+                version=None if options is None else options.version,
+                deps=() if options is None else options.deps,
+                outs=() if options is None else options.outs,
+                forced=i in forced,
+                upstream=tuple(plan.stages[j].name for j in plan.upstream[i]),
+            )
+        )
+    return specs
+
+
+def _is_teardown(stage: Stage) -> bool:
+    return stage.options.trigger is Trigger.ALWAYS
+
+
+class RunCache:
+    """One run's cache: its specs, the worker thread, the decisions made."""
+
+    def __init__(
+        self,
+        store: CacheStore,
+        specs: Sequence[StageSpec | None],
+        jobs: RunJobs,
+        *,
+        owns_store: bool,
+        enabled: bool,
+    ) -> None:
+        self.store = store
+        self.specs = specs
+        self.jobs = jobs
+        self.enabled = enabled
+        self._owns_store = owns_store
+        self.worker = CacheWorker(store)
+        self.lookups: frozenset[int] = frozenset(
+            i for i, spec in enumerate(specs) if spec is not None and enabled
+        )
+        self._parts: dict[int, tuple[dict[str, Any], str | None]] = {}  # key parts, key
+        self.decisions: dict[str, Decision] = {}
+        self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
+        self.wall_started = time.time()
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the worker thread until `close` (see `CacheWorker.serve`)."""
+        await self.worker.serve(task_status=task_status)
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def lookup(self, i: int, inputs: Mapping[str, Any], answer: Answer) -> None:
+        """Look stage `i` up off the loop; `answer(i, result)` is called in Trio. Never blocks.
+
+        A store failure (a corrupt file found mid-run) is answered as a miss that says
+        so: the stage runs.
+        """
+        spec = self.specs[i]
+        assert spec is not None
+        work = functools.partial(self.jobs.lookup, spec, dict(inputs))
+
+        def deliver(result: outcome.Outcome[LookupResult]) -> None:
+            if isinstance(result, outcome.Error):
+                reason = f"not cached: the store failed ({result.error})"
+                answer(i, LookupResult(Decision(spec.name, DecisionKind.UNREADABLE, reason)))
+                return
+            found = result.unwrap()
+            if found.parts is not None:
+                self._parts[i] = (found.parts, found.decision.key)
+            if found.log is not None:
+                self.logs[i] = found.log
+            self.decisions[spec.name] = found.decision
+            answer(i, found)
+
+        self.worker.submit(work, deliver)
+
+    def wants_commit(self, i: int) -> bool:
+        return i in self._parts
+
+    async def commit(self, i: int, value: Any) -> str | None:
+        """Store stage `i`'s value; returns when durable. A message if it was not stored."""
+        spec = self.specs[i]
+        parts, key = self._parts.pop(i)
+        assert spec is not None
+        try:
+            result: CommitResult = await self.worker.call(
+                functools.partial(self.jobs.commit, spec, parts, value, key=key)
+            )
+        except Exception as exc:
+            return f"not cached: the store failed ({exc})"
+        return result.log
+
+    # -- history ----------------------------------------------------------------------
+
+    def run_record(
+        self, result: RunResult, pipeline: str, file: str | None, params: Mapping[str, Any]
+    ) -> RunRecord:
+        stages: list[StageRecord] = []
+        for name, out in result.stages.items():
+            decision = self.decisions.get(name)
+            reason = None
+            if out.blocked_by is not None:
+                reason = f"upstream {out.blocked_by!r} failed"
+            elif decision is not None:
+                reason = decision.reason
+            error = None
+            if out.error is not None:
+                text = str(out.error)
+                error = f"{type(out.error).__name__}: {text}" if text else type(out.error).__name__
+            stages.append(
+                StageRecord(name, out.status.value, out.attempts, out.duration, reason, error)
+            )
+        return RunRecord(
+            run_id=result.run_id,
+            pipeline=pipeline,
+            file=file,
+            started=self.wall_started,
+            duration=result.duration,
+            state=result.state.value,
+            ok=result.ok,
+            counts={status.value: n for status, n in result.counts.items()},
+            params=params,
+            stages=tuple(stages),
+        )
+
+    async def finish(
+        self,
+        result: RunResult | None,
+        *,
+        pipeline: str,
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add the run to the history (if it ran) and close the store if the run opened it.
+
+        Shielded, and a store failure is logged, never raised: the run has happened.
+        The pipeline file recorded is `pipeline_file`'s value (set by the CLI).
+        """
+        record = None
+        if result is not None:
+            record = self.run_record(result, pipeline, pipeline_file.get(), params or {})
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._finish_sync, record)
+
+    def _finish_sync(self, record: RunRecord | None) -> None:
+        import logging
+
+        try:
+            if record is not None:
+                try:
+                    self.store.record_run(record)
+                except Exception:
+                    logging.getLogger("trio_pipeline").exception(
+                        "run %s: could not record the run in the history", record.run_id
+                    )
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+
+async def open_run_cache(
+    plan: Plan,
+    *,
+    run_id: str,
+    pipeline_cache: bool | CachePolicy | None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    store: CacheStore | None = None,
+    force: bool | Iterable[str] = False,
+    params: Mapping[str, Any] | None = None,
+    explain: bool = False,
+) -> RunCache | None:
+    """Open the store and prepare the run's cache; None when the run uses no store.
+
+    A store is used when one is given (`store`, `cache_dir`) or a stage is cached.
+
+    Raises:
+        CacheStoreError: the store is corrupt or foreign (before anything runs).
+        UnknownStageError: `force` names a stage that does not exist.
+    """
+    forced_stages(plan, force)  # the names are checked even when nothing is cached
+    specs = build_specs(plan, pipeline_cache, force)
+    if store is None and cache_dir is None and all(s is None for s in specs):
+        return None
+    folder = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
+    owns = store is None
+    if store is None:
+        store = await trio.to_thread.run_sync(SQLiteStore, folder)
+    objects = ObjectCache(os.path.join(folder, OBJECTS_DIRNAME)) if owns else None
+    if not owns and isinstance(store, SQLiteStore):
+        objects = ObjectCache(store.objects_dir)
+    jobs = RunJobs(store, plan.name, run_id, dict(params or {}), objects, explain=explain)
+    if cache and any(spec is not None for spec in specs):
+        # One query now instead of one per miss during the run.
+        jobs.known = await trio.to_thread.run_sync(store.snapshot, plan.name, SNAPSHOT_BYTES)
+    return RunCache(store, specs, jobs, owns_store=owns, enabled=cache)
+
+
+def dry_run_decisions(
+    plan: Plan,
+    *,
+    pipeline_cache: bool | CachePolicy | None,
+    order: Sequence[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    force: bool | Iterable[str] = False,
+    params: Mapping[str, Any] | None = None,
+) -> list[Decision]:
+    """``--dry-run --explain``: every stage's decision in `order`, running nothing (blocking)."""
+    specs = build_specs(plan, pipeline_cache, force)
+    index = {stage.name: i for i, stage in enumerate(plan.stages)}
+    with SQLiteStore(default_cache_dir() if cache_dir is None else cache_dir) as store:
+        jobs = RunJobs(store, plan.name, "dry-run", dict(params or {}), None, explain=True)
+        return simulate(jobs, [specs[index[name]] for name in order], list(order))

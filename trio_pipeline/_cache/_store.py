@@ -1,0 +1,806 @@
+"""The cache store: entries, file-hash memos and run history in one SQLite file.
+
+Theory of operation
+-------------------
+One file, ``<cache_dir>/cache.sqlite``, in WAL mode, holds three things: cache entries
+(a stage's pickled value under its key), the memo of file hashes by
+``(mtime_ns, size, inode)``, and the run history. Every write is one transaction that
+is committed before the method returns, so a caller that goes on (say, to emit
+`StageFinished`) knows the write is durable against a crash of the process. SQLite's
+journal makes each transaction all or nothing; on top of that every value is stored
+with its hash, and a value whose bytes do not match its hash is never returned (it is
+deleted and reported as a miss), so even a damaged page cannot yield a torn value.
+
+The file is marked with an ``application_id`` and a schema ``user_version``: a SQLite
+file that is not a trio_pipeline store is refused, never adopted, and so is one made
+by a newer schema. A corrupt file raises `CacheStoreError` naming the file and the
+way out (``trio-pipeline cache clear``).
+
+The store is blocking and not thread-safe: the engine calls it from one worker
+thread (see `_worker`), the CLI directly. Two processes may share one store: SQLite
+serialises their writes; a busy database is waited for (busy timeout), and a write
+that still finds it locked is retried, so ``database is locked`` never surfaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from .._errors import PipelineError
+
+_T = TypeVar("_T")
+
+APPLICATION_ID = 0x54504331  # "TPC1"
+SCHEMA_VERSION = 1
+STORE_FILENAME = "cache.sqlite"
+OBJECTS_DIRNAME = "objects"
+DEFAULT_CACHE_DIR = ".trio-pipeline"
+CACHE_DIR_VARIABLE = "TRIO_PIPELINE_CACHE_DIR"
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_BUSY_TIMEOUT = 60.0  # seconds SQLite itself waits for a lock
+_LOCKED_RETRY_FOR = 300.0  # then we retry the whole transaction for this long
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class CacheStoreError(PipelineError, OSError):
+    """The cache store cannot be used: corrupt, not a trio_pipeline store, or unreadable.
+
+    The message names the file and the way out. Attributes: `path`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        where = os.fspath(path)
+        folder = os.path.dirname(where) or "."
+        super().__init__(
+            f"cache store {where}: {problem}; remove it with"
+            f" `trio-pipeline cache clear --cache-dir {folder}` (or delete the folder)"
+        )
+        self.path = where
+
+
+def default_cache_dir() -> str:
+    """``$TRIO_PIPELINE_CACHE_DIR`` if set, else ``.trio-pipeline`` (in the working directory)."""
+    return os.environ.get(CACHE_DIR_VARIABLE) or DEFAULT_CACHE_DIR
+
+
+def digest_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The hash the cache uses everywhere (values, files, keys): blake2b-160, hex."""
+    return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEntry:
+    """One stored result: the pickled value of stage `stage` under `key`.
+
+    Attributes:
+        key: The cache key (hex).
+        pipeline: The pipeline the stage belonged to when stored.
+        stage: The stage's name.
+        value: The pickled value (loading it runs code: the store must be trusted).
+        value_digest: The hash of `value`; downstream keys use it.
+        parts: The key's components (code, inputs, params, deps, version), for `explain`.
+        outs: Declared output path -> content hash, checked (or restored) on a hit.
+        created: Wall-clock time (epoch seconds) the entry was stored.
+        run_id: The run that stored it.
+    """
+
+    key: str
+    pipeline: str
+    stage: str
+    value: bytes
+    value_digest: str
+    parts: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    outs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    created: float = 0.0
+    run_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileMemo:
+    """A file's content hash, valid while its ``(mtime_ns, size, inode)`` are unchanged."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """How one stage ended in a recorded run."""
+
+    name: str
+    status: str
+    attempts: int = 0
+    duration: float = 0.0
+    reason: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run in the history.
+
+    Attributes:
+        run_id: The run's id (as in its events).
+        pipeline: The pipeline's name.
+        file: The pipeline file (absolute path) when run from the CLI, else None.
+        started: Wall-clock start (epoch seconds).
+        duration: Seconds from start to the end of draining.
+        state: The run's final `RunState` value (``"closed"`` or ``"cancelled"``).
+        ok: `RunResult.ok`.
+        counts: Stages per terminal status value.
+        params: The run's parameters (JSON-compatible; others as their repr).
+        stages: Each stage's outcome, in definition order.
+    """
+
+    run_id: str
+    pipeline: str
+    file: str | None
+    started: float
+    duration: float
+    state: str
+    ok: bool
+    counts: Mapping[str, int]
+    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    stages: tuple[StageRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """What `CacheStore.stats` reports."""
+
+    entries: int
+    value_bytes: int
+    runs: int
+    oldest: float | None
+    newest: float | None
+    file_bytes: int
+    stages: int  # distinct (pipeline, stage) pairs with an entry
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    """What a run needs from a store: `SQLiteStore` is built in; pass another as ``store=``.
+
+    Every method blocks and is called from one thread at a time. A write is durable
+    when the method returns, except inside `batch`, where it is durable when the
+    ``with`` block exits without error. `get` must never return a partial value.
+    """
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The entry stored under `key`, or None. Its `parts` may be left empty (a hit
+        does not need them; `latest` fills them)."""
+        ...
+
+    def put(self, entry: CacheEntry) -> None:
+        """Store `entry` (replacing one with the same key)."""
+        ...
+
+    def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
+        """The most recently stored entry of `stage` in `pipeline` (explains a miss)."""
+        ...
+
+    def snapshot(self, pipeline: str, max_bytes: int) -> Mapping[str, CacheEntry | None]:
+        """`pipeline`'s entries by key, read once before a run starts: with their values
+        (checked against their hashes) if those total at most `max_bytes`, else as None
+        (the run then calls `get` per hit). The run looks up only these keys: an entry
+        another process stores meanwhile is a miss."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the entry under `key`, if any."""
+        ...
+
+    def file_memo(self, path: str) -> FileMemo | None:
+        """The memoised hash of the file at absolute `path`, or None."""
+        ...
+
+    def put_file_memo(self, path: str, memo: FileMemo) -> None:
+        """Memoise a file's hash."""
+        ...
+
+    def record_run(self, record: RunRecord) -> None:
+        """Add a run to the history."""
+        ...
+
+    def runs(self, *, limit: int = 20, file: str | None = None) -> list[RunRecord]:
+        """Recent runs, newest first (without their stages), optionally of one pipeline file."""
+        ...
+
+    def run(self, run_id: str) -> RunRecord | None:
+        """One run with its stages; `run_id` may be a unique prefix."""
+        ...
+
+    def stats(self) -> CacheStats:
+        """Counts and sizes."""
+        ...
+
+    def prune(self, older_than: float) -> int:
+        """Delete entries and runs older than `older_than` seconds; return the entries removed."""
+        ...
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Group calls into one transaction, committed when the block exits."""
+        ...
+
+    def close(self) -> None:
+        """Release the store. Idempotent."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE entries (
+    key TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    value BLOB NOT NULL,
+    value_digest TEXT NOT NULL,
+    parts TEXT NOT NULL,
+    outs TEXT NOT NULL,
+    created REAL NOT NULL,
+    run_id TEXT NOT NULL
+);
+CREATE INDEX entries_by_stage ON entries (pipeline, stage, created);
+CREATE INDEX entries_by_age ON entries (created);
+CREATE TABLE file_memo (
+    path TEXT PRIMARY KEY,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    digest TEXT NOT NULL
+);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    file TEXT,
+    started REAL NOT NULL,
+    duration REAL NOT NULL,
+    state TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    counts TEXT NOT NULL,
+    params TEXT NOT NULL
+);
+CREATE INDEX runs_by_start ON runs (started);
+CREATE TABLE run_stages (
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    duration REAL NOT NULL,
+    reason TEXT,
+    error TEXT,
+    PRIMARY KEY (run_id, position)
+);
+"""
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` readable by the user only (and its missing parents); tighten `path`."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process was quicker
+            folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+class SQLiteStore:
+    """The built-in `CacheStore`: one SQLite file in `cache_dir` (created 0700, file 0600).
+
+    Raises `CacheStoreError` on opening a corrupt or foreign file. Blocking; use it
+    from one thread at a time (the engine uses a worker thread of its own).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.path = self.cache_dir / STORE_FILENAME
+        self.objects_dir = self.cache_dir / OBJECTS_DIRNAME
+        self._db: sqlite3.Connection | None = None
+        self._depth = 0
+        self._pending: list[tuple[Any, ...]] = []  # entries put inside batch(), not yet written
+        self._in_tx = False  # batch() has begun its transaction
+        try:
+            ensure_private_dir(self.cache_dir)
+        except OSError as exc:
+            raise CacheStoreError(self.path, f"cannot create its folder ({exc})") from None
+        self._check_header()
+        self._open()
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise CacheStoreError(self.path, f"cannot open it ({exc})") from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.fchmod(fd, 0o600)
+            head = os.read(fd, len(_SQLITE_HEADER)) if st.st_size else b""
+        finally:
+            os.close(fd)
+        if head and head != _SQLITE_HEADER:
+            raise CacheStoreError(self.path, "not a SQLite file (corrupt or foreign)")
+
+    def _open(self) -> None:
+        try:
+            db = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise CacheStoreError(self.path, f"cannot open it ({exc})") from None
+        try:
+            self._init(db)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise CacheStoreError(self.path, f"corrupt ({exc})") from None
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _init(self, db: sqlite3.Connection) -> None:
+        # Check what the file is before anything writes to it (even a pragma).
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+            raise CacheStoreError(
+                self.path,
+                f"made by a newer trio_pipeline (schema {version}, this one reads"
+                f" {SCHEMA_VERSION})",
+            )
+        if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
+            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if app_id != 0 or tables:
+                raise CacheStoreError(
+                    self.path, "a SQLite file that is not a trio_pipeline cache store; refusing it"
+                )
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a crash of the process (SIGKILL);
+        # only a power loss may drop the last commits, never tear one.
+        db.execute("PRAGMA synchronous=NORMAL")
+        if app_id != APPLICATION_ID:
+            self._run_locked(db, self._create_schema)
+
+    @staticmethod
+    def _create_schema(db: sqlite3.Connection) -> None:
+        # Another process may have created it meanwhile: re-check under the write lock.
+        if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+            return
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise CacheStoreError(self.path, "the store was closed")
+        return self._db
+
+    # -- transactions -----------------------------------------------------------------
+
+    def _run_locked(self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `work(db)` in one IMMEDIATE transaction, retrying while the file is locked."""
+        give_up = time.monotonic() + _LOCKED_RETRY_FOR
+        pause = 0.01
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            else:
+                return result
+
+    def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        db = self._conn
+        try:
+            if self._depth:
+                self._begin()
+                return work(db)  # inside batch(): committed when it exits
+            return self._run_locked(db, work)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise
+            raise CacheStoreError(self.path, f"corrupt ({exc})") from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        try:
+            if self._pending:
+                self._flush()
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise
+            raise CacheStoreError(self.path, f"corrupt ({exc})") from None
+
+    def _begin(self) -> None:
+        """Start the batch's IMMEDIATE transaction (at its first write), waiting out locks."""
+        if self._in_tx:
+            return
+        db = self._conn
+        give_up = time.monotonic() + _LOCKED_RETRY_FOR
+        pause = 0.01
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            else:
+                self._in_tx = True
+                return
+
+    @contextlib.contextmanager
+    def batch(self) -> Generator[None]:
+        """One IMMEDIATE transaction for the writes inside; committed on a clean exit.
+
+        The transaction starts at the first write (a batch of lookups takes no lock);
+        puts are written together, with one ``executemany``, at the end or before a
+        read. Nested batches join the outer one. On an exception everything written
+        inside is rolled back.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._depth = 1
+        try:
+            yield
+            if self._pending:
+                self._flush()
+        except BaseException:
+            self._depth = 0
+            self._pending.clear()
+            if self._in_tx:
+                self._in_tx = False
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        if not self._in_tx:
+            return
+        self._in_tx = False
+        db = self._conn
+        try:
+            db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            # COMMIT of an IMMEDIATE transaction can be busy only while readers
+            # hold the WAL; SQLite waits for them with the busy timeout already.
+            db.execute("ROLLBACK")
+            raise
+
+    # -- entries ----------------------------------------------------------------------
+
+    def get(self, key: str) -> CacheEntry | None:
+        rows = self._read(
+            "SELECT value, value_digest, outs, created, run_id, pipeline, stage"
+            " FROM entries WHERE key = ?",
+            (key,),
+        )
+        if not rows:
+            return None
+        value, value_digest, outs, created, run_id, pipeline, stage = rows[0]
+        if digest_bytes(value) != value_digest:
+            # Bytes that do not match their hash: never hand them out.
+            self.delete(key)
+            return None
+        return CacheEntry(
+            key,
+            pipeline,
+            stage,
+            value,
+            value_digest,
+            _EMPTY,  # the parts are for explanations: `latest` reads them
+            json.loads(outs) if outs != "{}" else _EMPTY,
+            created,
+            run_id,
+        )
+
+    def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
+        rows = self._read(
+            "SELECT key, pipeline, stage, value, value_digest, parts, outs, created, run_id"
+            " FROM entries WHERE pipeline = ? AND stage = ? ORDER BY created DESC LIMIT 1",
+            (pipeline, stage),
+        )
+        return _entry_from_row(rows[0]) if rows else None
+
+    def put(self, entry: CacheEntry) -> None:
+        row = (
+            entry.key,
+            entry.pipeline,
+            entry.stage,
+            entry.value,
+            entry.value_digest,
+            json.dumps(_plain(entry.parts), sort_keys=True, separators=(",", ":")),
+            json.dumps(_plain(entry.outs), sort_keys=True, separators=(",", ":"))
+            if entry.outs
+            else "{}",
+            entry.created,
+            entry.run_id,
+        )
+        if self._depth:
+            # Written together when the batch ends (or before a read): one executemany
+            # for a batch of commits costs a fraction of one execute each.
+            self._pending.append(row)
+            return
+        self._write(lambda db: db.execute(_INSERT_ENTRY, row))
+
+    def _flush(self) -> None:
+        rows, self._pending = self._pending, []
+        try:
+            self._begin()
+            self._conn.executemany(_INSERT_ENTRY, rows)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
+                raise
+            raise CacheStoreError(self.path, f"corrupt ({exc})") from None
+
+    def snapshot(self, pipeline: str, max_bytes: int) -> dict[str, CacheEntry | None]:
+        (total,) = self._read(
+            "SELECT coalesce(sum(length(value)), 0) FROM entries WHERE pipeline = ?", (pipeline,)
+        )[0]
+        if total > max_bytes:
+            rows = self._read("SELECT key FROM entries WHERE pipeline = ?", (pipeline,))
+            return dict.fromkeys((key for (key,) in rows), None)
+        found: dict[str, CacheEntry | None] = {}
+        rows = self._read(
+            "SELECT key, value, value_digest, outs, created, run_id, stage FROM entries"
+            " WHERE pipeline = ?",
+            (pipeline,),
+        )
+        for key, value, value_digest, outs, created, run_id, stage in rows:
+            if digest_bytes(value) != value_digest:
+                continue  # never handed out; `get` deletes it if it is ever asked for
+            found[key] = CacheEntry(
+                key,
+                pipeline,
+                stage,
+                value,
+                value_digest,
+                _EMPTY,
+                json.loads(outs) if outs != "{}" else _EMPTY,
+                created,
+                run_id,
+            )
+        return found
+
+    def delete(self, key: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM entries WHERE key = ?", (key,)))
+
+    # -- file memo --------------------------------------------------------------------
+
+    def file_memo(self, path: str) -> FileMemo | None:
+        rows = self._read(
+            "SELECT mtime_ns, size, inode, digest FROM file_memo WHERE path = ?", (path,)
+        )
+        return FileMemo(*rows[0]) if rows else None
+
+    def put_file_memo(self, path: str, memo: FileMemo) -> None:
+        row = (path, memo.mtime_ns, memo.size, memo.inode, memo.digest)
+        self._write(
+            lambda db: db.execute("INSERT OR REPLACE INTO file_memo VALUES (?,?,?,?,?)", row)
+        )
+
+    # -- history ----------------------------------------------------------------------
+
+    def record_run(self, record: RunRecord) -> None:
+        run_row = (
+            record.run_id,
+            record.pipeline,
+            record.file,
+            record.started,
+            record.duration,
+            record.state,
+            int(record.ok),
+            json.dumps(dict(record.counts)),
+            json.dumps(_jsonable(record.params)),
+        )
+        stage_rows = [
+            (record.run_id, i, s.name, s.status, s.attempts, s.duration, s.reason, s.error)
+            for i, s in enumerate(record.stages)
+        ]
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)", run_row)
+            db.execute("DELETE FROM run_stages WHERE run_id = ?", (record.run_id,))
+            db.executemany("INSERT INTO run_stages VALUES (?,?,?,?,?,?,?,?)", stage_rows)
+
+        self._write(work)
+
+    def runs(self, *, limit: int = 20, file: str | None = None) -> list[RunRecord]:
+        where, args = ("", ()) if file is None else (" WHERE file = ?", (file,))
+        rows = self._read(
+            "SELECT run_id, pipeline, file, started, duration, state, ok, counts, params"
+            f" FROM runs{where} ORDER BY started DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [_run_from_row(row, ()) for row in rows]
+
+    def run(self, run_id: str) -> RunRecord | None:
+        rows = self._read(
+            "SELECT run_id, pipeline, file, started, duration, state, ok, counts, params"
+            " FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id = ? DESC LIMIT 2",
+            (run_id, _like_prefix(run_id), run_id),
+        )
+        if not rows or (len(rows) > 1 and rows[0][0] != run_id):
+            return None  # unknown, or an ambiguous prefix
+        stage_rows = self._read(
+            "SELECT name, status, attempts, duration, reason, error FROM run_stages"
+            " WHERE run_id = ? ORDER BY position",
+            (rows[0][0],),
+        )
+        return _run_from_row(rows[0], tuple(StageRecord(*r) for r in stage_rows))
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def stats(self) -> CacheStats:
+        entries, value_bytes, oldest, newest, stages = self._read(
+            "SELECT count(*), coalesce(sum(length(value)), 0), min(created), max(created),"
+            " (SELECT count(*) FROM (SELECT DISTINCT pipeline, stage FROM entries))"
+            " FROM entries"
+        )[0]
+        runs = self._read("SELECT count(*) FROM runs")[0][0]
+        file_bytes = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                file_bytes += os.stat(f"{self.path}{suffix}").st_size
+        return CacheStats(entries, value_bytes, runs, oldest, newest, file_bytes, stages)
+
+    def prune(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+
+        def work(db: sqlite3.Connection) -> int:
+            removed = db.execute("DELETE FROM entries WHERE created < ?", (cutoff,)).rowcount
+            old_runs = "SELECT run_id FROM runs WHERE started < ?"
+            db.execute(f"DELETE FROM run_stages WHERE run_id IN ({old_runs})", (cutoff,))
+            db.execute("DELETE FROM runs WHERE started < ?", (cutoff,))
+            return int(removed)
+
+        return int(self._write(work))
+
+    def referenced_objects(self) -> set[str]:
+        """Digests of restorable outputs still referenced by an entry."""
+        found: set[str] = set()
+        for (outs,) in self._read("SELECT outs FROM entries WHERE outs != '{}'"):
+            found.update(json.loads(outs).values())
+        return found
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({os.fspath(self.cache_dir)!r})"
+
+
+_INSERT_ENTRY = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return mapping if isinstance(mapping, dict) else dict(mapping)
+
+
+def _corrupt(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _like_prefix(prefix: str) -> str:
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "%"
+
+
+def _entry_from_row(row: Sequence[Any]) -> CacheEntry | None:
+    key, pipeline, stage, value, value_digest, parts, outs, created, run_id = row
+    value = bytes(value)
+    if digest_bytes(value) != value_digest:
+        return None
+    return CacheEntry(
+        key=key,
+        pipeline=pipeline,
+        stage=stage,
+        value=value,
+        value_digest=value_digest,
+        parts=json.loads(parts),
+        outs=json.loads(outs) if outs != "{}" else _EMPTY,
+        created=created,
+        run_id=run_id,
+    )
+
+
+def _run_from_row(row: Sequence[Any], stages: tuple[StageRecord, ...]) -> RunRecord:
+    run_id, pipeline, file, started, duration, state, ok, counts, params = row
+    return RunRecord(
+        run_id=run_id,
+        pipeline=pipeline,
+        file=file,
+        started=started,
+        duration=duration,
+        state=state,
+        ok=bool(ok),
+        counts=json.loads(counts),
+        params=json.loads(params),
+        stages=stages,
+    )
+
+
+def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            value = repr(value)
+        out[str(name)] = value
+    return out
+
+
+def remove_store_files(cache_dir: str | os.PathLike[str]) -> list[str]:
+    """Delete the store and the object cache in `cache_dir`; return what was removed.
+
+    Works on a corrupt store (it never opens it) and removes only files trio_pipeline
+    creates there.
+    """
+    import shutil
+
+    folder = Path(cache_dir)
+    removed: list[str] = []
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path = folder / f"{STORE_FILENAME}{suffix}"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(str(path))
+    objects = folder / OBJECTS_DIRNAME
+    if objects.is_dir():
+        shutil.rmtree(objects)
+        removed.append(str(objects))
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if nothing else is in it
+    return removed
