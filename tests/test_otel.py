@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, cast
 
 import pytest
 import trio
@@ -222,3 +223,21 @@ async def test_events_ending_early_still_end_every_span() -> None:
     assert (a.start_time, a.end_time) == (1001 * 10**9, 1001 * 10**9)
     assert root.status.status_code is StatusCode.ERROR
     assert a.status.status_code is StatusCode.ERROR
+
+
+class LaterStatus(enum.StrEnum):
+    CACHED = "cached"  # issue 14's terminal status
+
+
+async def test_a_cached_stage_is_a_zero_length_span_saying_so() -> None:
+    tracer_provider, exporter = provider()
+    sink = tp.OtelSink(tracer_provider)
+    cached = cast(tp.StageStatus, LaterStatus.CACHED)
+    await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ("a",), wall_time=1.0))
+    await sink.handle(tp.StageFinished("r", 1, 0.5, "a", cached, 0, 0.0, None, None))
+    await sink.aclose()
+    (a,) = by_name(exporter.get_finished_spans())["stage a"]
+    assert a.attributes is not None
+    assert a.attributes[P + "reason"] == "answered from the cache"
+    assert a.status.status_code is StatusCode.UNSET
+    assert seconds(a) == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import math
@@ -13,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from html import unescape
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -332,6 +333,24 @@ def test_fields_from_later_issues_are_shown_when_present() -> None:
     plain = render_report([*start, *(tp.StageFinished(*vars_of(e)) for e in later)])
     assert " items" not in plain
     assert "reason:" not in plain
+
+
+class LaterStatus(enum.StrEnum):
+    CACHED = "cached"  # issue 14's terminal status
+
+
+def test_a_cached_stage_is_marked_and_counts_as_ok() -> None:
+    cached = cast(tp.StageStatus, LaterStatus.CACHED)
+    events: list[tp.Event] = [
+        tp.RunStarted("r", 0, 0.0, "p", ("a",)),
+        tp.StageFinished("r", 1, 0.5, "a", cached, 0, 0.0, None, None),
+    ]
+    html = render_report(events)
+    page = parse(html)
+    assert page.rows["a"] == {"status": "cached", "bars": [], "marks": ["cached"], "waits": 0}
+    assert "a: cached, answered from the cache, not run\nat +500 ms" in page.titles
+    assert "cached (not run)" in html  # in the legend
+    assert build_report(events).stages["a"].status == "cached"
 
 
 def vars_of(event: tp.StageFinished) -> tuple[Any, ...]:

@@ -88,3 +88,46 @@ async def test_target_errors_raise_before_anything_runs() -> None:
     with pytest.raises(ValueError, match="only=True needs targets"):
         await tp.run(diamond(), sinks=[sink], only=True)
     assert sink.events == []
+
+
+def test_the_teardowns_of_selected_stages_come_along() -> None:
+    pipe = tp.Pipeline("p")
+
+    async def step(ctx: tp.StageContext) -> None:
+        pass
+
+    pipe.add_stage("setup", step)
+    pipe.add_stage("work", step, after=["setup"])
+    pipe.add_stage("other", step, after=["setup"])
+    pipe.add_stage("teardown", step, after=["setup", "work"], trigger=tp.Trigger.ALWAYS)
+    pipe.add_stage("report", step, after=["teardown"], trigger=tp.Trigger.ALWAYS)
+    pipe.add_stage("other_teardown", step, after=["other"], trigger=tp.Trigger.ALWAYS)
+    assert select_stages(pipe, ["work"], only=False) == [
+        "setup",
+        "work",
+        "teardown",
+        "report",
+    ]
+    assert select_stages(pipe, ["work"], only=True) == ["work"]
+    assert select_stages(pipe, ["setup"], only=False) == ["setup"]
+
+
+async def test_a_targeted_run_runs_the_teardown_after_a_failure() -> None:
+    pipe = tp.Pipeline("p")
+
+    async def step(ctx: tp.StageContext) -> None:
+        pass
+
+    async def boom(ctx: tp.StageContext) -> None:
+        raise RuntimeError("boom")
+
+    pipe.add_stage("setup", step)
+    pipe.add_stage("work", boom, after=["setup"])
+    pipe.add_stage("other", step)
+    pipe.add_stage("teardown", step, after=["setup", "work"], trigger=tp.Trigger.ALWAYS)
+    result = await tp.run(pipe, targets=["work"])
+    assert {name: o.status.value for name, o in result.stages.items()} == {
+        "setup": "succeeded",
+        "work": "failed",
+        "teardown": "succeeded",
+    }

@@ -182,7 +182,10 @@ def _add_run(commands: _Commands) -> None:
         "stages",
         nargs="*",
         metavar="STAGE",
-        help="run only these stages and what they depend on (default: every stage)",
+        help=(
+            "run only these stages, what they depend on, and the teardowns (trigger always)"
+            " of those (default: every stage)"
+        ),
     )
     run.add_argument(
         "--only",

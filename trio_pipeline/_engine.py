@@ -606,8 +606,10 @@ async def open_run(
         params: The run's parameters, read by every stage as `StageContext.params`
             (a read-only mapping with str keys) and carried by `RunStarted.params`.
         targets: Run only these stages (names or `Stage` objects) and, unless
-            `only`, every stage they depend on. Other stages are not part of the run:
-            absent from `RunStarted.stages` and from the result. None: every stage.
+            `only`, every stage they depend on and the teardown stages (trigger
+            ``always``) whose upstream stages are all selected. Other stages are not
+            part of the run: absent from `RunStarted.stages` and from the result.
+            None: every stage.
         only: With `targets`, just the targets: dependencies on stages that are not
             targets are dropped (those stages' results are missing from ``inputs``).
         cache: False: read and write no cache entry (``--no-cache``); the run is still

@@ -40,8 +40,8 @@ class OtelSink:
       retried attempt has ``"failed"`` and ``retry_delay``), ``error`` (span status
       ERROR), ``reason``, ``blocked_by`` and item counts where the events have them.
       `StageLog` lines are span events named ``log`` (attribute ``message``).
-    - a stage that never started (blocked, skipped, cancelled): a zero-length span at
-      the time it was given up, with its ``reason``.
+    - a stage that never started (blocked, skipped, cancelled, cached): a zero-length
+      span at the time it was given up (or answered), with its ``reason``.
 
     Span times are the wall-clock time at the run's start plus the events' trio-clock
     offsets, so span durations equal the durations the events report, however late
@@ -166,6 +166,8 @@ class OtelSink:
             return f"upstream {event.blocked_by!r} failed"
         if event.status is StageStatus.CANCELLED:
             return "fail-fast stop" if self._failed else "run closed or cancelled"
+        if str(event.status.value) == "cached":  # issue 14's status
+            return "answered from the cache"
         return None
 
     def _finish_run(self, event: RunFinished) -> None:

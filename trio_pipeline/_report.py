@@ -396,8 +396,14 @@ _MARK_LEGEND = (
     ("blocked", "blocked"),
     ("skipped", "skipped"),
     ("cancelled", "cancelled before it started"),
+    ("cached", "cached (not run)"),
 )
-_MARK_TEXT = {"blocked": "blocked", "skipped": "skipped", "cancelled": "not started"}
+_MARK_TEXT = {
+    "blocked": "blocked",
+    "skipped": "skipped",
+    "cancelled": "not started",
+    "cached": "cached",
+}
 
 
 def _asset(name: str) -> str:
@@ -675,7 +681,8 @@ class _Page:
         label = _MARK_TEXT.get(status, status)
         if status == "blocked" and row.blocked_by is not None:
             label = f"blocked by {row.blocked_by}"
-        tip = f"{row.name}: {status}, never started"
+        how = "answered from the cache, not run" if status == "cached" else "never started"
+        tip = f"{row.name}: {status}, {how}"
         if reason:
             tip += f"\nreason: {reason}"
         tip += f"\nat +{_seconds(at)}"

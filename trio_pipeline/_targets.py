@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from ._errors import StageDefinitionError, StageDefinitionTypeError, UnknownStageError
 from ._graph import Pipeline, Stage
+from ._options import Trigger
 
 
 class UnknownTargetError(UnknownStageError):
@@ -33,8 +34,9 @@ def select_stages(pipeline: Pipeline, targets: Iterable[str | Stage], *, only: b
 
     Args:
         targets: Stage names (or `Stage` objects of `pipeline`).
-        only: Just the targets; otherwise the targets and every stage they depend
-            on, transitively.
+        only: Just the targets; otherwise the targets, every stage they depend on
+            (transitively), and the teardown stages (trigger ``always``) of those:
+            each one whose upstream stages are all selected.
 
     Raises:
         StageDefinitionTypeError: `targets` is a single str, or holds something else
@@ -68,7 +70,28 @@ def select_stages(pipeline: Pipeline, targets: Iterable[str | Stage], *, only: b
                 if dep not in selected:
                     selected.add(dep)
                     stack.append(dep)
+        _add_teardowns(pipeline, selected)
     return [name for name in pipeline.stages if name in selected]
+
+
+def _add_teardowns(pipeline: Pipeline, selected: set[str]) -> None:
+    """Add each teardown stage (trigger ALWAYS) whose upstream stages are all selected.
+
+    What sets something up in a run gets its teardown in that run; teardowns of
+    teardowns too (hence the loop until nothing changes).
+    """
+    changed = True
+    while changed:
+        changed = False
+        for stage in pipeline:
+            if (
+                stage.name not in selected
+                and stage.options.trigger is Trigger.ALWAYS
+                and stage.after
+                and all(dep in selected for dep in stage.after)
+            ):
+                selected.add(stage.name)
+                changed = True
 
 
 def subpipeline(pipeline: Pipeline, names: Iterable[str]) -> Pipeline:
