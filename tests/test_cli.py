@@ -137,6 +137,40 @@ def test_keep_going_example_exit_1_with_one_traceback() -> None:
     )
 
 
+KEYBOARD_INTERRUPT_IN_A_STAGE = """\
+import trio
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("ki")
+
+
+@pipe.stage
+async def dies(ctx):
+    await trio.sleep(0.1)
+    raise KeyboardInterrupt
+
+
+@pipe.stage
+async def long(ctx):
+    await trio.sleep(30)
+
+
+@pipe.stage(after=["long"], trigger=tp.Trigger.ALWAYS)
+async def cleanup(ctx):
+    ctx.log("cleaning up")
+"""
+
+
+def test_a_stage_s_keyboard_interrupt_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    # Regression (issue 10): it printed a 47-line exception group and exited 1.
+    path = write_file(tmp_path, "ki.py", KEYBOARD_INTERRUPT_IN_A_STAGE)
+    done = cli("run", path, "--plain")
+    assert done.returncode == 130
+    assert done.stderr == "trio-pipeline: error: interrupted\n"
+    assert "cleanup | cleaning up" in done.stdout  # the teardown stage still ran
+    assert done.stdout.splitlines()[-1].startswith("Summary: 1 succeeded, 2 cancelled in ")
+
+
 def test_fail_fast_cancels_the_rest() -> None:
     done = cli("run", "examples/keep_going.py")
     assert done.returncode == 1

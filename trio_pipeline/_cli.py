@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"invalid pipeline: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        # Only before the signal receiver is installed (while loading the file).
+        # Before the signal receiver is installed (while loading the file), or raised
+        # by a stage or a sink (the run still delivered every event first).
         _error("interrupted")
         return EXIT_INTERRUPTED
 
@@ -728,8 +729,10 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
             interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
             interrupts.report = report
             stack.enter_context(_reported_by_cli(sinks))
-            async with trio.open_nursery() as nursery:
-                async with open_run(
+            # open_run outside the watcher's nursery: a stage's KeyboardInterrupt (or
+            # SystemExit) then comes out of open_run as itself, not in a group.
+            async with (
+                open_run(
                     pipeline,
                     sinks=sinks,
                     keep_going=options.keep_going,
@@ -737,9 +740,11 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     drain_timeout=options.drain_timeout,
                     params=options.params,
                     **options.cache,
-                ) as handle:
-                    nursery.start_soon(interrupts.watch, signals, handle, nursery)
-                    result = await handle.wait_finished()
+                ) as handle,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(interrupts.watch, signals, handle, nursery)
+                result = await handle.wait_finished()
                 nursery.cancel_scope.cancel()
     return result, interrupts.count
 

@@ -77,10 +77,10 @@ class RunResult:
     @property
     def ok(self) -> bool:
         """True when every stage SUCCEEDED, was SKIPPED or CACHED."""
-        return all(
-            outcome.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED)
-            for outcome in self.stages.values()
-        )
+        # From the counts, not the outcomes: `stages` builds those on access.
+        counts = self.counts
+        fine = (StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED)
+        return sum(counts.get(status, 0) for status in fine) == len(self.stages)
 
     def raise_for_failures(self) -> None:
         """Raise an ExceptionGroup of the failed stages' errors; return if none failed.
