@@ -197,7 +197,7 @@ class _Run:
             batch = lookups[:]
             lookups.clear()
             for i in batch:
-                found = cache.lookup(i, inputs_of(i), self._looked_up)
+                found = cache.lookup(i, inputs_of, self._looked_up)
                 if found is not None:
                     answer(i, found, now)
 

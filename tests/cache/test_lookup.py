@@ -270,25 +270,25 @@ def test_lookup_in_memory_agrees_with_lookup(store: SQLiteStore) -> None:
     fresh.explain = False
     fresh.known = store.snapshot("pipe", 1 << 20)
     # Neither the parameters' hashes nor the upstream's hash is known yet: not from memory.
-    assert fresh.lookup_in_memory(up, {}) is None
+    assert fresh.lookup_in_memory(up) is None
     slow_up = fresh.lookup(up, {})
-    fast_up = fresh.lookup_in_memory(up, {})
+    fast_up = fresh.lookup_in_memory(up)
     assert fast_up is not None
     assert fast_up.decision.hit
     assert fast_up.value == "value"
     assert fast_up.decision.key == slow_up.decision.key
     assert fast_up.parts == slow_up.parts
-    fast_down = fresh.lookup_in_memory(down, {})
+    fast_down = fresh.lookup_in_memory(down)
     assert fast_down is not None
     assert fast_down.decision.hit
     assert fast_down.value == [1, 2]
     assert fast_down.decision.key == fresh.lookup(down, {}).decision.key
     other = spec("d", upstream=("u",), version="2")
-    miss = fresh.lookup_in_memory(other, {})
+    miss = fresh.lookup_in_memory(other)
     assert miss is not None
     assert miss.decision.kind is DecisionKind.NO_ENTRY
     assert miss.decision.key == fresh.lookup(other, {}).decision.key
-    forced = fresh.lookup_in_memory(spec("u", forced=True), {})
+    forced = fresh.lookup_in_memory(spec("u", forced=True))
     assert forced is not None
     assert forced.decision.kind is DecisionKind.FORCED
 
@@ -301,10 +301,10 @@ def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
     j.known = store.snapshot("pipe", 1 << 20)
     dep = tmp_path / "dep.txt"
     dep.write_text("x")
-    assert j.lookup_in_memory(spec(deps=(str(dep),)), {}) is None  # a file to hash
+    assert j.lookup_in_memory(spec(deps=(str(dep),))) is None  # a file to hash
     j.explain = True
-    assert j.lookup_in_memory(spec(version="new"), {}) is None  # a miss to explain
+    assert j.lookup_in_memory(spec(version="new")) is None  # a miss to explain
     j.known = dict.fromkeys(j.known)  # values too big to have been read with the snapshot
-    assert j.lookup_in_memory(spec(), {}) is None
+    assert j.lookup_in_memory(spec()) is None
     j.known = None  # no snapshot at all
-    assert j.lookup_in_memory(spec(), {}) is None
+    assert j.lookup_in_memory(spec()) is None

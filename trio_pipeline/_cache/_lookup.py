@@ -149,8 +149,10 @@ class RunJobs:
             deps=digests_of(spec.deps, self.store),
         )
 
-    def lookup_in_memory(self, spec: StageSpec, inputs: Mapping[str, Any]) -> LookupResult | None:
+    def lookup_in_memory(self, spec: StageSpec) -> LookupResult | None:
         """`lookup`, when it can be answered from memory alone; None when it cannot.
+
+        The inputs are not needed: the hashes of the upstream values are.
 
         Safe on the event loop: it touches no store and no file and pickles nothing
         (it answers only when every upstream hash and the parameters' hashes are

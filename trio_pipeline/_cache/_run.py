@@ -183,7 +183,9 @@ class RunCache:
     def close(self) -> None:
         self.worker.close()
 
-    def lookup(self, i: int, inputs: Mapping[str, Any], answer: Answer) -> LookupResult | None:
+    def lookup(
+        self, i: int, inputs_of: Callable[[int], Mapping[str, Any]], answer: Answer
+    ) -> LookupResult | None:
         """Look stage `i` up; never blocks.
 
         Answered at once (returned) when memory suffices (`RunJobs.lookup_in_memory`:
@@ -193,11 +195,12 @@ class RunCache:
         """
         spec = self.specs[i]
         assert spec is not None
-        found = self.jobs.lookup_in_memory(spec, inputs)
+        found = self.jobs.lookup_in_memory(spec)
         if found is not None:
             self._found(i, spec, found)
             return found
-        work = functools.partial(self.jobs.lookup, spec, dict(inputs))
+        # `inputs_of(i)`: stage i's inputs (read only here: memory needs just their hashes).
+        work = functools.partial(self.jobs.lookup, spec, dict(inputs_of(i)))
 
         def deliver(result: outcome.Outcome[LookupResult]) -> None:
             if isinstance(result, outcome.Error):
