@@ -17,6 +17,7 @@ from typing import Any
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
 from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
 from ._keys import (
+    KEY_FORMAT,
     Fingerprint,
     functions_json,
     hash_params,
@@ -183,14 +184,17 @@ class RunJobs:
         if params_text is None:
             params_text = self._param_texts[only] = repr(sorted(params.items()))
         key = key_from(head, inputs_digests, params_text, _EMPTY_DEPS)
-        parts = key_parts(
-            stage=spec.name,
-            code=code,
-            version=spec.version,
-            inputs=inputs_digests,
-            params=params,
-            deps=_EMPTY_DEPS,
-        )
+        # `key_parts`, without its copies: these mappings are fresh or never mutated.
+        parts: dict[str, Any] = {
+            "format": KEY_FORMAT,
+            "stage": spec.name,
+            "code": code.digest,
+            "functions": code.items,
+            "version": spec.version,
+            "inputs": inputs_digests,
+            "params": params,
+            "deps": {},
+        }
         if spec.forced:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
         if key not in known:
