@@ -6,10 +6,13 @@ cached stage's `StageSpec` before the run starts; the engine then starts
 `RunCache.close`. The engine never touches the store itself:
 
 - a ready stage in `lookups` is looked up with `lookup` (no slot is taken, nothing
-  is awaited); the answer comes back as a call of `answer(i, result)` in Trio, which
-  the engine turns into the scheduler's fact (hit or miss);
-- after a looked-up stage's function returned, the attempt task awaits `commit`
-  before reporting success, so the entry is durable before `StageFinished`;
+  is awaited): answered at once from memory when it can be, else the answer comes
+  back as a call of `answer(i, result)` in Trio; the engine turns either into the
+  scheduler's fact (hit or miss);
+- after a looked-up stage's function returned, the attempt hands the value to
+  `commit_soon` and ends; its callback reports the success once the entry is
+  durable, so the entry is committed before `StageFinished` (an attempt with a
+  timeout or a chaos hook awaits `commit` instead);
 - at the end, `record` writes the run to the history (and closes a store it opened).
 """
 
