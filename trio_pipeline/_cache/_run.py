@@ -275,7 +275,10 @@ class RunCache:
                     done(committed.log)
             self.settled()
 
-        self.worker.submit(functools.partial(self.jobs.commit_many, work), deliver)
+        try:
+            self.worker.submit(functools.partial(self.jobs.commit_many, work), deliver)
+        except RuntimeError as exc:  # closed: the run is ending abnormally; never raise here
+            deliver(outcome.Error(exc))
 
     # -- history ----------------------------------------------------------------------
 
