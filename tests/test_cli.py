@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -1164,3 +1164,28 @@ async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
         "trio-pipeline: Ctrl-C again: every stage has finished; exiting within 600s"
         " (delivering the last events). Press Ctrl-C again to exit now."
     )
+
+
+def test_max_backlog_is_passed_to_the_run(
+    in_process: InProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import trio_pipeline as tp
+    import trio_pipeline._cli as cli_module
+
+    seen: list[object] = []
+    real = tp.open_run
+
+    def spy(pipeline: tp.Pipeline, **kwargs: Any) -> Any:
+        seen.append(kwargs["max_backlog"])
+        return real(pipeline, **kwargs)
+
+    monkeypatch.setattr(cli_module, "open_run", spy)
+    monkeypatch.setenv("TRIO_PIPELINE_DEMO_DIR", str(tmp_path))
+    for value, expected in (("3", 3), ("none", None), ("0", 0)):
+        assert in_process("run", "examples/files.py", "-q", "--max-backlog", value)[0] == 0
+        assert seen.pop() == expected
+    assert in_process("run", "examples/files.py", "-q")[0] == 0
+    assert seen.pop() == 10_000  # the library's default
+    code, _, err = in_process("run", "examples/files.py", "--max-backlog", "-1")
+    assert code == 2
+    assert "expected an int >= 0 or 'none', got '-1'" in err

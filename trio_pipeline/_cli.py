@@ -47,6 +47,7 @@ from ._cache import _run as _cache_run
 from ._cache import _watch as _cache_watch
 from ._cache._store import CacheStoreError
 from ._delivery import cut_off_warnings
+from ._dispatch import DEFAULT_MAX_BACKLOG
 from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError, UnknownStageError
@@ -264,6 +265,16 @@ def _add_run(commands: _Commands) -> None:
             f" (default {DEFAULT_DRAIN_TIMEOUT:g}); after it, what they missed is reported"
         ),
     )
+    run.add_argument(
+        "--max-backlog",
+        type=_backlog,
+        default=DEFAULT_MAX_BACKLOG,
+        metavar="N",
+        help=(
+            "start no new stage while an event sink is more than N events behind"
+            f" (default {DEFAULT_MAX_BACKLOG:,}; 'none': never wait for the sinks)"
+        ),
+    )
     _cache_commands.add_run_options(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -339,14 +350,24 @@ def _speed(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _backlog(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    return _int_at_least(text, 0, "an int >= 0 or 'none'")
 
 
 def _seconds(text: str) -> float:
@@ -587,6 +608,7 @@ class _RunOptions:
     drain_timeout: float
     params: dict[str, Any]
     started: float  # time.monotonic() when the command started
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG
     cache: dict[str, Any] = field(default_factory=dict[str, Any])  # open_run's cache options
 
 
@@ -629,6 +651,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mode=_output_mode(plain=args.plain or args.explain, quiet=args.quiet),
         grace=args.grace,
         drain_timeout=args.drain_timeout,
+        max_backlog=args.max_backlog,
         params=params,
         started=args.started,
         cache=_cache_commands.run_keywords(args),
@@ -738,6 +761,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     keep_going=options.keep_going,
                     max_parallel=options.jobs,
                     drain_timeout=options.drain_timeout,
+                    max_backlog=options.max_backlog,
                     params=options.params,
                     **options.cache,
                 ) as handle,
