@@ -27,6 +27,7 @@ CORE = frozenset(
         "_scheduler",
         "_chaos",
         "_slots",
+        "_delivery",
         "_params",
         "_targets",
         "_signature",

@@ -54,7 +54,8 @@ from ._cache._lookup import LookupResult
 from ._cache._run import RunCache, open_run_cache
 from ._cache._store import CacheStore
 from ._context import StageContext
-from ._dispatch import Dispatcher
+from ._delivery import SinkState
+from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
 from ._errors import StageDefinitionError, StageDefinitionTypeError
 from ._events import Event
 from ._graph import Pipeline, Plan, Stage
@@ -86,6 +87,7 @@ class _Run:
         teardown_timeout: float = 30.0,
         pools: Mapping[str, int] | None = None,
         params: Params = NO_PARAMS,
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         cache: RunCache | None = None,
         run_id: str | None = None,
     ) -> None:
@@ -104,7 +106,7 @@ class _Run:
             lookups=frozenset() if cache is None else cache.lookups,
         )
         self.drain_timeout = drain_timeout
-        self._send, receive = trio.open_memory_channel[Event](math.inf)
+        send, receive = trio.open_memory_channel[Event](math.inf)
         self._nursery: trio.Nursery | None = None  # the stages' nursery
         self._start_soon: Callable[..., None] = _not_begun
         self._scopes: dict[int, trio.CancelScope] = {}  # attempts and retry waits with one
@@ -113,8 +115,16 @@ class _Run:
         # goes through two more calls to reach the same method. Set in `begin`.
         self._now: Callable[[], float] = trio.current_time
         self._emit_log = self._log  # one bound method for every StageContext
-        self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self.dispatcher = self.dispatcher_type(
+            receive,
+            sinks,
+            self._on_dispatcher_done,
+            max_backlog=max_backlog,
+            on_backlog=self._on_backlog,
+            on_critical=lambda feed: self.abort(),
+        )
         self.dispatcher.on_fatal = self._sink_crashed
+        self._send = self.dispatcher.emitter(send)  # feeds get each event as it is sent
         self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
@@ -304,27 +314,39 @@ class _Run:
         self._crashed(exc)
         self.abort()
 
+    def _on_backlog(self, over: bool) -> None:
+        """The slowest sink went over max_backlog (pause starts) or back under half of it."""
+        if over:
+            self.sched.pause_starts()  # from inside _apply too: it only sets a flag
+        else:
+            now = self._now()
+            self.sched.resume_starts(now)
+            self._apply(now)
+
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
         sched = self.sched
         if not sched.finished:
             # The dispatcher died before the run finished: nothing can be delivered.
             self.abort()
-        sched.drained(overran=dispatcher.overran)
         total = sched.emitted
+        # CANCELLED only when a healthy sink was cut off (or a critical one failed).
+        sched.drained(overran=not dispatcher.clean(total))
+        deliveries = dispatcher.deliveries(total)
         undelivered: dict[Sink, int] = {}
-        for i, sink in enumerate(dispatcher.sinks):
-            missing = total - dispatcher.delivered[i]
-            if missing and i not in dispatcher.errors:
-                undelivered[sink] = missing
+        for sink, record in deliveries.items():
+            if record.undelivered:
+                undelivered[sink] = record.undelivered
                 logger.error(
                     "run %s: sink %r did not receive %d of %d events before the drain deadline",
                     self.run_id,
                     sink,
-                    missing,
+                    record.undelivered,
                     total,
                 )
-        if dispatcher.overran and not undelivered:
-            logger.error("run %s: a sink did not close within the drain deadline", self.run_id)
+            elif record.state is SinkState.CUT_OFF:
+                logger.error(
+                    "run %s: sink %r did not close within the drain deadline", self.run_id, sink
+                )
         self.result = RunResult(
             state=sched.state,
             stages=sched.outcomes(),
@@ -332,9 +354,10 @@ class _Run:
             run_id=self.run_id,
             duration=self._now() - sched.started_at,
             sink_errors=MappingProxyType(
-                {dispatcher.sinks[i]: exc for i, exc in dispatcher.errors.items()}
+                {sink: d.error for sink, d in deliveries.items() if d.error is not None}
             ),
             undelivered=MappingProxyType(undelivered),
+            deliveries=MappingProxyType(deliveries),
         )
         self.finished.set()
 
@@ -531,6 +554,7 @@ def _check_options(
     max_parallel: int | None,
     drain_timeout: float,
     teardown_timeout: float,
+    max_backlog: int | None = None,
 ) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
     if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
@@ -541,6 +565,7 @@ def _check_options(
     check_optional_int(max_parallel, "max_parallel", minimum=1)
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
     check_seconds(teardown_timeout, "teardown_timeout", infinite=True)
+    check_optional_int(max_backlog, "max_backlog", minimum=0)
     for sink in sinks:
         if not isinstance(sink, Sink):
             raise StageDefinitionTypeError(
@@ -577,6 +602,7 @@ async def open_run(
     params: Mapping[str, Any] | None = None,
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -596,8 +622,8 @@ async def open_run(
             teardown stages, and only stages whose trigger still fires start.
         max_parallel: At most this many stage attempts run at once (None: no limit).
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
-            remaining events; after that the run ends CANCELLED and reports the
-            undelivered counts.
+            remaining events; a sink not done by then is cut off, its undelivered
+            count reported, and the run ends CANCELLED.
         teardown_timeout: Seconds teardown stages (``trigger=Trigger.ALWAYS``) get
             after the run is cancelled (from outside, by `RunHandle.cancel` or a fatal
             exception), counted from the cancellation; then they are cancelled too.
@@ -612,6 +638,10 @@ async def open_run(
             None: every stage.
         only: With `targets`, just the targets: dependencies on stages that are not
             targets are dropped (those stages' results are missing from ``inputs``).
+        max_backlog: While the slowest sink (of those not disabled) has more than this
+            many events emitted and not yet handled, no new stage attempt starts
+            (from the scheduler's next decision on; running ones go on, and emitting
+            never blocks), until it is back under half of it. None: unbounded.
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
         cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
@@ -637,7 +667,9 @@ async def open_run(
     """
     plan = _compile_selected(pipeline, targets, only=only)
     run_params = check_params(params)
-    sinks = _check_options(sinks, keep_going, max_parallel, drain_timeout, teardown_timeout)
+    sinks = _check_options(
+        sinks, keep_going, max_parallel, drain_timeout, teardown_timeout, max_backlog
+    )
     merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
     checked_pools = check_pools(_PoolUsers(plan), merged)
     run_id = uuid.uuid4().hex[:12]
@@ -661,6 +693,7 @@ async def open_run(
         teardown_timeout=teardown_timeout,
         pools=checked_pools,
         params=run_params,
+        max_backlog=max_backlog,
         cache=run_cache,
         run_id=run_id,
     )
@@ -700,6 +733,7 @@ async def run(
     params: Mapping[str, Any] | None = None,
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -725,6 +759,7 @@ async def run(
         params=params,
         targets=targets,
         only=only,
+        max_backlog=max_backlog,
         cache=cache,
         cache_dir=cache_dir,
         store=store,
