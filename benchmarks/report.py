@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 import trio_pipeline as tp
-from trio_pipeline._report import read_log, write_report
+from trio_pipeline._report import write_report
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
 
@@ -93,7 +93,7 @@ def main() -> None:
     clock = trio.testing.MockClock(autojump_threshold=0)
     trio.run(lambda: tp.run(pipe, sinks=[sink], keep_going=True, max_parallel=200), clock=clock)
     start = time.perf_counter()
-    events = read_log(log)
+    events = list(tp.read_jsonl(log))
     read = time.perf_counter() - start
     start = time.perf_counter()
     write_report(events, page)

@@ -20,12 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
+import trio_pipeline as tp
 from tests.support.report_page import parse
 from tests.support.terminal import assert_display_ended
+from trio_pipeline._replay import check_log
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -126,6 +128,8 @@ KEEP_GOING_LINES = {
     "docs: succeeded (T)",
     "fetch_mirror: failed (ConnectionError: mirror.invalid is unreachable"
     " (attempt 2; on purpose); 2 attempts)",
+    "fetch_mirror: attempt 1 failed (ConnectionError: mirror.invalid is unreachable"
+    " (attempt 1; on purpose)); retrying in T",
     "package: blocked (upstream 'fetch_mirror' failed)",
     "publish: blocked (upstream 'fetch_mirror' failed)",
 }
@@ -146,6 +150,40 @@ def test_keep_going_example_exit_1_with_one_traceback() -> None:
     assert done.stderr.rstrip().endswith(
         "ConnectionError: mirror.invalid is unreachable (attempt 2; on purpose)"
     )
+
+
+KEYBOARD_INTERRUPT_IN_A_STAGE = """\
+import trio
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("ki")
+
+
+@pipe.stage
+async def dies(ctx):
+    await trio.sleep(0.1)
+    raise KeyboardInterrupt
+
+
+@pipe.stage
+async def long(ctx):
+    await trio.sleep(30)
+
+
+@pipe.stage(after=["long"], trigger=tp.Trigger.ALWAYS)
+async def cleanup(ctx):
+    ctx.log("cleaning up")
+"""
+
+
+def test_a_stage_s_keyboard_interrupt_ends_the_run_with_one_line(tmp_path: Path) -> None:
+    # Regression (issue 10): it printed a 47-line exception group and exited 1.
+    path = write_file(tmp_path, "ki.py", KEYBOARD_INTERRUPT_IN_A_STAGE)
+    done = cli("run", path, "--plain")
+    assert done.returncode == 130
+    assert done.stderr == "trio-pipeline: error: interrupted\n"
+    assert "cleanup | cleaning up" in done.stdout  # the teardown stage still ran
+    assert done.stdout.splitlines()[-1].startswith("Summary: 1 succeeded, 2 cancelled in ")
 
 
 def test_fail_fast_cancels_the_rest() -> None:
@@ -739,6 +777,53 @@ def test_plain_output_on_a_terminal(flag: str, env: dict[str, str]) -> None:
     assert "Summary: 4 succeeded, 1 failed, 2 blocked in" in raw
 
 
+CHATTY = """\
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("chatty")
+
+
+@pipe.stage
+async def chatty(ctx):
+    for i in range(100_000):
+        ctx.log(f"line {i}")
+"""
+
+
+def test_a_100000_line_log_on_a_terminal_loses_nothing(tmp_path: Path) -> None:
+    # Issue 11: the live view used to fall so far behind that the drain deadline cut
+    # every sink: no summary, exit 1, a truncated JSONL file.
+    path = write_file(tmp_path, "chatty.py", CHATTY)
+    log = tmp_path / "run.jsonl"
+    code, raw = run_in_pty(["run", path, "--jsonl", str(log)], env=child_env())
+    assert code == 0, raw[-2000:]
+    assert "cut off" not in raw
+    uncoloured = re.sub(r"\x1b\[[0-9;]*m", "", raw)
+    assert uncoloured.count("  chatty | line ") == 100_000
+    assert re.search(r"Summary: 1 succeeded in \d+\.\d\ds", uncoloured)
+    assert raw.rfind("\x1b[?25h") > raw.rfind("\x1b[?25l")  # the cursor is back
+    events = list(tp.read_jsonl(log))
+    assert len(check_log(events)) == 100_004
+
+
+def test_check_and_replay_commands(tmp_path: Path) -> None:
+    log = tmp_path / "run.jsonl"
+    cli("run", "examples/keep_going.py", "-k", "--jsonl", str(log))
+    done = cli("check", str(log))
+    assert done.returncode == 0
+    assert done.stdout.startswith(f"{log}: ok: ")
+    log.write_text("\n".join(log.read_text().splitlines()[:-1]) + "\n")
+    done = cli("check", str(log))
+    assert done.returncode == 1
+    assert "invariant broken: RunFinished last" in done.stdout
+    done = cli("replay", str(log), "--speed", "0")
+    assert done.returncode == 0
+    assert "fetch_mirror: failed" in done.stdout
+    done = cli("replay", str(log), "--speed", "-1")
+    assert done.returncode == 2
+    assert "expected a speed factor >= 0" in done.stderr
+
+
 # -- what a new user hits (issue 12) ----------------------------------------------------------
 # In process where the subprocess adds nothing (an interpreter start per call is most of
 # the time of a CLI test): `main` is called as the entry point calls it.
@@ -1094,3 +1179,28 @@ async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
         "trio-pipeline: Ctrl-C again: every stage has finished; exiting within 600s"
         " (delivering the last events). Press Ctrl-C again to exit now."
     )
+
+
+def test_max_backlog_is_passed_to_the_run(
+    in_process: InProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import trio_pipeline as tp
+    import trio_pipeline._cli as cli_module
+
+    seen: list[object] = []
+    real = tp.open_run
+
+    def spy(pipeline: tp.Pipeline, **kwargs: Any) -> Any:
+        seen.append(kwargs["max_backlog"])
+        return real(pipeline, **kwargs)
+
+    monkeypatch.setattr(cli_module, "open_run", spy)
+    monkeypatch.setenv("TRIO_PIPELINE_DEMO_DIR", str(tmp_path))
+    for value, expected in (("3", 3), ("none", None), ("0", 0)):
+        assert in_process("run", "examples/files.py", "-q", "--max-backlog", value)[0] == 0
+        assert seen.pop() == expected
+    assert in_process("run", "examples/files.py", "-q")[0] == 0
+    assert seen.pop() == 10_000  # the library's default
+    code, _, err = in_process("run", "examples/files.py", "--max-backlog", "-1")
+    assert code == 2
+    assert "expected an int >= 0 or 'none', got '-1'" in err

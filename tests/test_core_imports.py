@@ -28,6 +28,7 @@ CORE = frozenset(
         "_chaos",
         "_slots",
         "_items",
+        "_delivery",
         "_params",
         "_targets",
         "_signature",

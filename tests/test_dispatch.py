@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio_pipeline as tp
 from tests.support.runs import assert_well_formed, seed_pipeline, sleeps
-from trio_pipeline.testing import HungSink, RaisingSink, RecordingSink, SinkFault, SlowSink
+from trio_pipeline._dispatch import Dispatcher, Emitter
+from trio_pipeline.testing import (
+    HungSink,
+    RaisingSink,
+    RecordingSink,
+    SinkFault,
+    SlowSink,
+    check_run,
+)
 
 S = tp.StageStatus
 
@@ -58,9 +72,12 @@ async def test_a_hung_sink_cannot_hang_the_run(
     assert trio.current_time() == pytest.approx(2 + 3)  # stages done, then the deadline
     assert result.state is tp.RunState.CANCELLED
     total = 6  # RunStarted, 2x StageStarted, 2x StageFinished, RunFinished
-    # One dispatcher: the sink behind the hung one is held up too (accepted for now).
-    assert result.undelivered == {hung: total - 3, behind: total - 3}
-    assert hung.events == behind.events
+    # One feed per sink: only the hung sink is cut off; the one behind it got everything.
+    assert result.undelivered == {hung: total - 3}
+    assert len(behind.events) == total
+    assert result.deliveries[behind].state is tp.SinkState.CLOSED
+    assert result.deliveries[hung].state is tp.SinkState.CUT_OFF
+    assert hung.events == behind.events[:3]
     assert [type(e) for e in hung.events] == [tp.RunStarted, tp.StageStarted, tp.StageStarted]
     assert hung.closed
     assert behind.closed
@@ -125,3 +142,227 @@ async def test_a_sink_that_never_awaits_still_meets_the_drain_deadline(
     assert deadline <= trio.current_time() <= deadline + (check_every + 1) * per_event
     assert result.state is tp.RunState.CANCELLED
     assert 0 < result.undelivered[sink] == total - len(sink.events)
+
+
+# -- max_backlog: the dispatcher holds new stages back --------------------------
+
+
+def wide(n: int, *, logs: int = 0) -> tp.Pipeline:
+    pipe = tp.Pipeline("wide")
+
+    async def fn(ctx: tp.StageContext) -> None:
+        for _ in range(logs):
+            ctx.log("x")
+
+    for i in range(n):
+        pipe.add_stage(f"s{i}", fn)
+    return pipe
+
+
+class StartProbe:
+    """Records, for each StageStarted emitted, the slowest open sink's backlog just before it."""
+
+    def __init__(self, sinks: list[RecordingSink]) -> None:
+        self.sinks = sinks
+        self.backlogs: list[int] = []
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        original = Emitter.send_nowait
+        probe = self
+
+        def send_nowait(self: Emitter, event: tp.Event) -> None:
+            if isinstance(event, tp.StageStarted):
+                # Which sinks are still fed is the dispatcher's word; what each received
+                # is the sink's own.
+                fed = {id(f.sink) for f in self._dispatcher.feeds if f.state is None}
+                open_ = [len(s.events) for s in probe.sinks if id(s) in fed]
+                probe.backlogs.append(event.seq - min(open_, default=event.seq))
+            original(self, event)
+
+        with mock.patch.object(Emitter, "send_nowait", send_nowait):
+            yield
+
+
+async def test_max_backlog_holds_back_new_stages(autojump_clock: trio.testing.MockClock) -> None:
+    n, limit, slots = 1000, 50, 10
+    slow = SlowSink(0.01)
+    probe = StartProbe([slow])
+    with probe.installed(), trio.fail_after(100_000):  # a pause never lifted: a failure
+        result = await tp.run(
+            wide(n), sinks=[slow], max_backlog=limit, max_parallel=slots, drain_timeout=1000
+        )
+    assert result.ok
+    assert len(slow.events) == 2 * n + 2
+    assert len(probe.backlogs) == n
+    # The pause takes effect from the scheduler's next decision: one decision starts at
+    # most `slots` stages, after the one event that woke it.
+    assert max(probe.backlogs) <= limit + slots + 1
+    # Over the limit only by what the stages already running emit (one StageFinished each).
+    assert limit < result.deliveries[slow].peak_backlog <= limit + 2 * slots + 2
+    # Without the limit, every stage starts as soon as a slot is free and the backlog
+    # is nearly the whole run.
+    slow = SlowSink(0.01)
+    result = await tp.run(
+        wide(n), sinks=[slow], max_backlog=None, max_parallel=slots, drain_timeout=1000
+    )
+    assert result.deliveries[slow].peak_backlog > 2 * n - 2 * slots
+
+
+async def test_running_stages_emit_freely_over_the_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow = SlowSink(1)
+    result = await tp.run(wide(3, logs=20), sinks=[slow], max_backlog=0, drain_timeout=1000)
+    assert result.ok
+    assert len(slow.events) == 3 * 22 + 2
+    assert result.deliveries[slow].peak_backlog >= 21  # a whole stage's logs at once
+
+
+async def test_a_disabled_sink_releases_the_backlog(autojump_clock: trio.testing.MockClock) -> None:
+    # The hung sink would hold the run back forever; its handle_timeout disables it,
+    # and then only the fast sink's backlog counts.
+    hung, fast = HungSink(3), RecordingSink()
+    result = await tp.run(
+        wide(50),
+        sinks=[tp.supervised(hung, handle_timeout=10), fast],
+        max_backlog=5,
+        drain_timeout=1000,
+    )
+    assert result.ok
+    assert len(fast.events) == 102
+    assert isinstance(result.sink_errors[hung], tp.SinkTimeout)
+    assert trio.current_time() == pytest.approx(10)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "10"])
+async def test_max_backlog_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_backlog must be a non-negative int or None"):
+        await tp.run(wide(1), max_backlog=bad)  # type: ignore[arg-type]
+
+
+@st.composite
+def backlog_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    n = draw(st.integers(1, 12))
+    edges = [(i, j) for j in range(n) for i in range(j) if draw(st.integers(0, 3)) == 0]
+    return {
+        "n": n,
+        "edges": edges,
+        "logs": draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)),
+        "durations": draw(st.lists(st.sampled_from([0, 0, 0.5, 1]), min_size=n, max_size=n)),
+        "max_parallel": draw(st.sampled_from([None, None, 1, 3])),
+        "max_backlog": draw(st.sampled_from([None, 0, 1, 2, 5, 20])),
+        "sinks": draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["record", "slow", "raise", "hung"]),
+                    st.sampled_from([0.1, 0.5, 2.0]),
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        ),
+    }
+
+
+def _build(sc: dict[str, Any]) -> tp.Pipeline:
+    pipe = tp.Pipeline("bp")
+    for j in range(sc["n"]):
+
+        async def fn(ctx: tp.StageContext, logs: int = sc["logs"][j], d: float = 0) -> None:
+            for _ in range(logs):
+                ctx.log("m")
+            await trio.sleep(d)
+
+        fn.__defaults__ = (sc["logs"][j], sc["durations"][j])
+        pipe.add_stage(f"s{j}", fn, after=[f"s{i}" for i, k in sc["edges"] if k == j])
+    return pipe
+
+
+@settings(max_examples=60)
+@given(sc=backlog_scenarios(), seed=st.random_module())
+def test_no_stage_starts_while_the_backlog_is_over_max_backlog(
+    sc: dict[str, Any], seed: Any
+) -> None:
+    sinks: list[RecordingSink] = []
+    passed: list[tp.Sink] = []
+    for kind, param in sc["sinks"]:
+        if kind == "slow":
+            sink: RecordingSink = SlowSink(param)
+            passed.append(sink)
+        elif kind == "raise":
+            sink = RaisingSink(int(param * 10))
+            passed.append(sink)
+        elif kind == "hung":
+            # A hung sink holds back a bounded run forever unless it is supervised.
+            sink = HungSink(int(param * 10))
+            passed.append(tp.supervised(sink, handle_timeout=param * 3))
+        else:
+            sink = RecordingSink()
+            passed.append(sink)
+        sinks.append(sink)
+    pipeline = _build(sc)
+    probe = StartProbe(sinks)
+    results: list[tp.RunResult] = []
+
+    async def main() -> None:
+        with trio.fail_after(100_000):
+            results.append(
+                await tp.run(
+                    pipeline,
+                    sinks=passed,
+                    max_parallel=sc["max_parallel"],
+                    max_backlog=sc["max_backlog"],
+                    drain_timeout=10_000,
+                )
+            )
+
+    with probe.installed():
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    result = results[0]
+    check_run(sinks, pipeline, result, max_parallel=sc["max_parallel"])
+    assert result.ok
+    limit = sc["max_backlog"]
+    if limit is not None:
+        # No start is decided while paused; a decision that began unpaused starts at
+        # most `slots` stages after the event that woke the scheduler.
+        slots = sc["max_parallel"] or sc["n"]
+        assert max(probe.backlogs) <= limit + slots + 1, probe.backlogs
+    total = 2 + sum(2 + logs for logs in sc["logs"])
+    for sink in sinks:
+        record = result.deliveries[sink]
+        assert record.delivered == len(sink.events)
+        assert record.peak_backlog <= total
+        if sink in result.sink_errors:
+            assert record.state is tp.SinkState.DISABLED
+        else:
+            assert record == tp.SinkDelivery(total, record.peak_backlog, tp.SinkState.CLOSED)
+
+
+async def test_the_same_sink_twice_is_refused_even_when_wrapped() -> None:
+    sink = RecordingSink()
+    with pytest.raises(ValueError, match="the same sink was passed twice"):
+        await tp.run(seed_pipeline(), sinks=[sink, tp.critical(sink)])
+    assert sink.events == []
+
+
+async def test_a_feed_cut_off_takes_no_more_events(autojump_clock: trio.testing.MockClock) -> None:
+    # Events sent straight into the channel (as a replay does) after one feed was cut
+    # off go to the others; putting into the closed feed would crash the dispatcher.
+    send, receive = trio.open_memory_channel[tp.Event](math.inf)
+    hung, other = HungSink(0), RecordingSink()
+    done = trio.Event()
+    dispatcher = Dispatcher(receive, [hung, other], lambda _: done.set())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(dispatcher.run)
+        send.send_nowait(tp.RunStarted("r", 0, 0.0, "p", ()))
+        dispatcher.feeds[0].scope.deadline = trio.current_time() + 1  # the hung one only
+        await trio.sleep(2)  # the hung feed is cut off; the other is still open
+        for seq in range(1, 4):
+            send.send_nowait(tp.StageLog("r", seq, 2.0, "a", "m"))
+        send.close()
+        await done.wait()
+    assert [e.seq for e in other.events] == [0, 1, 2, 3]
+    records = dispatcher.deliveries(4)
+    assert records[hung] == tp.SinkDelivery(0, 1, tp.SinkState.CUT_OFF, None, 4)
+    assert records[other].state is tp.SinkState.CLOSED

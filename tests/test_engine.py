@@ -207,7 +207,11 @@ async def test_retries_exhausted_fail_with_the_last_error(autojump_clock: Any) -
     outcome = result.stages["always"]
     assert (outcome.status, outcome.attempts) == (S.FAILED, 3)
     assert str(outcome.error) == "attempt 3"
-    assert out.getvalue().splitlines()[0] == "always: failed (ValueError: attempt 3; 3 attempts)"
+    assert out.getvalue().splitlines()[:3] == [
+        "always: attempt 1 failed (ValueError: attempt 1); retrying in 0s",
+        "always: attempt 2 failed (ValueError: attempt 2); retrying in 0s",
+        "always: failed (ValueError: attempt 3; 3 attempts)",
+    ]
 
 
 async def test_timeout_fails_the_attempt_and_is_retried(autojump_clock: Any) -> None:

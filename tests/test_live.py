@@ -13,7 +13,8 @@ from rich.console import Console
 
 import trio_pipeline as tp
 from tests.support.terminal import assert_display_ended, screen
-from trio_pipeline._live import RunTracker, open_live_sink
+from trio_pipeline import _live
+from trio_pipeline._live import LiveSink, RunTracker, open_live_sink
 
 
 def fake_terminal() -> tuple[Console, io.StringIO]:
@@ -102,13 +103,15 @@ async def test_tracker_counts_and_partial_summary(autojump_clock: trio.testing.M
     seen: list[tuple[int, int, int]] = []
 
     class Probe:
+        # One sink: each sink has a feed of its own, so two sinks' views are not in step.
         async def handle(self, event: tp.Event, /) -> None:
+            await tracker.handle(event)
             seen.append((tracker.pending, len(tracker.running), len(tracker.done)))
 
         async def aclose(self) -> None:
-            pass
+            await tracker.aclose()
 
-    async with tp.open_run(demo_pipeline(), sinks=[tracker, Probe()], keep_going=True) as handle:
+    async with tp.open_run(demo_pipeline(), sinks=[Probe()], keep_going=True) as handle:
         await trio.sleep(1.75)
         assert tracker.running.keys() == {"slow"}
         assert tracker.partial_summary(trio.current_time()) == (
@@ -116,7 +119,7 @@ async def test_tracker_counts_and_partial_summary(autojump_clock: trio.testing.M
         )
         await handle.wait_finished()
     assert seen[0] == (4, 0, 0)
-    assert seen[-1] == (0, 0, 4)
+    assert seen[-1] == (0, 0, 4)  # at RunFinished
     assert tracker.finished is not None
 
 
@@ -159,6 +162,80 @@ async def test_events_are_rendered_in_batches_not_one_by_one(
         assert "... and 988 more" in shown
         assert "0/1000 pending 0 · running 1000 · done 0" in shown
     assert assert_display_ended(buffer.getvalue()) == ["Running 'p': 1000 stages"]
+
+
+async def test_handle_only_queues_formatting_waits_for_the_repaint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console, buffer = fake_terminal()
+    sink = LiveSink(console)
+
+    def no_formatting(self: LiveSink, item: object) -> str:
+        raise AssertionError("handle formatted a line")
+
+    monkeypatch.setattr(LiveSink, "_line", no_formatting)
+    await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ("a",)))
+    for seq in range(1, 10_001):
+        await sink.handle(tp.StageLog("r", seq, 0.0, "a", "x"))
+    assert buffer.getvalue() == ""
+    assert sink.tracker.total == 1
+
+
+async def test_a_repaint_formats_at_most_its_budget_of_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    console, _ = fake_terminal()
+    sink = LiveSink(console)
+    await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ("a",)))
+    await sink.handle(tp.StageStarted("r", 1, 0.0, "a", 1))
+    n = 10_000
+    for i in range(n):
+        await sink.handle(tp.StageLog("r", 2 + i, 0.0, "a", f"line {i}"))
+    ticks = iter(range(10**9))
+    # A clock that advances 1 ms per look: the budget (3 ms) allows a few chunks only.
+    monkeypatch.setattr(_live, "_budget_clock", lambda: next(ticks) / 1000)
+    frames = []
+    while sink._pending:
+        frames.append(sink._frame(budget=_live.FRAME_BUDGET))
+    assert len(frames) > 5
+    assert all(frame.count("  a | line ") <= 4 * 256 for frame in frames)
+    printed = [line for frame in frames for line in screen(frame) if "| line" in line]
+    assert printed == [f"  a | line {i}" for i in range(n)]  # each once, in order
+
+
+async def test_output_written_during_the_display_appears_above_the_area(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    import sys
+
+    console, buffer = fake_terminal()
+    real = sys.stdout
+    async with open_live_sink(console) as sink:
+        await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ("a",)))
+        await sink.handle(tp.StageStarted("r", 1, 0.0, "a", 1))
+        print("a notice")
+        sys.stderr.write("partial ")
+        sys.stderr.write("line\n")
+        await trio.sleep(1)
+        raw = buffer.getvalue()
+        assert screen(raw)[:3] == ["Running 'p': 1 stage", "a notice", "partial line"]
+        assert "pending 0 · running 1 · done 0" in screen(raw)[-1]
+    assert sys.stdout is real
+    assert assert_display_ended(buffer.getvalue())[1:] == ["a notice", "partial line"]
+
+
+async def test_the_summary_shows_how_long_the_user_waited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    console, buffer = fake_terminal()
+    sink = LiveSink(console)
+    sink.start()
+    await sink.handle(tp.RunStarted("r", 0, 0.0, "p", ()))
+    await trio.sleep(3)  # the view lagged 2 s behind the run's end, at 1 s
+    counts = {status: 0 for status in tp.StageStatus if status.is_terminal}
+    await sink.handle(tp.RunFinished("r", 1, 1.0, tp.RunState.CLOSED, counts, 1.0))
+    await sink.aclose()
+    assert assert_display_ended(buffer.getvalue())[-1] == "Summary: no stages in 3.00s"
 
 
 async def test_live_view_shows_item_counts_and_rates_while_items_flow(

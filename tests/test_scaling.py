@@ -107,7 +107,9 @@ def _count(shape: str, n: int) -> PerStage:
         previous = sys.gettrace()
         sys.settrace(counter.trace)
         try:
-            return await tp.run(pipe, sinks=[counter])
+            # Unbounded: at 10,000 wide stages the default max_backlog pauses the run, a
+            # threshold a 1,000-stage run never reaches (tests/test_dispatch.py covers it).
+            return await tp.run(pipe, sinks=[counter], max_backlog=None)
         finally:
             sys.settrace(previous)
 
@@ -127,7 +129,9 @@ def test_engine_work_per_stage_does_not_grow_with_n(shape: str) -> None:
     small, large = _count(shape, SMALL), _count(shape, LARGE)
     for name in ("engine_lines", "calls", "task_steps", "tasks_spawned"):
         at_small, at_large = getattr(small, name), getattr(large, name)
-        assert at_large == pytest.approx(at_small, rel=TOLERANCE), (
+        # One-sided: a fixed cost per run (a task step per scheduler batch for each
+        # sink's feed) makes the small run's per-stage figure a little higher.
+        assert at_large <= at_small * (1 + TOLERANCE), (
             f"{shape}: {name} per stage {at_small:.2f} at N={SMALL:,}"
             f" but {at_large:.2f} at N={LARGE:,}"
         )

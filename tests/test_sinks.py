@@ -1,57 +1,62 @@
-"""The built-in sinks: what they write, and when."""
+"""The built-in console sink and the text lines it shares with the live view."""
 
 from __future__ import annotations
 
-import json
+import io
+from pathlib import Path
 from typing import Any
 
 import trio
 import trio.testing
 
 import trio_pipeline as tp
-from tests.support.runs import seed_pipeline
+from trio_pipeline._result import count_statuses
+from trio_pipeline._sinks import format_summary
+
+S = tp.StageStatus
 
 
-async def test_jsonl_sink_writes_every_event(tmp_path: Any) -> None:
-    path = tmp_path / "events.jsonl"
-    sink = tp.JsonlSink(path)
-    result = await tp.run(seed_pipeline(), keep_going=True, sinks=[sink])
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [row["seq"] for row in rows] == list(range(len(rows)))
-    assert rows[0]["type"] == "RunStarted"
-    assert rows[0]["stages"] == ["first", "second", "independent"]
-    last = rows[-1]
-    assert last["type"] == "RunFinished"
-    assert last["state"] == "closed"
-    assert last["counts"] == {
-        "succeeded": 1,
-        "failed": 1,
-        "blocked": 1,
-        "skipped": 0,
-        "cancelled": 0,
-        "cached": 0,
-    }
-    failed = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "first")
-    assert failed["status"] == "failed"
-    assert failed["error"] == "ZeroDivisionError: integer division or modulo by zero"
-    blocked = next(r for r in rows if r["type"] == "StageFinished" and r["stage"] == "second")
-    assert blocked["blocked_by"] == "first"
-    assert all(r["run_id"] == result.run_id for r in rows)
+def test_the_summary_duration_includes_the_lag_behind_the_run() -> None:
+    event = tp.RunFinished("r", 9, 10.0, tp.RunState.CLOSED, count_statuses([S.SUCCEEDED]), 4.0)
+    assert format_summary(event) == "Summary: 1 succeeded in 4.00s"
+    assert format_summary(event, now=12.5) == "Summary: 1 succeeded in 6.50s"
+    assert format_summary(event, now=9.0) == "Summary: 1 succeeded in 4.00s"  # never less
 
 
-async def test_jsonl_sink_flushes_each_event(tmp_path: Any) -> None:
-    path = tmp_path / "events.jsonl"
-    sink = tp.JsonlSink(path)
+async def test_console_sink_shows_the_time_the_user_waited(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    out = io.StringIO()
+
+    class Late:
+        """Holds the console sink's feed back by 2 s, as a slow terminal would."""
+
+        def __init__(self) -> None:
+            self.console = tp.ConsoleSink(out)
+
+        async def handle(self, event: tp.Event, /) -> None:
+            if isinstance(event, tp.RunFinished):
+                await trio.sleep(2)
+            await self.console.handle(event)
+
+        async def aclose(self) -> None:
+            await self.console.aclose()
+
     pipe = tp.Pipeline("p")
-    lines_seen: list[int] = []
 
     @pipe.stage
-    async def look(ctx: tp.StageContext) -> None:
-        await trio.testing.wait_all_tasks_blocked()
-        lines_seen.append(len(path.read_text().splitlines()))
+    async def a(ctx: tp.StageContext) -> None:
+        await trio.sleep(1)
 
-    await tp.run(pipe, sinks=[sink])
-    assert lines_seen == [2]  # RunStarted and StageStarted are on disk already
+    result = await tp.run(pipe, sinks=[Late()])
+    assert out.getvalue().splitlines()[-1] == "Summary: 1 succeeded in 3.00s"
+    assert result.duration == 3.0
+
+
+def test_console_sink_has_a_readable_name(tmp_path: Path) -> None:
+    with open(tmp_path / "out.txt", "w") as file:
+        assert repr(tp.ConsoleSink(file)) == f"ConsoleSink({str(tmp_path / 'out.txt')!r})"
+    assert repr(tp.ConsoleSink(io.StringIO())) == "ConsoleSink('StringIO')"
 
 
 def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:

@@ -15,6 +15,7 @@ from ._cache import (
 )
 from ._command import Command, CommandError
 from ._context import StageContext
+from ._delivery import SinkDelivery, SinkState, SinkTimeout, SupervisedSink, critical, supervised
 from ._engine import RunHandle, open_run, run
 from ._errors import (
     CycleError,
@@ -50,6 +51,7 @@ from ._executors import (
 )
 from ._graph import Pipeline, Stage, StageFunction
 from ._items import ItemError, ItemOptions
+from ._jsonl import JsonlFormatError, read_jsonl
 from ._options import RetryPolicy, StageOptions, Trigger
 from ._otel import OtelSink
 from ._report import ReportSink, write_report
@@ -77,6 +79,7 @@ __all__ = [
     "ItemError",
     "ItemFailed",
     "ItemOptions",
+    "JsonlFormatError",
     "JsonlSink",
     "MissingExtraError",
     "OtelSink",
@@ -95,6 +98,9 @@ __all__ = [
     "SQLiteStore",
     "SerializationError",
     "Sink",
+    "SinkDelivery",
+    "SinkState",
+    "SinkTimeout",
     "Stage",
     "StageContext",
     "StageDefinitionError",
@@ -111,13 +117,17 @@ __all__ = [
     "StageStarted",
     "StageStatus",
     "StageTimeout",
+    "SupervisedSink",
     "SyncStageFunction",
     "ThreadExecutor",
     "TransitionError",
     "Trigger",
     "UnknownStageError",
+    "critical",
     "open_run",
+    "read_jsonl",
     "run",
+    "supervised",
     "write_report",
 ]
 

@@ -46,6 +46,8 @@ from ._cache import _commands as _cache_commands
 from ._cache import _run as _cache_run
 from ._cache import _watch as _cache_watch
 from ._cache._store import CacheStoreError
+from ._delivery import cut_off_warnings
+from ._dispatch import DEFAULT_MAX_BACKLOG
 from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError, UnknownStageError
@@ -55,6 +57,7 @@ from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
 from ._params import load_params_file, parse_param
 from ._render import FORMATS, render_graph, render_order
+from ._replay import cmd_check, cmd_replay
 from ._report import ReportInputError, ReportSink, report_from_log
 from ._result import RunResult
 from ._sinks import ConsoleSink, JsonlSink, Sink, format_summary
@@ -112,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(f"invalid pipeline: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        # Only before the signal receiver is installed (while loading the file).
+        # Before the signal receiver is installed (while loading the file), or raised
+        # by a stage or a sink (the run still delivered every event first).
         _error("interrupted")
         return EXIT_INTERRUPTED
 
@@ -261,6 +265,16 @@ def _add_run(commands: _Commands) -> None:
             f" (default {DEFAULT_DRAIN_TIMEOUT:g}); after it, what they missed is reported"
         ),
     )
+    run.add_argument(
+        "--max-backlog",
+        type=_backlog,
+        default=DEFAULT_MAX_BACKLOG,
+        metavar="N",
+        help=(
+            "start no new stage while an event sink is more than N events behind"
+            f" (default {DEFAULT_MAX_BACKLOG:,}; 'none': never wait for the sinks)"
+        ),
+    )
     _cache_commands.add_run_options(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -297,14 +311,63 @@ def _add_list(commands: _Commands) -> None:
     listing.set_defaults(handler=_cmd_list)
 
 
-def _positive_int(text: str) -> int:
+def _add_check(commands: _Commands) -> None:
+    check = _subcommand(
+        commands,
+        "check",
+        help="verify a JSONL event log (--jsonl): exit 0, or 1 naming the broken invariant",
+    )
+    check.add_argument("log", metavar="RUN.jsonl")
+    check.set_defaults(handler=_cmd_check)
+
+
+def _add_replay(commands: _Commands) -> None:
+    replay = _subcommand(commands, "replay", help="show a run again from its JSONL event log")
+    replay.add_argument("log", metavar="RUN.jsonl")
+    replay.add_argument(
+        "--speed", type=_speed, default=1.0, metavar="X", help="X times as fast (0: at once)"
+    )
+    replay.add_argument("--plain", action="store_true", help="plain lines, not the live view")
+    replay.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    return cmd_check(args.log)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    live = _output_mode(plain=args.plain, quiet=False) == "live"
+    return cmd_replay(args.log, speed=args.speed, live=live)
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a speed factor >= 0, got {text!r}")
+    return value
+
+
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _backlog(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    return _int_at_least(text, 0, "an int >= 0 or 'none'")
 
 
 def _seconds(text: str) -> float:
@@ -545,6 +608,7 @@ class _RunOptions:
     drain_timeout: float
     params: dict[str, Any]
     started: float  # time.monotonic() when the command started
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG
     cache: dict[str, Any] = field(default_factory=dict[str, Any])  # open_run's cache options
 
 
@@ -587,6 +651,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         mode=_output_mode(plain=args.plain or args.explain, quiet=args.quiet),
         grace=args.grace,
         drain_timeout=args.drain_timeout,
+        max_backlog=args.max_backlog,
         params=params,
         started=args.started,
         cache=_cache_commands.run_keywords(args),
@@ -687,18 +752,23 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
             interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
             interrupts.report = report
             stack.enter_context(_reported_by_cli(sinks))
-            async with trio.open_nursery() as nursery:
-                async with open_run(
+            # open_run outside the watcher's nursery: a stage's KeyboardInterrupt (or
+            # SystemExit) then comes out of open_run as itself, not in a group.
+            async with (
+                open_run(
                     pipeline,
                     sinks=sinks,
                     keep_going=options.keep_going,
                     max_parallel=options.jobs,
                     drain_timeout=options.drain_timeout,
+                    max_backlog=options.max_backlog,
                     params=options.params,
                     **options.cache,
-                ) as handle:
-                    nursery.start_soon(interrupts.watch, signals, handle, nursery)
-                    result = await handle.wait_finished()
+                ) as handle,
+                trio.open_nursery() as nursery,
+            ):
+                nursery.start_soon(interrupts.watch, signals, handle, nursery)
+                result = await handle.wait_finished()
                 nursery.cancel_scope.cancel()
     return result, interrupts.count
 
@@ -874,8 +944,8 @@ def _report_failures(result: RunResult, *, jsonl: str | None) -> None:
             _error(f"--jsonl {jsonl}: writing failed ({why}); the file is incomplete (exit code 1)")
         else:
             _error(f"event sink {sink!r} failed and was disabled: {exc!r} (exit code 1)")
-    for sink, missing in result.undelivered.items():
-        _error(f"event sink {sink!r} did not receive {missing} events (exit code 1)")
+    for line in cut_off_warnings(result.deliveries):
+        _notice(f"warning: {line} (exit code 1)")
     sys.stderr.flush()
 
 
@@ -891,6 +961,8 @@ _SUBCOMMANDS: tuple[Callable[[_Commands], None], ...] = (
     _add_graph,
     _add_report,
     _add_list,
+    _add_check,
+    _add_replay,
     _cache_commands.add_commands,  # cache, history, show
 )
 """Each adds one subcommand's parser (with ``handler=``); add yours here."""

@@ -37,6 +37,7 @@ or not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -54,7 +55,8 @@ from ._cache._lookup import LookupResult
 from ._cache._run import RunCache, open_run_cache
 from ._cache._store import CacheStore
 from ._context import StageContext
-from ._dispatch import Dispatcher
+from ._delivery import SinkState
+from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
 from ._errors import StageDefinitionError, StageDefinitionTypeError
 from ._events import Event, ItemFailed, StageProgress
 from ._graph import Pipeline, Plan, Stage
@@ -88,6 +90,7 @@ class _Run:
         pools: Mapping[str, int] | None = None,
         params: Params = NO_PARAMS,
         progress_interval: float = 0.1,
+        max_backlog: int | None = DEFAULT_MAX_BACKLOG,
         cache: RunCache | None = None,
         run_id: str | None = None,
     ) -> None:
@@ -98,6 +101,8 @@ class _Run:
         self.params = params
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.cache = cache  # the result cache's side of the run (issue 14), if any
+        if cache is not None:
+            cache.settled = self._settle
         self.sched = Scheduler(
             plan,
             run_id=self.run_id,
@@ -109,7 +114,7 @@ class _Run:
             lookups=frozenset() if cache is None else cache.lookups,
         )
         self.drain_timeout = drain_timeout
-        self._send, receive = trio.open_memory_channel[Event](math.inf)
+        send, receive = trio.open_memory_channel[Event](math.inf)
         self._nursery: trio.Nursery | None = None  # the stages' nursery
         self._start_soon: Callable[..., None] = _not_begun
         self._scopes: dict[int, trio.CancelScope] = {}  # attempts and retry waits with one
@@ -118,8 +123,16 @@ class _Run:
         # goes through two more calls to reach the same method. Set in `begin`.
         self._now: Callable[[], float] = trio.current_time
         self._emit_log = self._log  # one bound method for every StageContext
-        self.dispatcher = self.dispatcher_type(receive, sinks, self._on_dispatcher_done)
+        self.dispatcher = self.dispatcher_type(
+            receive,
+            sinks,
+            self._on_dispatcher_done,
+            max_backlog=max_backlog,
+            on_backlog=self._on_backlog,
+            on_critical=lambda feed: self.abort(),
+        )
         self.dispatcher.on_fatal = self._sink_crashed
+        self._send = self.dispatcher.emitter(send)  # feeds get each event as it is sent
         self._chaos = _chaos.current()  # read once: the hook is scoped to the run
         self.finished = trio.Event()
         self.result: RunResult | None = None
@@ -135,6 +148,9 @@ class _Run:
     def _apply(self, now: float) -> None:
         """Carry out the scheduler's outbox (see `Outbox` for the order)."""
         out = self.sched.out
+        if out.lookup:
+            # First: lookups answered at once add their decisions to this outbox.
+            self._look_up(out.lookup, now)
         events = out.events
         if events:
             send = self._send.send_nowait
@@ -162,8 +178,6 @@ class _Run:
                 else:
                     self._spawn(i, now)
             starts.clear()
-        if out.lookup:
-            self._look_up(out.lookup)
         if out.rare:
             for i, delay in out.wait:
                 self._spawn_wait(i, delay)
@@ -177,16 +191,24 @@ class _Run:
                 self.dispatcher.set_deadline(now + self.drain_timeout)
             out.clear()
 
-    def _look_up(self, lookups: list[int]) -> None:
-        """Send ready stages to the cache's worker; each answer is a fact (issue 14)."""
-        cache, inputs_of = self.cache, self.sched.inputs_of
-        assert cache is not None
-        for i in lookups:
-            cache.lookup(i, inputs_of(i), self._looked_up)
-        lookups.clear()
+    def _look_up(self, lookups: list[int], now: float) -> None:
+        """Look ready stages up in the cache; each answer is a fact (issue 14).
 
-    def _looked_up(self, i: int, result: LookupResult) -> None:
-        now = self._now()
+        Most are answered at once, from memory; their facts can make more stages
+        ready to look up, hence the loop (not recursion: a chain of hits is long).
+        The others go to the cache's worker and come back through `_looked_up`.
+        """
+        cache, inputs_of, answer = self.cache, self.sched.inputs_of, self._answer
+        assert cache is not None
+        while lookups:
+            batch = lookups[:]
+            lookups.clear()
+            for i in batch:
+                found = cache.lookup(i, inputs_of, self._looked_up)
+                if found is not None:
+                    answer(i, found, now)
+
+    def _answer(self, i: int, result: LookupResult, now: float) -> None:
         decision = result.decision
         if decision.hit:
             self.sched.cache_hit(i, result.value, decision.reason, now)
@@ -194,6 +216,10 @@ class _Run:
             cache = self.cache
             explain = cache is not None and cache.jobs.explain
             self.sched.cache_miss(i, now, f"cache miss: {decision.reason}" if explain else None)
+
+    def _looked_up(self, i: int, result: LookupResult) -> None:
+        now = self._now()
+        self._answer(i, result, now)
         self._apply(now)
 
     def _apply_cancels(self, out: Outbox) -> None:
@@ -317,27 +343,39 @@ class _Run:
         self._crashed(exc)
         self.abort()
 
+    def _on_backlog(self, over: bool) -> None:
+        """The slowest sink went over max_backlog (pause starts) or back under half of it."""
+        if over:
+            self.sched.pause_starts()  # from inside _apply too: it only sets a flag
+        else:
+            now = self._now()
+            self.sched.resume_starts(now)
+            self._apply(now)
+
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
         sched = self.sched
         if not sched.finished:
             # The dispatcher died before the run finished: nothing can be delivered.
             self.abort()
-        sched.drained(overran=dispatcher.overran)
         total = sched.emitted
+        # CANCELLED only when a healthy sink was cut off (or a critical one failed).
+        sched.drained(overran=not dispatcher.clean(total))
+        deliveries = dispatcher.deliveries(total)
         undelivered: dict[Sink, int] = {}
-        for i, sink in enumerate(dispatcher.sinks):
-            missing = total - dispatcher.delivered[i]
-            if missing and i not in dispatcher.errors:
-                undelivered[sink] = missing
+        for sink, record in deliveries.items():
+            if record.undelivered:
+                undelivered[sink] = record.undelivered
                 logger.error(
                     "run %s: sink %r did not receive %d of %d events before the drain deadline",
                     self.run_id,
                     sink,
-                    missing,
+                    record.undelivered,
                     total,
                 )
-        if dispatcher.overran and not undelivered:
-            logger.error("run %s: a sink did not close within the drain deadline", self.run_id)
+            elif record.state is SinkState.CUT_OFF:
+                logger.error(
+                    "run %s: sink %r did not close within the drain deadline", self.run_id, sink
+                )
         self.result = RunResult(
             state=sched.state,
             stages=sched.outcomes(),
@@ -345,9 +383,10 @@ class _Run:
             run_id=self.run_id,
             duration=self._now() - sched.started_at,
             sink_errors=MappingProxyType(
-                {dispatcher.sinks[i]: exc for i, exc in dispatcher.errors.items()}
+                {sink: d.error for sink, d in deliveries.items() if d.error is not None}
             ),
             undelivered=MappingProxyType(undelivered),
+            deliveries=MappingProxyType(deliveries),
         )
         self.finished.set()
 
@@ -464,6 +503,16 @@ class _Run:
                 del self._scopes[i]
             if (
                 cache is not None
+                and scope is None
+                and self._chaos is None
+                and cache.wants_commit(i)
+            ):
+                # The common case: the commit's callback reports the success, once the
+                # entry is durable (before StageFinished); this task is done.
+                cache.commit_soon(i, value, functools.partial(self._committed, i, value, ctx))
+                return
+            if (
+                cache is not None
                 and cache.wants_commit(i)
                 and not (scope is not None and scope.cancelled_caught)
             ):
@@ -501,6 +550,15 @@ class _Run:
             else:
                 sched.attempt_succeeded(i, value, now)
             self._apply(now)
+
+    def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
+        # A `RunCache.commit_soon` callback; `_settle` follows each group of them.
+        if message is not None:
+            ctx.log(message)
+        self.sched.attempt_succeeded(i, value, self._now())
+
+    def _settle(self) -> None:
+        self._apply(self._now())
 
     async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
         sched = self.sched
@@ -628,6 +686,7 @@ def _check_options(
     drain_timeout: float,
     teardown_timeout: float,
     progress_interval: float = 0.1,
+    max_backlog: int | None = None,
 ) -> tuple[Sink, ...]:
     # Run options raise what stage options raise (StageDefinitionError, ...TypeError).
     if isinstance(sinks, Sink) or not isinstance(sinks, Iterable):
@@ -639,6 +698,7 @@ def _check_options(
     check_seconds(drain_timeout, "drain_timeout", infinite=True)
     check_seconds(teardown_timeout, "teardown_timeout", infinite=True)
     check_seconds(progress_interval, "progress_interval", zero=False, infinite=True)
+    check_optional_int(max_backlog, "max_backlog", minimum=0)
     for sink in sinks:
         if not isinstance(sink, Sink):
             raise StageDefinitionTypeError(
@@ -676,6 +736,7 @@ async def open_run(
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
     progress_interval: float = 0.1,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -695,8 +756,8 @@ async def open_run(
             teardown stages, and only stages whose trigger still fires start.
         max_parallel: At most this many stage attempts run at once (None: no limit).
         drain_timeout: Seconds the sinks get, once all stages are done, to receive the
-            remaining events; after that the run ends CANCELLED and reports the
-            undelivered counts.
+            remaining events; a sink not done by then is cut off, its undelivered
+            count reported, and the run ends CANCELLED.
         teardown_timeout: Seconds teardown stages (``trigger=Trigger.ALWAYS``) get
             after the run is cancelled (from outside, by `RunHandle.cancel` or a fatal
             exception), counted from the cancellation; then they are cancelled too.
@@ -713,6 +774,10 @@ async def open_run(
             targets are dropped (those stages' results are missing from ``inputs``).
         progress_interval: Seconds (trio clock) between two `StageProgress` events of
             one item stage (math.inf: none).
+        max_backlog: While the slowest sink (of those not disabled) has more than this
+            many events emitted and not yet handled, no new stage attempt starts
+            (from the scheduler's next decision on; running ones go on, and emitting
+            never blocks), until it is back under half of it. None: unbounded.
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
         cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
@@ -739,7 +804,13 @@ async def open_run(
     plan = _compile_selected(pipeline, targets, only=only)
     run_params = check_params(params)
     sinks = _check_options(
-        sinks, keep_going, max_parallel, drain_timeout, teardown_timeout, progress_interval
+        sinks,
+        keep_going,
+        max_parallel,
+        drain_timeout,
+        teardown_timeout,
+        progress_interval=progress_interval,
+        max_backlog=max_backlog,
     )
     merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
     checked_pools = check_pools(_PoolUsers(plan), merged)
@@ -765,6 +836,7 @@ async def open_run(
         pools=checked_pools,
         params=run_params,
         progress_interval=progress_interval,
+        max_backlog=max_backlog,
         cache=run_cache,
         run_id=run_id,
     )
@@ -805,6 +877,7 @@ async def run(
     targets: Iterable[str | Stage] | None = None,
     only: bool = False,
     progress_interval: float = 0.1,
+    max_backlog: int | None = DEFAULT_MAX_BACKLOG,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     store: CacheStore | None = None,
@@ -831,6 +904,7 @@ async def run(
         targets=targets,
         only=only,
         progress_interval=progress_interval,
+        max_backlog=max_backlog,
         cache=cache,
         cache_dir=cache_dir,
         store=store,

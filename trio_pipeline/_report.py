@@ -1,4 +1,4 @@
-"""The HTML run report: one self-contained file from a run's events. Pure: no trio import.
+"""The HTML run report: one self-contained file from a run's events. Edge; no trio.
 
 The report is built from the typed events, so the same code serves a finished run
 (`ReportSink`, the CLI's ``run --report``) and a JSONL log read back later
@@ -16,20 +16,15 @@ well under two seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html import escape
 from importlib import resources
-from typing import Any
 
 from ._events import (
-    EVENT_TYPES,
     Event,
     RunFinished,
     RunStarted,
@@ -39,7 +34,8 @@ from ._events import (
     StageStarted,
 )
 from ._graph_svg import render_svg
-from ._state import RunState, StageStatus
+from ._jsonl import read_jsonl
+from ._state import RunState
 
 GRAPH_LIMIT = 1500
 """Above this many stages the report leaves the graph out (it would not be readable)."""
@@ -282,7 +278,7 @@ def report_from_log(log: str, output: str | None = None) -> str:
     if os.path.abspath(output) == os.path.abspath(log):
         raise ReportInputError(f"{log}: the report would overwrite the log; pass -o PATH")
     try:
-        events = read_log(log)
+        events = list(read_jsonl(log))
     except OSError as exc:
         raise ReportInputError(f"{log}: {exc.strerror or exc}") from None
     except ValueError as exc:
@@ -294,84 +290,6 @@ def report_from_log(log: str, output: str | None = None) -> str:
     except OSError as exc:
         raise ReportInputError(f"{output}: {exc.strerror or exc}") from None
     return output
-
-
-def read_log(path: str | os.PathLike[str]) -> list[Event]:
-    """The typed events of a `JsonlSink` file.
-
-    A torn last line (a killed process) is dropped with a warning naming it.
-    Unknown event types and fields (a newer writer) are skipped.
-
-    Raises:
-        ValueError: a line before the last is not an event (names the line).
-    """
-    # TODO(merge): use tp.read_jsonl (issue 11) once it lands.
-    events: list[Event] = []
-    with open(path, encoding="utf-8") as file:
-        lines = file.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for number, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise TypeError("not a JSON object")  # noqa: TRY301
-            event = _event_from_row(row)  # pyright: ignore[reportUnknownArgumentType]
-        except (ValueError, TypeError, KeyError) as exc:
-            why = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
-            if number == len(lines):
-                warnings.warn(
-                    f"{os.fspath(path)}:{number}: ignoring an incomplete last line ({why})",
-                    stacklevel=2,
-                )
-                break
-            raise ValueError(f"{os.fspath(path)}:{number}: not an event: {why}") from None
-        if event is not None:
-            events.append(event)
-    return events
-
-
-_EVENT_CLASSES: dict[str, type[Event]] = {cls.__name__: cls for cls in EVENT_TYPES}
-
-
-def _after(value: list[list[str]]) -> tuple[tuple[str, ...], ...]:
-    return tuple(tuple(deps) for deps in value)
-
-
-def _counts(value: dict[str, int]) -> dict[StageStatus, int]:
-    return {StageStatus(k): int(v) for k, v in value.items()}
-
-
-_CONVERT: dict[str, Callable[[Any], object]] = {
-    "status": StageStatus,
-    "state": RunState,
-    "stages": tuple,
-    "after": _after,
-    "counts": _counts,
-}
-
-
-def _event_from_row(row: dict[str, Any]) -> Event | None:
-    """The event of a row, or None for a type this version does not know.
-
-    Fields the event class has are taken by name (a missing field with a default
-    gets the default), so fields added later (a reason, item counts) come through.
-    """
-    kind = row["type"]
-    if not isinstance(kind, str):
-        raise TypeError(f"type is {kind!r}")
-    cls = _EVENT_CLASSES.get(kind)
-    if cls is None:
-        return None
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in row:
-            if f.default is dataclasses.MISSING:
-                raise KeyError(f.name)
-            continue
-        convert = _CONVERT.get(f.name)
-        values[f.name] = row[f.name] if convert is None else convert(row[f.name])
-    return cls(**values)
 
 
 # -- rendering ----------------------------------------------------------------------

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._slots import set_slots_directly
 from ._state import TERMINAL_STATUSES, RunState, StageStatus
 
 if TYPE_CHECKING:
+    from ._delivery import SinkDelivery
     from ._sinks import Sink
 
 
@@ -67,6 +69,7 @@ class RunResult:
         duration: Seconds from start to the end of draining.
         sink_errors: Sinks that raised, with their first exception; they were disabled.
         undelivered: Per healthy sink, events it never received (empty when all arrived).
+        deliveries: Per sink (keyed as passed, wrappers removed), its `SinkDelivery`.
     """
 
     state: RunState
@@ -76,14 +79,15 @@ class RunResult:
     duration: float
     sink_errors: Mapping[Sink, BaseException]
     undelivered: Mapping[Sink, int]
+    deliveries: Mapping[Sink, SinkDelivery] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def ok(self) -> bool:
         """True when every stage SUCCEEDED, was SKIPPED or CACHED."""
-        return all(
-            outcome.status in (StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED)
-            for outcome in self.stages.values()
-        )
+        # From the counts, not the outcomes: `stages` builds those on access.
+        counts = self.counts
+        fine = (StageStatus.SUCCEEDED, StageStatus.SKIPPED, StageStatus.CACHED)
+        return sum(counts.get(status, 0) for status in fine) == len(self.stages)
 
     def raise_for_failures(self) -> None:
         """Raise an ExceptionGroup of the failed stages' errors; return if none failed.

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from typing import IO, Protocol, runtime_checkable
 
-from ._events import (
-    Event,
-    RunFinished,
-    StageFinished,
-    StageLog,
-    event_to_dict,
-)
+import trio
+
+from ._events import Event, RunFinished, StageFinished, StageLog, StageRetrying
 from ._items import format_item_counts
 from ._state import StageStatus
 
@@ -39,7 +33,17 @@ def format_stage_line(event: StageFinished) -> str:
     status = event.status
     head = f"{event.stage}: {status.value}"
     if event.items_in is not None:  # an item stage: its final counts and rate
-        head += f" [{_item_counts(event)}]"
+        head += (
+            " ["
+            + format_item_counts(
+                event.items_in,
+                event.items_out or 0,
+                event.items_failed or 0,
+                event.items_cancelled or 0,
+                event.duration,
+            )
+            + "]"
+        )
     if status is StageStatus.SUCCEEDED:
         return f"{head} ({event.duration:.2f}s)"
     if status is StageStatus.FAILED:
@@ -52,25 +56,26 @@ def format_stage_line(event: StageFinished) -> str:
     return head
 
 
-def _item_counts(event: StageFinished) -> str:
-    return format_item_counts(
-        event.items_in or 0,
-        event.items_out or 0,
-        event.items_failed or 0,
-        event.items_cancelled or 0,
-        event.duration,
-    )
+def format_retry_line(event: StageRetrying) -> str:
+    """``"<stage>: attempt 1 failed (<error>); retrying in 0.5s"``, as both views print it."""
+    detail = f"{event.stage}: attempt {event.attempt} failed ({event.error})"
+    return f"{detail}; retrying in {event.delay:g}s"
 
 
-def format_summary(event: RunFinished) -> str:
-    """``"Summary: 1 succeeded, 1 failed, 1 blocked in 0.02s"``: non-zero counts, enum order."""
+def format_summary(event: RunFinished, *, now: float | None = None) -> str:
+    """``"Summary: 1 succeeded, 1 failed, 1 blocked in 0.02s"``: non-zero counts, enum order.
+
+    With `now` (the run's clock when the line is shown) the duration includes how long
+    the event took to get there, so it is the time the user waited.
+    """
     parts = [f"{n} {status.value}" for status, n in event.counts.items() if n]
     body = ", ".join(parts) if parts else "no stages"
-    return f"Summary: {body} in {event.duration:.2f}s"
+    duration = event.duration if now is None else event.duration + max(0.0, now - event.time)
+    return f"Summary: {body} in {duration:.2f}s"
 
 
 class ConsoleSink:
-    """Plain text: one line per finished stage, then the summary line.
+    """Plain text: one line per finished stage and per retry, then the summary line.
 
     Args:
         file: Where to write; default `sys.stderr` at construction time.
@@ -81,11 +86,16 @@ class ConsoleSink:
         self._file = file if file is not None else sys.stderr
         self._logs = logs
 
+    def __repr__(self) -> str:
+        return f"ConsoleSink({getattr(self._file, 'name', type(self._file).__name__)!r})"
+
     async def handle(self, event: Event, /) -> None:
         if isinstance(event, StageFinished):
             self._write(format_stage_line(event))
         elif isinstance(event, RunFinished):
-            self._write(format_summary(event))
+            self._write(format_summary(event, now=trio.current_time()))
+        elif isinstance(event, StageRetrying):
+            self._write(format_retry_line(event))
         elif self._logs and isinstance(event, StageLog):
             self._write(f"{event.stage} | {event.message}")
 
@@ -99,34 +109,13 @@ class ConsoleSink:
         self._file.flush()
 
 
-class JsonlSink:
-    """One JSON object per event, one per line, flushed as it is written.
+from ._jsonl import JsonlSink  # noqa: E402 - re-exported; it needs nothing from here
 
-    Rows carry the event's fields plus ``"type"`` (the class name); enums appear as
-    their values, errors as text. The file is created (truncated) at the first event,
-    or appended to when `append` is true.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, append: bool = False) -> None:
-        self.path = os.fspath(path)
-        self._mode = "a" if append else "w"
-        self._file: IO[str] | None = None
-
-    async def handle(self, event: Event, /) -> None:
-        self._write(json.dumps(event_to_dict(event), separators=(",", ":")))
-
-    async def aclose(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def _write(self, line: str) -> None:
-        # Synchronous on purpose: an append of one line is cheaper than a thread
-        # round-trip, and flushing per event is what makes the file crash-safe.
-        if self._file is None:
-            self._file = open(self.path, self._mode, encoding="utf-8")  # noqa: SIM115
-        self._file.write(line + "\n")
-        self._file.flush()
-
-    def __repr__(self) -> str:
-        return f"JsonlSink({self.path!r})"
+__all__ = [
+    "ConsoleSink",
+    "JsonlSink",
+    "Sink",
+    "format_retry_line",
+    "format_stage_line",
+    "format_summary",
+]

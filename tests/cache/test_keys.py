@@ -14,10 +14,14 @@ import trio_pipeline as tp
 from trio_pipeline._cache._keys import (
     CodeFingerprinter,
     Fingerprint,
+    functions_json,
     hash_params,
     hash_value,
+    key_from,
+    key_head,
     key_of,
     key_parts,
+    parts_json,
 )
 from trio_pipeline._cli import load_file
 
@@ -246,3 +250,30 @@ def test_the_key_does_not_depend_on_order() -> None:
     one = _parts(inputs={"a": "1", "b": "2"})
     two = _parts(inputs={"b": "2", "a": "1"})
     assert key_of(one) == key_of(two)
+
+
+_ODD_PARTS = [
+    {},
+    {"stage": 'a "quoted" \\ stage', "version": "2"},
+    {"inputs": {"b": "2", "a": "1", "\u00e9t\u00e9\n": "3"}, "params": {}, "deps": {}},
+    {"code": Fingerprint("", {}), "inputs": {}, "params": {"z": "1", "y": "2"}},
+    {"deps": {"dir/\u2603.txt": "9", "a.txt": "8"}},
+    {"code": Fingerprint("c3", {"b.py:g": "2", "a.py:\u00e9": "1"}), "version": "\u2603"},
+]
+
+
+@pytest.mark.parametrize("change", _ODD_PARTS)
+def test_the_fast_key_is_key_of(change: dict[str, Any]) -> None:
+    parts = _parts(**change)
+    head = key_head(parts["stage"], parts["code"], parts["version"])
+    params_text = repr(sorted(parts["params"].items()))
+    assert key_from(head, parts["inputs"], params_text, parts["deps"]) == key_of(parts)
+
+
+@pytest.mark.parametrize("change", _ODD_PARTS)
+def test_parts_json_is_the_stores_json(change: dict[str, Any]) -> None:
+    import json
+
+    parts = _parts(**change)
+    expected = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    assert parts_json(parts, functions_json(parts["functions"])) == expected

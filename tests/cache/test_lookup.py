@@ -259,3 +259,52 @@ def test_simulate_runs_nothing_and_propagates_runs(store: SQLiteStore) -> None:
     assert "upstream 'b' will run" in decisions[2].reason
     forced = simulate(jobs(store), [spec("a", forced=True), b, c], ["a", "b", "c"])
     assert forced[0].kind is DecisionKind.FORCED
+
+
+def test_lookup_in_memory_agrees_with_lookup(store: SQLiteStore) -> None:
+    up, down = spec("u"), spec("d", upstream=("u",))
+    j = jobs(store)
+    run_once(j, up, {}, "value")
+    run_once(j, down, {"u": "value"}, [1, 2])
+    fresh = jobs(store, "r2")
+    fresh.explain = False
+    fresh.known = store.snapshot("pipe", 1 << 20)
+    # Neither the parameters' hashes nor the upstream's hash is known yet: not from memory.
+    assert fresh.lookup_in_memory(up) is None
+    slow_up = fresh.lookup(up, {})
+    fast_up = fresh.lookup_in_memory(up)
+    assert fast_up is not None
+    assert fast_up.decision.hit
+    assert fast_up.value == "value"
+    assert fast_up.decision.key == slow_up.decision.key
+    assert fast_up.parts == slow_up.parts
+    fast_down = fresh.lookup_in_memory(down)
+    assert fast_down is not None
+    assert fast_down.decision.hit
+    assert fast_down.value == [1, 2]
+    assert fast_down.decision.key == fresh.lookup(down, {}).decision.key
+    other = spec("d", upstream=("u",), version="2")
+    miss = fresh.lookup_in_memory(other)
+    assert miss is not None
+    assert miss.decision.kind is DecisionKind.NO_ENTRY
+    assert miss.decision.key == fresh.lookup(other, {}).decision.key
+    forced = fresh.lookup_in_memory(spec("u", forced=True))
+    assert forced is not None
+    assert forced.decision.kind is DecisionKind.FORCED
+
+
+def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    j = jobs(store)
+    run_once(j, spec(), {}, "value")
+    j.known = store.snapshot("pipe", 1 << 20)
+    dep = tmp_path / "dep.txt"
+    dep.write_text("x")
+    assert j.lookup_in_memory(spec(deps=(str(dep),))) is None  # a file to hash
+    j.explain = True
+    assert j.lookup_in_memory(spec(version="new")) is None  # a miss to explain
+    j.known = dict.fromkeys(j.known)  # values too big to have been read with the snapshot
+    assert j.lookup_in_memory(spec()) is None
+    j.known = None  # no snapshot at all
+    assert j.lookup_in_memory(spec()) is None

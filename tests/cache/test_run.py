@@ -555,3 +555,34 @@ def test_cached_set_is_exactly_the_unchanged_keys(tmp_path_factory: Any, scenari
         assert [v.value for v in plain.stages.values()] == _model_values(scenario, 2)
 
     trio.run(main)
+
+
+async def test_a_commit_after_the_worker_closed_is_reported_not_stored(tmp_path: Path) -> None:
+    from trio_pipeline._cache._run import open_run_cache
+
+    plan = chain({}).compile()
+    run_cache = await open_run_cache(
+        plan, run_id="r1", pipeline_cache=True, cache_dir=tmp_path / "cache"
+    )
+    assert run_cache is not None
+    looked_up = trio.Event()
+    messages: list[str | None] = []
+    done = trio.Event()
+
+    def record(message: str | None) -> None:
+        messages.append(message)
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_cache.serve)
+        # The first lookup of a run goes to the worker (the parameters are not hashed yet).
+        assert run_cache.lookup(0, lambda i: {}, lambda i, result: looked_up.set()) is None
+        await looked_up.wait()
+        assert run_cache.wants_commit(0)
+        run_cache.close()
+        run_cache.commit_soon(0, 1, record)
+        await done.wait()
+    await run_cache.finish(None, pipeline=plan.name)
+    assert len(messages) == 1
+    assert messages[0] is not None
+    assert "not cached: the store failed" in messages[0]

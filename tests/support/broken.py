@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import ExitStack, asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 import trio
 
 import trio_pipeline as tp
+from trio_pipeline._delivery import SinkState, SinkTimeout
 from trio_pipeline._dispatch import Dispatcher
 from trio_pipeline._engine import RunHandle, _Run
-from trio_pipeline._events import Event
+from trio_pipeline._feeds import Feed
 from trio_pipeline._sinks import Sink
 
 
@@ -26,7 +27,10 @@ class UnshieldedDispatcher(Dispatcher):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._scope = trio.CancelScope()  # BUG under test: the dispatcher is cancellable.
+        # BUG under test: the dispatcher and its feeds are cancellable.
+        self._scope = trio.CancelScope()
+        for feed in self.feeds:
+            feed.scope = trio.CancelScope()
 
 
 # -- (1) close the channel, one sleep(0), cancel the nursery --------------------------
@@ -44,6 +48,8 @@ async def open_run_drain_race(
     keep_going: bool = False,
     max_parallel: int | None = None,
     drain_timeout: float = 5.0,
+    max_backlog: int | None = None,
+    teardown_timeout: float = 30.0,
 ) -> AsyncGenerator[RunHandle]:
     """Variant 1, the classic drain race: once the stages are done (event channel
     closed), yield once and cancel the nursery, dispatcher included."""
@@ -53,6 +59,8 @@ async def open_run_drain_race(
         keep_going=keep_going,
         max_parallel=max_parallel,
         drain_timeout=drain_timeout,
+        max_backlog=max_backlog,
+        teardown_timeout=teardown_timeout,
     )
     handle = RunHandle(run)
     async with trio.open_nursery() as nursery:
@@ -84,65 +92,61 @@ class UnshieldedWaitRun(_Run):
 # -- (3) a sink exception swallowed by `async with receive_channel` -------------------
 
 
-class FanOutDispatcher(Dispatcher):
-    """One feeder task per sink, so a slow sink does not hold up the others.
+class _FanOutFeed(Feed):
+    """A feed that lets its sink's exception out of the receive loop and catches it outside.
 
-    `swallow=True` is variant 3: each feeder catches its sink's exception outside an
-    ``async with receive_channel:`` block, whose ``aclose`` checkpoints; when the drain
-    deadline has cancelled the feeder, that checkpoint raises Cancelled, which
-    replaces the sink's exception and is then absorbed (trio issue 455). With
-    `swallow=False` (the control) the feeder uses a plain ``with``, and the harness
-    must find nothing.
+    `swallow=True` is variant 3: the loop runs in ``async with receive_channel:``,
+    whose ``aclose`` checkpoints; when the drain deadline has cancelled the feed, that
+    checkpoint raises Cancelled, which replaces the sink's exception and is then
+    absorbed by the feed's scope (trio issue 455). With `swallow=False` (the control)
+    the feed uses a plain ``with``, and the harness must find nothing.
     """
 
     swallow = True
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            with self._scope:
-                task_status.started()
-                async with trio.open_nursery() as nursery:
-                    with ExitStack() as feeds_closing:
-                        feeds: list[trio.MemorySendChannel[Event]] = []
-                        for i in range(len(self.sinks)):
-                            send, receive = trio.open_memory_channel[Event](math.inf)
-                            feeds.append(feeds_closing.enter_context(send))
-                            nursery.start_soon(self._feed, i, receive)
+    async def run(self) -> None:
+        with self.scope:
+            try:
+                try:
+                    if self.swallow:
+                        # BUG under test (trio issue 455): aclose() checkpoints, and when
+                        # we are cancelled its Cancelled replaces the sink's exception.
+                        async with self._receive:
+                            await self._handle_all()
+                    else:
                         with self._receive:
-                            async for event in self._receive:
-                                if self._chaos is not None:
-                                    await self._chaos("dispatch")
-                                for feed in feeds:
-                                    # A feeder stops after its sink raised.
-                                    with suppress(trio.BrokenResourceError):
-                                        feed.send_nowait(event)
-                await self._close_sinks()
-            if self._scope.cancelled_caught:
-                self.overran = True
-                await self._close_sinks_after_overrun()
-        finally:
-            self._on_done(self)
+                            await self._handle_all()
+                except Exception as exc:
+                    self._disable(exc, "handling an event")
+            finally:
+                self._dispatcher.feed_ended(self)
+            await self._close()
+        if not self._aclose_called:
+            if self.state is None:
+                self.state = SinkState.CUT_OFF
+                self._note_backlog()
+            await self._close_after_deadline()
+        elif self.scope.cancelled_caught and self.state is None:
+            self.state = SinkState.CUT_OFF
 
-    async def _feed(self, i: int, receive: trio.MemoryReceiveChannel[Event]) -> None:
-        sink = self.sinks[i]
-        try:
-            if self.swallow:
-                # BUG under test (trio issue 455): aclose() checkpoints, and when we are
-                # cancelled its Cancelled replaces the sink's exception in flight.
-                async with receive:
-                    await self._feed_from(i, sink, receive)
-            else:
-                with receive:
-                    await self._feed_from(i, sink, receive)
-        except Exception as exc:
-            self._disable(i, exc, "handling an event")
+    async def _handle_all(self) -> None:
+        timeout = math.inf if self.handle_timeout is None else self.handle_timeout
+        async for event in self._receive:
+            with trio.move_on_after(timeout) as timer:
+                await self.sink.handle(event)
+            if timer.cancelled_caught:
+                raise SinkTimeout(repr(self.sink), timeout, "to handle an event")
+            self.count_delivery()
 
-    async def _feed_from(
-        self, i: int, sink: Sink, receive: trio.MemoryReceiveChannel[Event]
-    ) -> None:
-        async for event in receive:
-            await sink.handle(event)
-            self.delivered[i] += 1
+
+class _ControlFeed(_FanOutFeed):
+    swallow = False
+
+
+class FanOutDispatcher(Dispatcher):
+    """Variant 3's dispatcher: its feeds catch sink exceptions around the receive loop."""
+
+    feed_type = _FanOutFeed
 
 
 class SwallowingRun(_Run):
@@ -151,8 +155,8 @@ class SwallowingRun(_Run):
     dispatcher_type = FanOutDispatcher
 
 
-class _FanOutControl(FanOutDispatcher):
-    swallow = False
+class _FanOutControl(Dispatcher):
+    feed_type = _ControlFeed
 
 
 class FanOutControlRun(_Run):

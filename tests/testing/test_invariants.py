@@ -254,3 +254,27 @@ async def test_result_state_must_agree_with_run_finished(
     said_cancelled = [*events[:-1], dataclasses.replace(last, state=tp.RunState.CANCELLED)]
     with pytest.raises(AssertionError, match="RunFinished ends CANCELLED"):
         check_run(said_cancelled, pipe, result)
+
+
+async def test_deliveries_are_checked_against_the_sinks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipeline, sink = _pipeline(), RecordingSink()
+    result = await tp.run(pipeline, sinks=[sink])
+    check_run([sink], pipeline, result)
+    record = result.deliveries[sink]
+    wrong = {
+        "deliveries counts the events each sink handled": dataclasses.replace(
+            record, delivered=record.delivered - 1
+        ),
+        "DISABLED exactly for the sinks in sink_errors": dataclasses.replace(
+            record, state=tp.SinkState.DISABLED
+        ),
+        "a run with a sink cut off ends CANCELLED": dataclasses.replace(
+            record, state=tp.SinkState.CUT_OFF
+        ),
+    }
+    for invariant, bad in wrong.items():
+        tampered = dataclasses.replace(result, deliveries={sink: bad})
+        with pytest.raises(AssertionError, match=f"invariant broken: {invariant}"):
+            check_run([sink], pipeline, tampered)

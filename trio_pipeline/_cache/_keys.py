@@ -27,6 +27,7 @@ import sysconfig
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
 from typing import Any, cast
 
@@ -430,6 +431,62 @@ def key_of(parts: Mapping[str, Any]) -> str:
             repr(sorted(parts["deps"].items())),
         )
     )
+    return digest_bytes(body.encode())
+
+
+def functions_json(functions: Mapping[str, str]) -> str:
+    """The JSON of a fingerprint's items, for `parts_json` (memoise it per fingerprint)."""
+    return json.dumps(functions, sort_keys=True, separators=(",", ":"))
+
+
+def _flat_json(mapping: Mapping[str, str]) -> str:
+    if not mapping:
+        return "{}"
+    quote = _quote
+    return "{" + ",".join([f"{quote(k)}:{quote(v)}" for k, v in sorted(mapping.items())]) + "}"
+
+
+def parts_json(parts: Mapping[str, Any], functions: str) -> str:
+    """``json.dumps(parts, sort_keys=True, separators=(",", ":"))`` for `key_parts`' output.
+
+    Exactly the same text, about a third of the cost (no encoder is built per call;
+    `functions` is `functions_json` of the fingerprint's items, shared by every stage
+    of one function): this runs once per commit.
+    """
+    version = parts["version"]
+    return "".join(
+        (
+            '{"code":',
+            _quote(parts["code"]),
+            ',"deps":',
+            _flat_json(parts["deps"]),
+            ',"format":',
+            str(int(parts["format"])),
+            ',"functions":',
+            functions,
+            ',"inputs":',
+            _flat_json(parts["inputs"]),
+            ',"params":',
+            _flat_json(parts["params"]),
+            ',"stage":',
+            _quote(parts["stage"]),
+            ',"version":',
+            "null" if version is None else _quote(version),
+            "}",
+        )
+    )
+
+
+def key_head(stage: str, code: str, version: str | None) -> str:
+    """The start of `key_of`'s text: what depends on the stage alone (memoise it per stage)."""
+    return f"{KEY_FORMAT}|{stage!r}|{code}|{version!r}|"
+
+
+def key_from(
+    head: str, inputs: Mapping[str, str], params_text: str, deps: Mapping[str, str]
+) -> str:
+    """`key_of`, from `key_head` and ``repr(sorted(params.items()))``: the same key, cheaper."""
+    body = f"{head}{sorted(inputs.items())!r}|{params_text}|{sorted(deps.items())!r}"
     return digest_bytes(body.encode())
 
 

@@ -16,11 +16,26 @@ from typing import Any
 
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
 from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
-from ._keys import Fingerprint, hash_params, key_of, key_parts, pickle_value
+from ._keys import (
+    KEY_FORMAT,
+    Fingerprint,
+    functions_json,
+    hash_params,
+    key_from,
+    key_head,
+    key_of,
+    key_parts,
+    parts_json,
+    pickle_value,
+)
 from ._policy import CachePolicy
 from ._store import CacheEntry, CacheStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
+_EMPTY_DEPS: Mapping[str, str] = {}
+
+IN_MEMORY_LOAD_BYTES = 64 << 10
+"""A hit whose pickled value is at most this big may be loaded on the event loop."""
 
 
 @dataclass(slots=True)  # not frozen: built once per stage per run, and frozen costs 2x
@@ -35,6 +50,7 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     forced: bool = False
     upstream: tuple[str, ...] = ()
+    key_head: str = ""  # `_keys.key_head` of this stage, filled by the first lookup
 
 
 @dataclass(slots=True)
@@ -75,6 +91,11 @@ class RunJobs:
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
     )
+    _param_texts: dict[tuple[str, ...] | None, str] = field(
+        default_factory=dict[tuple[str, ...] | None, str]
+    )
+    # The code digest -> `functions_json` of its items (one per stage function, not per stage).
+    _functions_json: dict[str, str] = field(default_factory=dict[str, str])
 
     def note_value(self, stage: str, value: Any) -> str | None:
         """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
@@ -129,6 +150,64 @@ class RunJobs:
             deps=digests_of(spec.deps, self.store),
         )
 
+    def lookup_in_memory(self, spec: StageSpec) -> LookupResult | None:
+        """`lookup`, when it can be answered from memory alone; None when it cannot.
+
+        The inputs are not needed: the hashes of the upstream values are.
+
+        Safe on the event loop: it touches no store and no file and pickles nothing
+        (it answers only when every upstream hash and the parameters' hashes are
+        already known, the run's entries were read with `CacheStore.snapshot`, and a
+        hit's value is small). Called from the Trio thread while the worker thread
+        may be committing: it only reads the snapshot and adds to `value_digests`,
+        and an upstream's hash is there before its `StageFinished`.
+        """
+        known = self.known
+        if known is None or spec.deps:
+            return None
+        digests = self.value_digests
+        inputs_digests: dict[str, str] = {}
+        for name in spec.upstream:
+            digest = digests.get(name)
+            if digest is None:
+                return None
+            inputs_digests[name] = digest
+        only = spec.policy.params
+        params = self._param_digests.get(only)
+        if params is None or isinstance(params, str):
+            return None
+        code = spec.fingerprint if spec.policy.code else _NO_CODE
+        head = spec.key_head
+        if not head:
+            head = spec.key_head = key_head(spec.name, code.digest, spec.version)
+        params_text = self._param_texts.get(only)
+        if params_text is None:
+            params_text = self._param_texts[only] = repr(sorted(params.items()))
+        key = key_from(head, inputs_digests, params_text, _EMPTY_DEPS)
+        # `key_parts`, without its copies: these mappings are fresh or never mutated.
+        parts: dict[str, Any] = {
+            "format": KEY_FORMAT,
+            "stage": spec.name,
+            "code": code.digest,
+            "functions": code.items,
+            "version": spec.version,
+            "inputs": inputs_digests,
+            "params": params,
+            "deps": {},
+        }
+        if spec.forced:
+            return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
+        if key not in known:
+            if self.explain:
+                return None  # the explanation reads the latest entry from the store
+            return LookupResult(
+                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
+            )
+        entry = known[key]
+        if entry is None or entry.outs or len(entry.value) > IN_MEMORY_LOAD_BYTES:
+            return None
+        return self._hit(spec, entry, parts, key, load=True)
+
     def lookup(
         self,
         spec: StageSpec,
@@ -159,6 +238,11 @@ class RunJobs:
             latest = self.store.latest(self.pipeline, spec.name)
             decision = miss_reason(None if latest is None else latest.parts, parts)
             return LookupResult(_with_key(decision, key), parts)
+        return self._hit(spec, entry, parts, key, load=load)
+
+    def _hit(
+        self, spec: StageSpec, entry: CacheEntry, parts: dict[str, Any], key: str, *, load: bool
+    ) -> LookupResult:
         now = time.time()
         expire = spec.policy.expire
         if expire is not None and now - entry.created > expire:
@@ -226,6 +310,9 @@ class RunJobs:
         if spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
+        functions = self._functions_json.get(parts["code"])
+        if functions is None:
+            functions = self._functions_json[parts["code"]] = functions_json(parts["functions"])
         self.store.put(
             CacheEntry(
                 key=key_of(parts) if key is None else key,
@@ -237,9 +324,17 @@ class RunJobs:
                 outs=outs,
                 created=time.time() if created is None else created,
                 run_id=self.run_id,
+                parts_json=parts_json(parts, functions),
             )
         )
         return CommitResult(True)
+
+    def commit_many(
+        self, commits: Sequence[tuple[StageSpec, Mapping[str, Any], str | None, Any]]
+    ) -> list[CommitResult]:
+        """`commit` each ``(spec, parts, key, value)``; one result each, in order."""
+        commit = self.commit
+        return [commit(spec, parts, value, key=key) for spec, parts, key, value in commits]
 
 
 def _with_key(decision: Decision, key: str) -> Decision:

@@ -6,10 +6,13 @@ cached stage's `StageSpec` before the run starts; the engine then starts
 `RunCache.close`. The engine never touches the store itself:
 
 - a ready stage in `lookups` is looked up with `lookup` (no slot is taken, nothing
-  is awaited); the answer comes back as a call of `answer(i, result)` in Trio, which
-  the engine turns into the scheduler's fact (hit or miss);
-- after a looked-up stage's function returned, the attempt task awaits `commit`
-  before reporting success, so the entry is durable before `StageFinished`;
+  is awaited): answered at once from memory when it can be, else the answer comes
+  back as a call of `answer(i, result)` in Trio; the engine turns either into the
+  scheduler's fact (hit or miss);
+- after a looked-up stage's function returned, the attempt hands the value to
+  `commit_soon` and ends; its callback reports the success once the entry is
+  durable, so the entry is committed before `StageFinished` (an attempt with a
+  timeout or a chaos hook awaits `commit` instead);
 - at the end, `record` writes the run to the history (and closes a store it opened).
 """
 
@@ -138,6 +141,10 @@ def _is_teardown(stage: Stage) -> bool:
     return stage.options.trigger is Trigger.ALWAYS
 
 
+def _nothing() -> None:
+    pass
+
+
 class RunCache:
     """One run's cache: its specs, the worker thread, the decisions made."""
 
@@ -162,6 +169,13 @@ class RunCache:
         self._parts: dict[int, tuple[dict[str, Any], str | None]] = {}  # key parts, key
         self.decisions: dict[str, Decision] = {}
         self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
+        self._group: list[
+            tuple[StageSpec, dict[str, Any], str | None, Any, Callable[[str | None], None]]
+        ] = []
+        self._token: trio.lowlevel.TrioToken | None = None
+        # Called in Trio after each group of `commit_soon` callbacks (the engine
+        # carries out their decisions once per group).
+        self.settled: Callable[[], None] = _nothing
         self.wall_started = time.time()
 
     # -- the run ----------------------------------------------------------------------
@@ -173,15 +187,24 @@ class RunCache:
     def close(self) -> None:
         self.worker.close()
 
-    def lookup(self, i: int, inputs: Mapping[str, Any], answer: Answer) -> None:
-        """Look stage `i` up off the loop; `answer(i, result)` is called in Trio. Never blocks.
+    def lookup(
+        self, i: int, inputs_of: Callable[[int], Mapping[str, Any]], answer: Answer
+    ) -> LookupResult | None:
+        """Look stage `i` up; never blocks.
 
-        A store failure (a corrupt file found mid-run) is answered as a miss that says
-        so: the stage runs.
+        Answered at once (returned) when memory suffices (`RunJobs.lookup_in_memory`:
+        no worker round trip, the common case); otherwise None is returned, the lookup
+        runs off the loop and `answer(i, result)` is called in Trio. A store failure
+        (a corrupt file found mid-run) is answered as a miss that says so: the stage runs.
         """
         spec = self.specs[i]
         assert spec is not None
-        work = functools.partial(self.jobs.lookup, spec, dict(inputs))
+        found = self.jobs.lookup_in_memory(spec)
+        if found is not None:
+            self._found(i, spec, found)
+            return found
+        # `inputs_of(i)`: stage i's inputs (read only here: memory needs just their hashes).
+        work = functools.partial(self.jobs.lookup, spec, dict(inputs_of(i)))
 
         def deliver(result: outcome.Outcome[LookupResult]) -> None:
             if isinstance(result, outcome.Error):
@@ -189,14 +212,18 @@ class RunCache:
                 answer(i, LookupResult(Decision(spec.name, DecisionKind.UNREADABLE, reason)))
                 return
             found = result.unwrap()
-            if found.parts is not None:
-                self._parts[i] = (found.parts, found.decision.key)
-            if found.log is not None:
-                self.logs[i] = found.log
-            self.decisions[spec.name] = found.decision
+            self._found(i, spec, found)
             answer(i, found)
 
         self.worker.submit(work, deliver)
+        return None
+
+    def _found(self, i: int, spec: StageSpec, found: LookupResult) -> None:
+        if found.parts is not None:
+            self._parts[i] = (found.parts, found.decision.key)
+        if found.log is not None:
+            self.logs[i] = found.log
+        self.decisions[spec.name] = found.decision
 
     def wants_commit(self, i: int) -> bool:
         return i in self._parts
@@ -213,6 +240,46 @@ class RunCache:
         except Exception as exc:
             return f"not cached: the store failed ({exc})"
         return result.log
+
+    def commit_soon(self, i: int, value: Any, done: Callable[[str | None], None]) -> None:
+        """Store stage `i`'s value; `done(message)` is called in Trio once it is durable.
+
+        `settled` is called after the callbacks of a group.
+
+        Never blocks. Commits reported in the same scheduler tick go to the worker as
+        one job (a list of commits, one transaction), delivered together: a layer of
+        stages that finish together costs one round trip, not one per stage.
+        `message` says why the value was not stored, or is None.
+        """
+        spec = self.specs[i]
+        parts, key = self._parts.pop(i)
+        assert spec is not None
+        group = self._group
+        group.append((spec, parts, key, value, done))
+        if len(group) == 1:
+            if self._token is None:
+                self._token = trio.lowlevel.current_trio_token()
+            self._token.run_sync_soon(self._send_group)
+
+    def _send_group(self) -> None:
+        group, self._group = self._group, []
+        work = [(spec, parts, key, value) for spec, parts, key, value, _ in group]
+        dones = [done for *_, done in group]
+
+        def deliver(result: outcome.Outcome[list[CommitResult]]) -> None:
+            if isinstance(result, outcome.Error):
+                message = f"not cached: the store failed ({result.error})"
+                for done in dones:
+                    done(message)
+            else:
+                for done, committed in zip(dones, result.unwrap(), strict=True):
+                    done(committed.log)
+            self.settled()
+
+        try:
+            self.worker.submit(functools.partial(self.jobs.commit_many, work), deliver)
+        except RuntimeError as exc:  # closed: the run is ending abnormally; never raise here
+            deliver(outcome.Error(exc))
 
     # -- history ----------------------------------------------------------------------
 

@@ -105,6 +105,8 @@ class CacheEntry:
     outs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     created: float = 0.0
     run_id: str = ""
+    # `parts` as the store's JSON text, when the writer has it already (a cheaper commit).
+    parts_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -551,7 +553,9 @@ class SQLiteStore:
             entry.stage,
             entry.value,
             entry.value_digest,
-            json.dumps(_plain(entry.parts), sort_keys=True, separators=(",", ":")),
+            entry.parts_json
+            if entry.parts_json is not None
+            else json.dumps(_plain(entry.parts), sort_keys=True, separators=(",", ":")),
             json.dumps(_plain(entry.outs), sort_keys=True, separators=(",", ":"))
             if entry.outs
             else "{}",

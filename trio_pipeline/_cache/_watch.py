@@ -190,6 +190,7 @@ async def _watch_loop(args: argparse.Namespace) -> int:
                     mode=_cli._output_mode(plain=True, quiet=args.quiet),  # pyright: ignore[reportPrivateUsage]
                     grace=args.grace,
                     drain_timeout=args.drain_timeout,
+                    max_backlog=args.max_backlog,
                     params=params,
                     started=time.monotonic(),
                     cache=_commands.run_keywords(args),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from .._delivery import SinkState
 from .._events import (
     Event,
     ItemFailed,
@@ -136,11 +137,36 @@ def _check_sinks(
         if stalled not in healthy:
             raise _fail("undelivered names only healthy sinks", repr(stalled))
     longest = _check_healthy(healthy, result, lossless=lossless)
+    _check_deliveries(sinks, result)
     # Checked last: a dropped event says more about what went wrong than a missing aclose.
     for sink in sinks:
         if sink.aclose_calls != 1:
             raise _fail("every sink is closed exactly once", f"{sink!r}: {sink.aclose_calls}")
     return longest
+
+
+def _check_deliveries(sinks: list[RecordingSink], result: RunResult) -> None:
+    """`result.deliveries` agrees with what each sink recorded and with the other fields."""
+    if not result.deliveries:
+        return  # a result built by hand
+    for sink in sinks:
+        record = result.deliveries.get(sink)
+        if record is None:
+            raise _fail("deliveries has a record per sink", repr(sink))
+        if record.delivered != len(sink.events):
+            raise _fail(
+                "deliveries counts the events each sink handled",
+                f"{sink!r}: {record.delivered} vs {len(sink.events)}",
+            )
+        if (record.state is SinkState.DISABLED) != (sink in result.sink_errors):
+            raise _fail("DISABLED exactly for the sinks in sink_errors", f"{sink!r}: {record}")
+        if record.undelivered != result.undelivered.get(sink, 0):
+            raise _fail("deliveries and undelivered agree", f"{sink!r}: {record}")
+        cut_in_aclose = record.state is SinkState.CUT_OFF and not record.undelivered
+        if cut_in_aclose and result.state is not RunState.CANCELLED:
+            raise _fail("a run with a sink cut off ends CANCELLED", f"{sink!r}: {result.state}")
+        if record.peak_backlog < (0 if record.state is SinkState.DISABLED else 1):
+            raise _fail("peak_backlog counts at least the event in hand", f"{sink!r}: {record}")
 
 
 def _check_healthy(
