@@ -409,6 +409,27 @@ def test_two_processes_share_one_store(tmp_path: Path) -> None:
         assert len(store.runs(limit=100)) == 12
 
 
+def test_opening_retries_while_another_process_initialises_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: two processes opening one new store at once; the loser's
+    # `PRAGMA journal_mode=WAL` failed with "database is locked", reported as corrupt.
+    real_init = SQLiteStore._init
+    calls: list[int] = []
+
+    def init_locked_twice(self: SQLiteStore, db: sqlite3.Connection) -> None:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        real_init(self, db)
+
+    monkeypatch.setattr(SQLiteStore, "_init", init_locked_twice)
+    with SQLiteStore(tmp_path / "c") as store:
+        store.put(entry("k1", b"one"))
+        assert store.get("k1") is not None
+    assert len(calls) == 3
+
+
 def test_snapshot_reads_a_pipelines_entries_once(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "c") as store:
         store.put(entry("k1", b"one"))

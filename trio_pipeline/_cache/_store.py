@@ -357,7 +357,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise CacheStoreError(self.path, f"cannot open it ({exc})") from None
         try:
-            self._init(db)
+            self._init_retrying(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise CacheStoreError(self.path, f"corrupt ({exc})") from None
@@ -365,6 +365,23 @@ class SQLiteStore:
             db.close()
             raise
         self._db = db
+
+    def _init_retrying(self, db: sqlite3.Connection) -> None:
+        # Another process opening the same new store holds locks while it switches to
+        # WAL and creates the schema, and those statements (journal_mode above all) may
+        # fail with "database is locked" without waiting on the busy timeout.
+        give_up = time.monotonic() + _LOCKED_RETRY_FOR
+        pause = 0.01
+        while True:
+            try:
+                self._init(db)
+            except sqlite3.OperationalError as exc:
+                if not _is_locked(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            else:
+                return
 
     def _init(self, db: sqlite3.Connection) -> None:
         # Check what the file is before anything writes to it (even a pragma).
