@@ -384,9 +384,14 @@ class SQLiteStore:
                 return
 
     def _init(self, db: sqlite3.Connection) -> None:
-        # Check what the file is before anything writes to it (even a pragma).
-        app_id = db.execute("PRAGMA application_id").fetchone()[0]
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        # Check what the file is before anything writes to it (even a pragma). One
+        # statement, so one snapshot: read apart, another process creating the schema
+        # in between showed us its tables without its application_id ("foreign").
+        app_id, version, tables = db.execute(
+            "SELECT (SELECT application_id FROM pragma_application_id),"
+            " (SELECT user_version FROM pragma_user_version),"
+            " (SELECT count(*) FROM sqlite_master)"
+        ).fetchone()
         if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
             raise CacheStoreError(
                 self.path,
@@ -394,7 +399,6 @@ class SQLiteStore:
                 f" {SCHEMA_VERSION})",
             )
         if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
-            tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             if app_id != 0 or tables:
                 raise CacheStoreError(
                     self.path, "a SQLite file that is not a trio_pipeline cache store; refusing it"
