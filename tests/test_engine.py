@@ -932,3 +932,39 @@ async def test_a_sink_raising_a_fatal_exception_still_lets_the_others_get_everyt
     assert dies.aclose_calls == 1
     assert finished(rec)["long"].status is S.CANCELLED
     assert trio.current_time() == 0.0
+
+
+# -- an engine bug ends the run instead of hanging it ----------------------------------
+
+
+@pytest.mark.parametrize("fact", ["attempt_succeeded", "retry_due"])
+async def test_an_engine_bug_is_raised_as_an_internal_error_and_closes_the_sinks(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch, fact: str
+) -> None:
+    # Regression: an exception from engine code in a stage task (here: the scheduler)
+    # left the stages' nursery waiting, shielded, for a finish that never came: the
+    # run hung forever, even under an outer cancellation.
+    from trio_pipeline import _scheduler
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("scheduler bug")
+
+    monkeypatch.setattr(_scheduler.Scheduler, fact, broken)
+    pipe = tp.Pipeline("p")
+    failed_once: list[int] = []
+
+    @pipe.stage(retries=1, retry_delay=1.0)
+    async def first(ctx: tp.StageContext) -> int:
+        if not failed_once:
+            failed_once.append(1)
+            raise ValueError("once")
+        return 1
+
+    pipe.add_stage("second", returns(2), after=[first])
+    sink = RecordingSink()
+    with trio.fail_after(100), pytest.raises(tp.PipelineInternalError) as caught:
+        await tp.run(pipe, sinks=[sink])
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert "bug in trio_pipeline" in str(caught.value)
+    assert sink.closed
+    assert isinstance(sink.events[0], tp.RunStarted)

@@ -57,7 +57,7 @@ from ._cache._store import CacheStore
 from ._context import StageContext
 from ._delivery import SinkState
 from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
-from ._errors import StageDefinitionError, StageDefinitionTypeError
+from ._errors import PipelineInternalError, StageDefinitionError, StageDefinitionTypeError
 from ._events import Event, ItemFailed, StageProgress
 from ._graph import Pipeline, Plan, Stage
 from ._options import DEFAULT_OPTIONS, check_optional_int, check_pools, check_seconds
@@ -137,6 +137,7 @@ class _Run:
         self.finished = trio.Event()
         self.result: RunResult | None = None
         self.fatal: BaseException | None = None  # re-raised by open_run
+        self.broken: PipelineInternalError | None = None  # set by _engine_failed
         self.body_scope: trio.CancelScope | None = None  # cancelled by a fatal exception
 
     @property
@@ -322,12 +323,16 @@ class _Run:
 
     def request_close(self) -> None:
         """Start no new stage but teardown stages; running ones finish. Idempotent."""
+        if self.broken is not None:
+            return
         now = self._now()
         self.sched.request_close(now)
         self._apply(now)
 
     def abort(self) -> None:
         """Cancel running stages; the run ends CANCELLED. A no-op once draining or done."""
+        if self.broken is not None:
+            return  # already ended by _engine_failed
         now = self._now()
         self.sched.cancel(now)
         self._apply(now)
@@ -343,6 +348,29 @@ class _Run:
         self._crashed(exc)
         self.abort()
 
+    def _engine_failed(self, exc: BaseException) -> None:
+        """Engine code raised: a bug. End the run now; `open_run` raises it wrapped.
+
+        The scheduler can no longer be trusted, so nothing asks it anything: the
+        stages are cancelled, the dispatcher gets `drain_timeout` to deliver what
+        was emitted and close the sinks, and the run's result stays unset.
+        """
+        if self.broken is not None:
+            return
+        error = PipelineInternalError(
+            f"run {self.run_id}: the engine raised {exc!r}; this is a bug in trio_pipeline"
+        )
+        error.__cause__ = exc
+        self.broken = self.fatal = error
+        with contextlib.suppress(trio.ClosedResourceError):
+            self._send.close()
+        self.dispatcher.set_deadline(self._now() + self.drain_timeout)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        self._stages_done.set()
+        if self.body_scope is not None:
+            self.body_scope.cancel()
+
     def _on_backlog(self, over: bool) -> None:
         """The slowest sink went over max_backlog (pause starts) or back under half of it."""
         if over:
@@ -353,6 +381,9 @@ class _Run:
             self._apply(now)
 
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
+        if self.broken is not None:
+            self.finished.set()  # no result: open_run raises the internal error
+            return
         sched = self.sched
         if not sched.finished:
             # The dispatcher died before the run finished: nothing can be delivered.
@@ -476,80 +507,87 @@ class _Run:
     # -- tasks ------------------------------------------------------------------------
 
     async def _attempt(self, i: int, scope: trio.CancelScope | None) -> None:
-        sched = self.sched
-        stage = self.plan.stages[i]
-        ctx = StageContext(
-            name=stage.name,
-            inputs=sched.inputs_of(i),
-            attempt=sched.attempts[i],
-            run_id=self.run_id,
-            emit_log=self._emit_log,
-            params=self.params,
-        )
-        value: Any = None
-        cache = self.cache
         try:
-            if cache is not None and sched.attempts[i] == 1 and i in cache.logs:
-                ctx.log(cache.logs[i])  # why this stage is not cached
-            if scope is None:
-                if self._chaos is not None:
-                    await self._chaos("stage.start")
-                value = await stage.fn(ctx)
-            else:
-                with scope:
+            sched = self.sched
+            stage = self.plan.stages[i]
+            ctx = StageContext(
+                name=stage.name,
+                inputs=sched.inputs_of(i),
+                attempt=sched.attempts[i],
+                run_id=self.run_id,
+                emit_log=self._emit_log,
+                params=self.params,
+            )
+            value: Any = None
+            cache = self.cache
+            try:
+                if cache is not None and sched.attempts[i] == 1 and i in cache.logs:
+                    ctx.log(cache.logs[i])  # why this stage is not cached
+                if scope is None:
                     if self._chaos is not None:
                         await self._chaos("stage.start")
                     value = await stage.fn(ctx)
-                del self._scopes[i]
-            if (
-                cache is not None
-                and scope is None
-                and self._chaos is None
-                and cache.wants_commit(i)
-            ):
-                # The common case: the commit's callback reports the success, once the
-                # entry is durable (before StageFinished); this task is done.
-                cache.commit_soon(i, value, functools.partial(self._committed, i, value, ctx))
-                return
-            if (
-                cache is not None
-                and cache.wants_commit(i)
-                and not (scope is not None and scope.cancelled_caught)
-            ):
-                # Durable before StageFinished; not cancellable (a bounded wait).
-                message = await cache.commit(i, value)
-                if message is not None:
-                    ctx.log(message)
-            if self._chaos is not None:
-                # Shielded: once the function has returned, the attempt has succeeded.
-                with trio.CancelScope(shield=True):
-                    await self._chaos("stage.end")
-        except Exception as exc:
-            if scope is not None:
-                self._scopes.pop(i, None)
-            now = self._now()
-            sched.attempt_failed(i, exc, now)
-            self._apply(now)
-        except BaseException as exc:
-            if scope is not None:
-                self._scopes.pop(i, None)
-            now = self._now()
-            if _is_cancellation(exc):
-                sched.attempt_cancelled(i, now)
+                else:
+                    with scope:
+                        if self._chaos is not None:
+                            await self._chaos("stage.start")
+                        value = await stage.fn(ctx)
+                    del self._scopes[i]
+                if (
+                    cache is not None
+                    and scope is None
+                    and self._chaos is None
+                    and cache.wants_commit(i)
+                ):
+                    # The common case: the commit's callback reports the success, once the
+                    # entry is durable (before StageFinished); this task is done.
+                    cache.commit_soon(i, value, functools.partial(self._committed, i, value, ctx))
+                    return
+                if (
+                    cache is not None
+                    and cache.wants_commit(i)
+                    and not (scope is not None and scope.cancelled_caught)
+                ):
+                    # Durable before StageFinished; not cancellable (a bounded wait).
+                    message = await cache.commit(i, value)
+                    if message is not None:
+                        ctx.log(message)
+                if self._chaos is not None:
+                    # Shielded: once the function has returned, the attempt has succeeded.
+                    with trio.CancelScope(shield=True):
+                        await self._chaos("stage.end")
+            except Exception as exc:
+                if scope is not None:
+                    self._scopes.pop(i, None)
+                now = self._now()
+                sched.attempt_failed(i, exc, now)
                 self._apply(now)
-                raise
-            # KeyboardInterrupt, SystemExit, ...: kept for open_run to raise, so
-            # the run can still cancel the rest and deliver every event.
-            self._crashed(_unwrap(exc))
-            sched.attempt_crashed(i, exc, now)
-            self._apply(now)
-        else:
-            now = self._now()
-            if scope is not None and scope.cancelled_caught:
-                sched.attempt_timed_out(i, now)
+            except BaseException as exc:
+                if scope is not None:
+                    self._scopes.pop(i, None)
+                now = self._now()
+                if _is_cancellation(exc):
+                    sched.attempt_cancelled(i, now)
+                    self._apply(now)
+                    raise
+                # KeyboardInterrupt, SystemExit, ...: kept for open_run to raise, so
+                # the run can still cancel the rest and deliver every event.
+                self._crashed(_unwrap(exc))
+                sched.attempt_crashed(i, exc, now)
+                self._apply(now)
             else:
-                sched.attempt_succeeded(i, value, now)
-            self._apply(now)
+                now = self._now()
+                if scope is not None and scope.cancelled_caught:
+                    sched.attempt_timed_out(i, now)
+                else:
+                    sched.attempt_succeeded(i, value, now)
+                self._apply(now)
+        except BaseException as exc:
+            # What the body lets out is a bug in the engine, not in the stage (the
+            # stage's own exceptions are facts above), or a cancellation re-raised.
+            if not _is_cancellation(exc):
+                self._engine_failed(exc)
+            raise
 
     def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
         # A `RunCache.commit_soon` callback; `_settle` follows each group of them.
@@ -561,27 +599,33 @@ class _Run:
         self._apply(self._now())
 
     async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
-        sched = self.sched
         try:
-            with scope:
-                await trio.sleep(delay)
-                if self._chaos is not None:
-                    await self._chaos("retry.wake")
-        except BaseException:
+            sched = self.sched
+            try:
+                with scope:
+                    await trio.sleep(delay)
+                    if self._chaos is not None:
+                        await self._chaos("retry.wake")
+            except BaseException:
+                if self._scopes.get(i) is scope:
+                    del self._scopes[i]
+                now = self._now()
+                sched.retry_wait_cancelled(i, now)
+                self._apply(now)
+                raise
             if self._scopes.get(i) is scope:
                 del self._scopes[i]
             now = self._now()
-            sched.retry_wait_cancelled(i, now)
+            if scope.cancelled_caught:
+                sched.retry_wait_cancelled(i, now)
+            else:
+                sched.retry_due(i, now)
             self._apply(now)
+
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                self._engine_failed(exc)  # see _attempt
             raise
-        if self._scopes.get(i) is scope:
-            del self._scopes[i]
-        now = self._now()
-        if scope.cancelled_caught:
-            sched.retry_wait_cancelled(i, now)
-        else:
-            sched.retry_due(i, now)
-        self._apply(now)
 
 
 def _not_begun(*args: object) -> None:
@@ -856,12 +900,13 @@ async def open_run(
                 run.abort()
                 raise
     finally:
-        if run_cache is not None:
+        if run_cache is not None and run.broken is None:
             await run_cache.finish(run.result, pipeline=plan.name, params=run_params)
         fatal = run.fatal
         if fatal is not None:
-            # As itself, as trio's own functions do with their internal nurseries.
-            raise fatal from None
+            # As itself, as trio's own functions do with their internal nurseries
+            # (an internal error keeps the engine's exception as its cause).
+            raise fatal from fatal.__cause__
 
 
 async def run(
