@@ -398,11 +398,11 @@ class SQLiteStore:
                 f"made by a newer trio_pipeline (schema {version}, this one reads"
                 f" {SCHEMA_VERSION})",
             )
-        if app_id != APPLICATION_ID or version != SCHEMA_VERSION:
-            if app_id != 0 or tables:
-                raise CacheStoreError(
-                    self.path, "a SQLite file that is not a trio_pipeline cache store; refusing it"
-                )
+        ours = app_id == APPLICATION_ID and version == SCHEMA_VERSION
+        if not ours and (app_id != 0 or tables):
+            raise CacheStoreError(
+                self.path, "a SQLite file that is not a trio_pipeline cache store; refusing it"
+            )
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a crash of the process (SIGKILL);
         # only a power loss may drop the last commits, never tear one.
