@@ -295,6 +295,20 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _while_locked(work: Callable[[], _T]) -> _T:
+    """Call `work` until it stops failing with "database is locked" (or time is up)."""
+    give_up = time.monotonic() + _LOCKED_RETRY_FOR
+    pause = 0.01
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if not _is_locked(exc) or time.monotonic() > give_up:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create `path` readable by the user only (and its missing parents); tighten `path`."""
     missing: list[Path] = []
@@ -370,18 +384,7 @@ class SQLiteStore:
         # Another process opening the same new store holds locks while it switches to
         # WAL and creates the schema, and those statements (journal_mode above all) may
         # fail with "database is locked" without waiting on the busy timeout.
-        give_up = time.monotonic() + _LOCKED_RETRY_FOR
-        pause = 0.01
-        while True:
-            try:
-                self._init(db)
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or time.monotonic() > give_up:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            else:
-                return
+        _while_locked(lambda: self._init(db))
 
     def _init(self, db: sqlite3.Connection) -> None:
         # Check what the file is before anything writes to it (even a pragma). One
@@ -431,24 +434,18 @@ class SQLiteStore:
 
     def _run_locked(self, db: sqlite3.Connection, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run `work(db)` in one IMMEDIATE transaction, retrying while the file is locked."""
-        give_up = time.monotonic() + _LOCKED_RETRY_FOR
-        pause = 0.01
-        while True:
+
+        def transaction() -> _T:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = work(db)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or time.monotonic() > give_up:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            else:
-                return result
+                result = work(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return _while_locked(transaction)
 
     def _write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         db = self._conn
@@ -477,19 +474,8 @@ class SQLiteStore:
         if self._in_tx:
             return
         db = self._conn
-        give_up = time.monotonic() + _LOCKED_RETRY_FOR
-        pause = 0.01
-        while True:
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if not _is_locked(exc) or time.monotonic() > give_up:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 1.0)
-            else:
-                self._in_tx = True
-                return
+        _while_locked(lambda: db.execute("BEGIN IMMEDIATE"))
+        self._in_tx = True
 
     @contextlib.contextmanager
     def batch(self) -> Generator[None]:
