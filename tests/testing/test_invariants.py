@@ -278,3 +278,31 @@ async def test_deliveries_are_checked_against_the_sinks(
         tampered = dataclasses.replace(result, deliveries={sink: bad})
         with pytest.raises(AssertionError, match=f"invariant broken: {invariant}"):
             check_run([sink], pipeline, tampered)
+
+
+@pytest.mark.parametrize("only", [False, True])
+async def test_a_targeted_run_is_checked_against_the_stages_it_selected(
+    autojump_clock: trio.testing.MockClock, only: bool
+) -> None:
+    # Regression: check_run compared a run of `targets=["b"]` with the whole pipeline
+    # and failed "RunStarted lists the stages".
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[a])
+    async def b(ctx: tp.StageContext) -> int:
+        return 2
+
+    @pipe.stage(after=[b])
+    async def c(ctx: tp.StageContext) -> int:
+        return 3
+
+    sink = RecordingSink()
+    result = await tp.run(pipe, sinks=[sink], targets=["b"], only=only)
+    assert list(result.stages) == (["b"] if only else ["a", "b"])
+    check_run([sink], pipe, result, targets=["b"], only=only)
+    with pytest.raises(AssertionError, match="RunStarted lists the stages"):
+        check_run([sink], pipe, result)  # not what ran

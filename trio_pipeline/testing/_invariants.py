@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .._delivery import SinkState
 from .._events import (
@@ -17,9 +17,10 @@ from .._events import (
     StageRetrying,
     StageStarted,
 )
-from .._graph import Pipeline
+from .._graph import Pipeline, Stage
 from .._result import RunResult, count_statuses
 from .._state import RunState, StageStatus
+from .._targets import select_stages, subpipeline
 from ._items import check_items, stream_units
 from ._rules import Schedule
 from ._sinks import RecordingSink
@@ -40,6 +41,8 @@ def check_run(
     pools: Mapping[str, int] | None = None,
     stopped: bool | None = None,
     progress_interval: float = 0.1,
+    targets: Iterable[str | Stage] | None = None,
+    only: bool = False,
 ) -> None:
     """Assert every invariant of a finished run; AssertionError names the broken one.
 
@@ -69,6 +72,8 @@ def check_run(
             then each healthy sink must have a prefix of the run's events, its
             shortfall must equal `result.undelivered`, and a shortfall requires the
             run to end CANCELLED.
+        targets: The run's ``targets=`` (and `only`, its ``only=``): the run is
+            checked against the stages it selected, as `run` selects them.
 
     Invariants: `seq` contiguous from 0; one run id; times never go backwards;
     `RunStarted` first and `RunFinished` last, exactly once each; exactly one
@@ -83,6 +88,8 @@ def check_run(
     state agrees with `RunFinished.state` (CANCELLED stays CANCELLED; CLOSED stays
     CLOSED unless the drain overran).
     """
+    if targets is not None:
+        pipeline = subpipeline(pipeline, select_stages(pipeline, targets, only=only))
     sinks: list[RecordingSink] = [r for r in events if isinstance(r, RecordingSink)]
     if sinks and len(sinks) != len(events):
         raise TypeError("pass either a sequence of events or a sequence of RecordingSinks")
