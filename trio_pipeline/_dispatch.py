@@ -207,6 +207,7 @@ class Dispatcher:
             self._on_done(self)
 
     async def _dispatch_all(self) -> None:
+        # Same receive/checkpoint loop as `Feed._deliver_all` (see there why it is twice).
         receive = self._receive
         puts = self.puts  # shrinks when a feed ends (never during the loop body)
         now = trio.lowlevel.current_clock().current_time

@@ -107,6 +107,9 @@ class Feed:
             self.state = SinkState.CUT_OFF  # the deadline passed inside `aclose`
 
     async def _deliver_all(self) -> None:
+        # The receive/checkpoint loop is written out here and in
+        # `Dispatcher._dispatch_all` on purpose: it runs once per event, and a shared
+        # helper would cost a call per event on both hot paths. Change them together.
         receive = self._receive
         sink = self.sink
         timeout = self.handle_timeout
