@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import gc
+import inspect
+import weakref
 from typing import Any
 
 import pytest
@@ -95,3 +98,87 @@ def test_per_item_arity() -> None:
     check_stage_callable("s", per_item, None, arity=2)
     with pytest.raises(StageSignatureError, match=r"must accept 2 positional arguments"):
         check_stage_callable("s", ok_async, None, arity=2)
+
+
+# The verdict is memoised per function (see `_signature._BINDS`): these pin what the key is.
+
+
+def test_memo_skips_reading_the_signature_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def fn(ctx: tp.StageContext) -> None: ...
+
+    calls: list[object] = []
+    real = inspect.signature
+
+    def counting(obj: Any, **kwargs: Any) -> inspect.Signature:
+        calls.append(obj)
+        return real(obj, **kwargs)
+
+    monkeypatch.setattr(inspect, "signature", counting)
+    pipe = tp.Pipeline("p")
+    for i in range(3):
+        pipe.add_stage(f"s{i}", fn)
+    assert calls == [fn]
+
+
+def test_memo_is_per_arity_both_ways() -> None:
+    async def one(ctx: tp.StageContext) -> None: ...
+
+    async def two(ctx: tp.StageContext, item: object) -> None: ...
+
+    check_stage_callable("a", one, None)
+    with pytest.raises(StageSignatureError, match=r"stage 'b'.*2 positional"):
+        check_stage_callable("b", one, None, arity=2)
+    check_stage_callable("c", two, None, arity=2)
+    with pytest.raises(StageSignatureError, match=r"stage 'd'.*one positional"):
+        check_stage_callable("d", two, None)
+
+
+def test_memo_keeps_no_failure_and_checks_the_executor_each_time() -> None:
+    def sync_none() -> None: ...
+
+    for executor, what in [(tp.ThreadExecutor(), "snapshot"), (None, "ctx"), (None, "ctx")]:
+        with pytest.raises(StageSignatureError, match=rf"sync_none\({what}\)"):
+            check_stage_callable("a", sync_none, executor)
+    check_stage_callable("b", sync_ok, tp.ThreadExecutor())
+    with pytest.raises(StageSignatureError, match="is a class"):
+        check_stage_callable("c", sync_ok, tp.ThreadExecutor)
+
+
+def test_memo_holds_functions_weakly() -> None:
+    def make() -> Any:
+        async def fn(ctx: tp.StageContext) -> None: ...
+
+        return fn
+
+    fn = make()
+    check_stage_callable("a", fn, None)
+    ref = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert ref() is None
+
+
+def test_bound_methods_partials_and_instances_are_checked_each_for_itself() -> None:
+    class Job:
+        async def run(self, ctx: tp.StageContext) -> None: ...
+
+        async def __call__(self, ctx: tp.StageContext) -> None: ...
+
+    job = Job()
+    for _ in range(2):  # the second time from the memo
+        check_stage_callable("m", job.run, None)
+    # The same function unbound needs (self, ctx): the method's verdict must not leak.
+    with pytest.raises(StageSignatureError, match=r"Job\.run\(self, ctx\) must accept one"):
+        check_stage_callable("f", Job.run, None)
+    check_stage_callable("f2", Job.run, None, arity=2)
+    with pytest.raises(StageSignatureError, match="2 positional"):
+        check_stage_callable("m2", job.run, None, arity=2)
+    part = functools.partial(two_required, extra=2)
+    for _ in range(2):
+        check_stage_callable("p", part, None)
+    with pytest.raises(StageSignatureError, match="stage 'p2'"):
+        check_stage_callable("p2", functools.partial(two_required), None)
+    for _ in range(2):
+        check_stage_callable("i", job, None)
+    with pytest.raises(StageSignatureError, match="stage 'i2'"):
+        check_stage_callable("i2", job, None, arity=2)
