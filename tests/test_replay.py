@@ -61,20 +61,22 @@ async def test_each_broken_invariant_is_named(autojump_clock: trio.testing.MockC
     log_at = next(i for i, e in enumerate(events) if isinstance(e, tp.StageLog))
     broken = {
         "RunStarted first": events[1:],
-        "seq gap-free from 0": events[:3] + events[4:],
+        "seq contiguous from 0": events[:3] + events[4:],
         "one run id": _replace(events, 2, run_id="other"),
         "time never goes backwards": _replace(events, len(events) - 2, time=-1.0),
         "RunFinished last": events[:-1],
-        "one StageFinished per stage": [
+        "exactly one StageFinished per stage": [
             *[dataclasses.replace(e, seq=i) for i, e in enumerate(events[:-1])],
             dataclasses.replace(events[finished[0]], seq=len(events) - 1, time=events[-1].time),
             dataclasses.replace(events[-1], seq=len(events)),
         ],
-        "counts consistent": _replace(
+        "RunFinished.counts matches the events": _replace(
             events, len(events) - 1, counts=count_statuses([S.SUCCEEDED, S.FAILED])
         ),
         "attempts numbered 1, 2, ...": _replace(events, started, attempt=2),
-        "logs only from a running stage": _replace(events, log_at, stage="after"),
+        "logs and item events come only from a running stage": _replace(
+            events, log_at, stage="after"
+        ),
         "events name only the run's stages": _replace(events, started, stage="ghost"),
     }
     for invariant, log in broken.items():

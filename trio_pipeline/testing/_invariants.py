@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from .._delivery import SinkState
 from .._events import (
     Event,
-    ItemFailed,
     RunFinished,
     RunStarted,
     StageFinished,
-    StageLog,
-    StageProgress,
     StageRetrying,
     StageStarted,
 )
 from .._graph import Pipeline, Stage
+from .._logcheck import LogChecker
 from .._result import RunResult, count_statuses
 from .._state import RunState, StageStatus
 from .._targets import select_stages, subpipeline
@@ -101,11 +98,7 @@ def check_run(
         events = healthy_events
     else:
         events = [e for e in events if not isinstance(e, RecordingSink)]
-    if events and not isinstance(events[0], RunStarted):
-        raise _fail("RunStarted first", f"first event is {events[0]!r}")
     complete = bool(events) and isinstance(events[-1], RunFinished)
-    if lossless or complete:
-        _check_complete(events)
     schedule = Schedule(
         pipeline,
         result,
@@ -114,7 +107,14 @@ def check_run(
         stopped=stopped,
         max_parallel=max_parallel,
     )
-    _check_sequence(events, pipeline, result, max_parallel=max_parallel, schedule=schedule)
+    _check_sequence(
+        events,
+        pipeline,
+        result,
+        max_parallel=max_parallel,
+        schedule=schedule,
+        finished=lossless or complete,
+    )
     _check_result(events, pipeline, result, complete=complete, lossless=lossless)
     if any(stage.items is not None for stage in pipeline.stages.values()):
         # Item stages: accounting, stream edges, progress (see `check_items`).
@@ -214,15 +214,6 @@ def _check_healthy(
     return longest
 
 
-def _check_complete(events: Sequence[Event]) -> None:
-    if not events or not isinstance(events[0], RunStarted):
-        raise _fail("RunStarted first", f"first event is {events[0] if events else 'missing'}")
-    if not isinstance(events[-1], RunFinished):
-        raise _fail("RunFinished last", f"last event is {events[-1]!r}")
-    if sum(isinstance(e, RunFinished) for e in events) != 1:
-        raise _fail("RunFinished exactly once", "more than one RunFinished")
-
-
 def _check_sequence(
     events: Sequence[Event],
     pipeline: Pipeline,
@@ -230,118 +221,53 @@ def _check_sequence(
     *,
     max_parallel: int | None,
     schedule: Schedule,
+    finished: bool,
 ) -> None:
+    """The pipeline-free invariants (`LogChecker`), then what needs the pipeline."""
+    if not events and not finished:
+        return
     stages = pipeline.stages
     # A stream group is one scheduling unit; its readers start with what they read.
     units, stream_inputs = stream_units(pipeline)
-    status: dict[str, StageStatus] = {}  # terminal statuses seen so far
-    attempts: dict[str, int] = {}
-    running: set[str] = set()
-    last_time = -math.inf
-    for index, event in enumerate(events):
-        if event.seq != index:
-            raise _fail("seq contiguous from 0", f"event #{index} has seq={event.seq}")
-        if event.run_id != result.run_id:
-            raise _fail("one run id", f"{event!r} vs result.run_id={result.run_id}")
-        if event.time < last_time:
-            raise _fail("time never goes backwards", repr(event))
+    checker = LogChecker(events, finished=finished, stream_readers=stream_inputs)
+    if events[0].run_id != result.run_id:
+        raise _fail("one run id", f"{events[0]!r} vs result.run_id={result.run_id}")
+    running = checker.running
+    last_time = checker.last_time
+    for index, event in enumerate(checker):
         if last_time < event.time and index:
             schedule.time_passes(event.time)
         last_time = event.time
         if isinstance(event, RunStarted):
-            if index != 0:
-                raise _fail("RunStarted first and exactly once", f"at seq={event.seq}")
             if event.stages != tuple(stages):
                 raise _fail("RunStarted lists the stages", f"{event.stages} vs {tuple(stages)}")
-            continue
-        if isinstance(event, RunFinished):
-            if index != len(events) - 1:
-                raise _fail("RunFinished last", f"at seq={event.seq} of {len(events)}")
-            if len(status) != len(stages):
-                raise _fail(
-                    "exactly one StageFinished per stage",
-                    f"unfinished at RunFinished: {sorted(set(stages) - set(status))}",
-                )
-            continue
-        name = event.stage
-        if name not in stages:
-            raise _fail("events name only stages of the pipeline", repr(event))
-        if name in status:
-            kind = type(event).__name__
-            raise _fail(
-                "exactly one StageFinished per stage"
-                if isinstance(event, StageFinished)
-                else "nothing happens to a stage after its StageFinished",
-                f"{kind} seq={event.seq} for {name!r}, already {status[name]}",
-            )
-        if isinstance(event, StageStarted):
-            if name in running:
-                raise _fail("one attempt of a stage at a time", repr(event))
-            attempts[name] = attempts.get(name, 0) + 1
-            if event.attempt != attempts[name]:
-                raise _fail("attempts numbered 1, 2, ...", repr(event))
-            if event.attempt > stages[name].retries + 1:
+        elif isinstance(event, StageStarted):
+            if event.attempt > stages[event.stage].retries + 1:
                 raise _fail("at most retries + 1 attempts", repr(event))
             schedule.started_attempt(event)
-            running.add(name)
             if max_parallel is not None and len({units.get(n, n) for n in running}) > max_parallel:
                 raise _fail(
                     "running stages never exceed max_parallel",
                     f"{len(running)} > {max_parallel} at seq={event.seq}: {sorted(running)}",
                 )
         elif isinstance(event, StageRetrying):
-            if name not in running or event.attempt != attempts.get(name):
-                raise _fail("StageRetrying ends the running attempt", repr(event))
             schedule.retrying(event)
-            running.discard(name)
-        elif isinstance(event, StageLog | StageProgress | ItemFailed):
-            if name not in running:
-                raise _fail("logs and item events come only from a running stage", repr(event))
-        else:
-            _check_finished(event, status, attempts, running, pipeline, units, stream_inputs)
+        elif isinstance(event, StageFinished):
+            if event.status is StageStatus.BLOCKED:
+                _check_blocked_downstream(event, pipeline, units)
             schedule.finished(event)
-            status[name] = event.status
-            running.discard(name)
 
 
-def _check_finished(
-    event: StageFinished,
-    status: dict[str, StageStatus],
-    attempts: dict[str, int],
-    running: set[str],
-    pipeline: Pipeline,
-    units: dict[str, str],
-    stream_inputs: dict[str, str],
+def _check_blocked_downstream(
+    event: StageFinished, pipeline: Pipeline, units: dict[str, str]
 ) -> None:
-    name = event.stage
-    if not event.status.is_terminal:
-        raise _fail("StageFinished carries a terminal status", repr(event))
-    if event.attempt != attempts.get(name, 0):
-        raise _fail("StageFinished.attempt counts the StageStarted events", repr(event))
-    started = name in attempts
-    if event.status in (StageStatus.SUCCEEDED, StageStatus.FAILED) and name not in running:
-        raise _fail("StageStarted before its StageFinished", repr(event))
-    # A stream reader ends BLOCKED after finishing what its failed producer sent it.
-    reader_blocked = event.status is StageStatus.BLOCKED and name in stream_inputs
-    never_started = (StageStatus.BLOCKED, StageStatus.SKIPPED, StageStatus.CACHED)
-    if event.status in never_started and started and not reader_blocked:
-        raise _fail(f"a {event.status} stage never started", repr(event))
-    if (event.status is StageStatus.FAILED) != (event.error is not None):
-        raise _fail("StageFinished.error is set exactly for FAILED", repr(event))
-    if event.status is StageStatus.BLOCKED:
-        culprit = event.blocked_by
-        if culprit is None or status.get(culprit) is not StageStatus.FAILED:
-            raise _fail(
-                "BLOCKED names an already FAILED stage in blocked_by",
-                f"{name!r} blocked_by={culprit!r} ({status.get(culprit or '', 'unfinished')})",
-            )
-        unit = units.get(name)
-        members = [n for n, u in units.items() if u == unit] if unit is not None else [name]
-        # A stream group starts as one, so it is blocked as one.
-        if not any(culprit in _upstream_closure(pipeline, m) for m in members):
-            raise _fail("BLOCKED only downstream of a FAILED stage", f"{culprit!r} -> {name!r}")
-    elif event.blocked_by is not None:
-        raise _fail("blocked_by is set only for BLOCKED", repr(event))
+    name, culprit = event.stage, event.blocked_by
+    assert culprit is not None  # LogChecker saw to it
+    unit = units.get(name)
+    members = [n for n, u in units.items() if u == unit] if unit is not None else [name]
+    # A stream group starts as one, so it is blocked as one.
+    if not any(culprit in _upstream_closure(pipeline, m) for m in members):
+        raise _fail("BLOCKED only downstream of a FAILED stage", f"{culprit!r} -> {name!r}")
 
 
 def _upstream_closure(pipeline: Pipeline, name: str) -> set[str]:
@@ -389,9 +315,7 @@ def _check_result(
         return
     last = events[-1]
     assert isinstance(last, RunFinished)
-    from_events = count_statuses(e.status for e in finished.values())
-    if dict(last.counts) != from_events:
-        raise _fail("RunFinished.counts matches the events", f"{last.counts} vs {from_events}")
+    from_events = count_statuses(e.status for e in finished.values())  # RunFinished's: LogChecker
     if dict(result.counts) != from_events:
         raise _fail("result.counts matches the events", f"{result.counts} vs {from_events}")
     if last.state not in (RunState.CLOSED, RunState.CANCELLED):
