@@ -191,7 +191,9 @@ def test_fail_fast_cancels_the_rest() -> None:
     assert done.returncode == 1
     lines = normalise(done.stdout)
     # fetch_mirror fails (twice) while unit_tests runs; docs waits for unit_tests.
-    assert {"unit_tests: cancelled", "docs: cancelled"} <= set(lines)
+    assert {"unit_tests: cancelled (fail-fast stop)", "docs: cancelled (fail-fast stop)"} <= set(
+        lines
+    )
     assert re.fullmatch(
         r"Summary: [12] succeeded, 1 failed, 2 blocked, [23] cancelled in T", lines[-1]
     )
@@ -604,13 +606,13 @@ def test_one_signal_closes_gracefully(spawn: Spawn, tmp_path: Path, signum: int)
         f"trio-pipeline: {what}: closing: no new stage will start; waiting for"
         " 1 running stage (work). Press Ctrl-C again to cancel them."
     )
-    child.wait_for("out", "later: cancelled")  # never started
+    child.wait_for("out", "later: cancelled (close requested)")  # never started
     assert child.proc.stdin is not None
     child.proc.stdin.write("go\n")
     child.proc.stdin.flush()
     assert child.finish() == 130
     assert normalise("\n".join(child.lines["out"]))[-3:] == [
-        "later: cancelled",
+        "later: cancelled (close requested)",
         "work: succeeded (T)",  # the running stage was allowed to finish
         "Summary: 2 succeeded, 1 cancelled in T",
     ]
@@ -631,8 +633,8 @@ def test_two_signals_cancel(spawn: Spawn, tmp_path: Path) -> None:
     )
     assert child.finish() == 130
     assert normalise("\n".join(child.lines["out"]))[-3:] == [
-        "later: cancelled",
-        "work: cancelled",
+        "later: cancelled (close requested)",
+        "work: cancelled (run cancelled)",
         "Summary: 1 succeeded, 2 cancelled in T",
     ]
     assert child.lines["err"] == [child.lines["err"][0], notice]
@@ -765,7 +767,7 @@ def test_live_view_ends_cleanly_after_two_ctrl_c(tmp_path: Path) -> None:
     assert code == 130
     lines = normalise("\n".join(assert_display_ended(raw)))
     assert lines[-1] == "Summary: 1 succeeded, 2 cancelled in T"
-    assert "■ work: cancelled" in lines
+    assert "■ work: cancelled (run cancelled)" in lines
     assert any("Ctrl-C again: cancelling 1 running stage (work)" in line for line in lines)
 
 

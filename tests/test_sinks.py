@@ -89,3 +89,45 @@ def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
         == "fetch: failed [9 in, 7 out, 1 failed, 1 cancelled, 4/s] (ItemError: item 8)"
     )
     assert format_stage_line(finished(tp.StageStatus.SUCCEEDED)) == "fetch: succeeded (2.00s)"
+
+
+async def test_console_lines_say_why_a_stage_was_skipped_or_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def build(ctx: tp.StageContext) -> None:
+        await trio.sleep(1)
+
+    @pipe.stage
+    async def slow(ctx: tp.StageContext) -> None:
+        await trio.sleep(10)
+
+    @pipe.stage(after=[build], trigger=tp.Trigger.ONE_FAILED)
+    async def alert(ctx: tp.StageContext) -> None: ...
+
+    @pipe.stage(after=[alert])
+    async def page(ctx: tp.StageContext) -> None: ...
+
+    out = io.StringIO()
+    async with tp.open_run(pipe, sinks=[tp.ConsoleSink(out)]) as handle:
+        await trio.sleep(2)
+        handle.cancel()
+    assert out.getvalue().splitlines()[:-1] == [
+        "build: succeeded (1.00s)",
+        "alert: skipped (trigger one_failed not met: no upstream failed)",
+        "page: skipped (trigger all_success not met: upstream 'alert' skipped)",
+        "slow: cancelled (run cancelled)",
+    ]
+
+
+def test_a_cached_stage_or_one_without_reason_prints_no_detail() -> None:
+    from trio_pipeline._sinks import format_stage_line
+
+    def finished(status: tp.StageStatus, reason: str | None) -> tp.StageFinished:
+        return tp.StageFinished("r", 1, 2.0, "a", status, 0, 0.0, None, None, reason=reason)
+
+    assert format_stage_line(finished(S.CANCELLED, None)) == "a: cancelled"
+    assert format_stage_line(finished(S.SKIPPED, "")) == "a: skipped"
+    assert format_stage_line(finished(S.CACHED, "stored 2 s ago by run r1")) == "a: cached"

@@ -29,7 +29,12 @@ class Sink(Protocol):
 
 
 def format_stage_line(event: StageFinished) -> str:
-    """``"<stage>: <status>"`` plus detail, as ConsoleSink prints it."""
+    """``"<stage>: <status>"`` plus detail, as ConsoleSink prints it.
+
+    The detail: the duration of a success, the error of a failure, the failed
+    upstream of a BLOCKED stage, the `StageFinished.reason` of a CANCELLED or SKIPPED
+    one (``"docs: cancelled (fail-fast stop)"``).
+    """
     status = event.status
     head = f"{event.stage}: {status.value}"
     if event.items_in is not None:  # an item stage: its final counts and rate
@@ -53,7 +58,14 @@ def format_stage_line(event: StageFinished) -> str:
         return f"{head} ({detail})"
     if status is StageStatus.BLOCKED:
         return f"{head} (upstream {event.blocked_by!r} failed)"
+    if event.reason and status in _SAYS_WHY:  # "fail-fast stop", "trigger ... not met: ..."
+        return f"{head} ({event.reason})"
     return head
+
+
+# A stage that never ran (or was cut short) says why; a cache hit's reason is long and
+# for --explain.
+_SAYS_WHY = frozenset({StageStatus.CANCELLED, StageStatus.SKIPPED})
 
 
 def format_retry_line(event: StageRetrying) -> str:
