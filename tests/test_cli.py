@@ -771,6 +771,138 @@ def test_live_view_ends_cleanly_after_two_ctrl_c(tmp_path: Path) -> None:
     assert any("Ctrl-C again: cancelling 1 running stage (work)" in line for line in lines)
 
 
+TEARDOWN = """\
+import os
+import time
+
+import trio
+
+import trio_pipeline as tp
+
+SECONDS = float(os.environ["TEARDOWN_SECONDS"])
+pipe = tp.Pipeline("td")
+
+@pipe.stage
+async def work(ctx):
+    ctx.log("ready")
+    await trio.sleep_forever()
+
+@pipe.stage(after=work, trigger=tp.Trigger.ALWAYS)
+async def cleanup(ctx):
+    await trio.sleep(SECONDS)
+    ctx.log("cleaned up")
+
+script = "echo $$ > \\"$0\\"; echo started; sleep \\"$1\\"; echo done"
+pipe.add_command(
+    "unmount",
+    ["sh", "-c", script, os.environ["PID_FILE"], str(SECONDS)],
+    after=[work],
+    trigger=tp.Trigger.ALWAYS,
+)
+
+if os.environ.get("WITH_PROCESS"):
+    def crunch(snap):
+        with open(os.environ["PID_FILE"] + ".worker", "w") as file:
+            file.write(str(os.getpid()))
+        print("crunching", flush=True)
+        time.sleep(SECONDS)
+
+    pipe.add_stage(
+        "crunch",
+        crunch,
+        executor=tp.ProcessExecutor(limit=1),
+        after=[work],
+        trigger=tp.Trigger.ALWAYS,
+    )
+"""
+
+
+def _interrupter(*steps: tuple[str, ...]) -> Callable[[subprocess.Popen[bytes], str], None]:
+    """An `on_output` that sends SIGINT once all of a step's needles are on screen, in turn."""
+    pending = list(steps)
+
+    def interrupt(proc: subprocess.Popen[bytes], text: str) -> None:
+        if pending and all(needle in text for needle in pending[0]):
+            pending.pop(0)
+            proc.send_signal(signal.SIGINT)
+
+    return interrupt
+
+
+def _teardown_run(
+    tmp_path: Path, seconds: float, *extra: str, interrupts: int, **more: str
+) -> tuple[int, str]:
+    path = write_file(tmp_path, "td.py", TEARDOWN)
+    env = child_env(TEARDOWN_SECONDS=str(seconds), PID_FILE=str(tmp_path / "pid"), **more)
+    running: tuple[str, ...] = ("again to exit now", "unmount | started")
+    if more.get("WITH_PROCESS"):
+        running += ("crunching",)
+    steps = [("work | ready",), ("again to cancel them",), running]
+    args = ["run", path, "--jsonl", str(tmp_path / "events.jsonl"), *extra]
+    return run_in_pty(args, env=env, on_output=_interrupter(*steps[:interrupts]))
+
+
+def test_two_ctrl_c_wait_for_the_teardown_stages_past_the_grace(tmp_path: Path) -> None:
+    # Regression: the second Ctrl-C's --grace timer force-exited 0.2s later, killing
+    # the teardown stages mid-way (no RunFinished, the command's process orphaned).
+    code, raw = _teardown_run(tmp_path, 1.5, "--grace", "0.2", interrupts=2)
+    assert code == 130
+    lines = normalise("\n".join(assert_display_ended(raw)))
+    notice = next(line for line in lines if "Ctrl-C again: cancelling" in line)
+    assert notice == (
+        "trio-pipeline: Ctrl-C again: cancelling 1 running stage (work); teardown stages"
+        " cleanup, unmount may run 30s more (--teardown-timeout); exiting within 30.2s even"
+        " if a stage ignores cancellation. Press Ctrl-C again to exit now."
+    )
+    assert "  cleanup | cleaned up" in lines
+    assert "  unmount | done" in lines
+    assert lines[-1] == "Summary: 2 succeeded, 1 cancelled in T"
+    assert not any("forced exit" in line for line in lines)
+    rows = check_jsonl(tmp_path / "events.jsonl", stages=3)
+    assert rows[-1]["state"] == "cancelled"
+
+
+def test_teardown_timeout_bounds_the_teardown_stages(tmp_path: Path) -> None:
+    code, raw = _teardown_run(
+        tmp_path, 30, "--plain", "--grace", "0.2", "--teardown-timeout", "0.5", interrupts=2
+    )
+    assert code == 130
+    lines = normalise(raw.replace("\r\n", "\n"))
+    assert "cleanup: cancelled (teardown_timeout passed)" in lines
+    assert "unmount: cancelled (teardown_timeout passed)" in lines
+    assert lines[-1] == "Summary: 3 cancelled in T"
+    check_jsonl(tmp_path / "events.jsonl", stages=3)
+    _assert_gone(int((tmp_path / "pid").read_text()))
+
+
+def test_a_third_ctrl_c_exits_now_and_kills_the_child_processes(tmp_path: Path) -> None:
+    # Regression: os._exit left the teardown command's process and the process
+    # stage's worker running, orphaned.
+    code, raw = _teardown_run(tmp_path, 30, "--plain", interrupts=3, WITH_PROCESS="1")
+    assert code == 130
+    lines = normalise(raw.replace("\r\n", "\n"))
+    assert lines[-4:] == [
+        "trio-pipeline: Ctrl-C a third time: exiting now; still running: cleanup, unmount,"
+        " crunch. The run did not finish: no RunFinished event",
+        "trio-pipeline: killed the processes of command stage unmount",
+        "trio-pipeline: killed 1 worker process",
+        "Summary: 1 cancelled, 3 still running in T (forced exit)",
+    ]
+    _assert_gone(int((tmp_path / "pid").read_text()))
+    _assert_gone(int((tmp_path / "pid.worker").read_text()))
+
+
+def _assert_gone(pid: int) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"the command's process {pid} outlived the run")
+
+
 @pytest.mark.parametrize(("flag", "env"), [("--plain", {}), ("-k", {"CI": "true"})])
 def test_plain_output_on_a_terminal(flag: str, env: dict[str, str]) -> None:
     code, raw = run_in_pty(["run", "examples/keep_going.py", "-k", flag], env=child_env(**env))
@@ -1155,7 +1287,7 @@ async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
     import trio.testing
 
     import trio_pipeline as tp
-    from trio_pipeline._cli import _Interrupts
+    from trio_pipeline._cli import _Interrupts, _Teardowns
     from trio_pipeline._live import RunTracker
 
     pipe = tp.Pipeline("p")
@@ -1166,7 +1298,14 @@ async def test_a_second_ctrl_c_after_every_stage_finished_cancels_nothing(
 
     tracker = RunTracker()
     send, receive = trio.open_memory_channel[int](2)
-    interrupts = _Interrupts(tracker, None, grace=600, started=time.monotonic())
+    interrupts = _Interrupts(
+        tracker,
+        None,
+        grace=600,
+        teardowns=_Teardowns(pipe),
+        teardown_timeout=30,
+        started=time.monotonic(),
+    )
     async with tp.open_run(pipe, sinks=[tracker]) as handle:
         await handle.wait_finished()
         async with trio.open_nursery() as nursery:

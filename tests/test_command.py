@@ -350,3 +350,28 @@ async def test_a_pipe_held_by_an_escaped_process_does_not_hold_the_stage() -> No
         assert result.stages["w"].status is tp.StageStatus.SUCCEEDED
     finally:
         os.kill(escaped, signal.SIGKILL)  # the test's own clean-up
+
+
+async def test_a_command_s_group_is_known_exactly_while_it_may_run() -> None:
+    # `LIVE_GROUPS` is what the CLI's forced exit kills: it must hold a running
+    # command's group and forget it once the stage ends, however it ends.
+    from trio_pipeline._command import LIVE_GROUPS, kill_command_groups
+
+    pipe = tp.Pipeline("p")
+    pipe.add_command("ok", ["true"])
+    pipe.add_command("bad", ["false"])
+    pipe.add_command("slow", ["sleep", "30"], timeout=1.0)
+    seen: list[dict[int, str]] = []
+
+    @pipe.stage(after=["ok", "bad"], trigger=tp.Trigger.ALL_DONE)
+    async def look(ctx: tp.StageContext) -> None:
+        with trio.fail_after(5):
+            while not LIVE_GROUPS:  # noqa: ASYNC110 - nothing to wait on for another stage's spawn
+                await trio.sleep(0.01)
+        seen.append(dict(LIVE_GROUPS))
+
+    result = await tp.run(pipe, keep_going=True)
+    assert result.stages["slow"].status is tp.StageStatus.FAILED  # timed out
+    assert list(seen[0].values()) == ["slow"]
+    assert LIVE_GROUPS == {}
+    assert kill_command_groups() == []

@@ -46,15 +46,17 @@ from ._cache import _commands as _cache_commands
 from ._cache import _run as _cache_run
 from ._cache import _watch as _cache_watch
 from ._cache._store import CacheStoreError
+from ._command import kill_command_groups
 from ._delivery import cut_off_warnings
 from ._dispatch import DEFAULT_MAX_BACKLOG
 from ._dryrun import dry_run_json, render_dry_run
 from ._engine import RunHandle, open_run
 from ._errors import PipelineError, UnknownStageError
-from ._events import Event, RunFinished
-from ._executors import DaskExecutor, MissingExtraError
+from ._events import Event, RunFinished, StageFinished
+from ._executors import DaskExecutor, MissingExtraError, kill_worker_processes
 from ._graph import Pipeline, Plan
 from ._live import LiveSink, RunTracker, open_live_sink
+from ._options import Trigger
 from ._params import load_params_file, parse_param
 from ._render import FORMATS, render_graph, render_order
 from ._replay import cmd_check, cmd_replay
@@ -74,6 +76,9 @@ DEFAULT_GRACE = 5.0
 
 DEFAULT_DRAIN_TIMEOUT = 5.0
 """Seconds the event sinks get, once every stage is done, to receive the remaining events."""
+
+DEFAULT_TEARDOWN_TIMEOUT = 30.0
+"""Seconds teardown stages get after the second interrupt cancelled the run (`open_run`'s)."""
 
 _PROG = "trio-pipeline"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -172,10 +177,15 @@ def _add_run(commands: _Commands) -> None:
         help="run a pipeline (or some of its stages)",
         description=(
             "Run a pipeline, or only the STAGEs named and every stage they depend on.\n\n"
-            "Ctrl-C (or SIGTERM) once: start no new stage, let running ones finish. Twice:\n"
-            "cancel running stages. A third time, or --grace seconds after the second, the\n"
-            "process exits without waiting. Commands run in process groups of their own:\n"
-            "the terminal's Ctrl-C reaches only trio-pipeline, which stops them as above.\n\n"
+            "Ctrl-C (or SIGTERM) once: start no new stage, let running ones finish; teardown\n"
+            "stages (trigger always) still run. Twice: cancel running stages; teardown stages\n"
+            "keep running (or start) for up to --teardown-timeout seconds, then are cancelled.\n"
+            "A stage still running --grace seconds after that (after the second Ctrl-C when\n"
+            "no teardown stage is left) ignores cancellation: the process exits without\n"
+            "waiting, as it does on a third Ctrl-C, killing the processes of command stages\n"
+            "and worker processes still running.\n"
+            "Commands run in process groups of their own: the terminal's Ctrl-C reaches only\n"
+            "trio-pipeline, which stops them as above.\n\n"
             "The summary's time is the wall time from the command's start to the summary."
         ),
         epilog=EXIT_CODES,
@@ -253,7 +263,20 @@ def _add_run(commands: _Commands) -> None:
         type=_seconds,
         default=DEFAULT_GRACE,
         metavar="SECONDS",
-        help=f"after the second Ctrl-C, exit at most this long after (default {DEFAULT_GRACE:g})",
+        help=(
+            "after the second Ctrl-C, exit at most this long after the cancelled stages"
+            f" (and teardown stages) were due to stop (default {DEFAULT_GRACE:g})"
+        ),
+    )
+    run.add_argument(
+        "--teardown-timeout",
+        type=_seconds,
+        default=DEFAULT_TEARDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "after the second Ctrl-C, how long teardown stages (trigger always) may still run"
+            f" before they are cancelled (default {DEFAULT_TEARDOWN_TIMEOUT:g})"
+        ),
     )
     run.add_argument(
         "--drain-timeout",
@@ -605,6 +628,7 @@ class _RunOptions:
     report: str | None
     mode: str  # "live", "plain" or "quiet"
     grace: float
+    teardown_timeout: float
     drain_timeout: float
     params: dict[str, Any]
     started: float  # time.monotonic() when the command started
@@ -650,6 +674,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         report=args.report,
         mode=_output_mode(plain=args.plain or args.explain, quiet=args.quiet),
         grace=args.grace,
+        teardown_timeout=args.teardown_timeout,
         drain_timeout=args.drain_timeout,
         max_backlog=args.max_backlog,
         params=params,
@@ -749,7 +774,16 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
             sinks.append(_WallClockSummary(display, options.started))
             if options.cache.get("explain"):
                 sinks.append(_cache_commands.ExplainSink(sys.stdout))
-            interrupts = _Interrupts(tracker, live, grace=options.grace, started=options.started)
+            teardowns = _Teardowns(pipeline)
+            sinks.append(teardowns)
+            interrupts = _Interrupts(
+                tracker,
+                live,
+                grace=options.grace,
+                teardowns=teardowns,
+                teardown_timeout=options.teardown_timeout,
+                started=options.started,
+            )
             interrupts.report = report
             stack.enter_context(_reported_by_cli(sinks))
             # open_run outside the watcher's nursery: a stage's KeyboardInterrupt (or
@@ -761,6 +795,7 @@ async def _execute(pipeline: Pipeline, *, options: _RunOptions) -> tuple[RunResu
                     keep_going=options.keep_going,
                     max_parallel=options.jobs,
                     drain_timeout=options.drain_timeout,
+                    teardown_timeout=options.teardown_timeout,
                     max_backlog=options.max_backlog,
                     params=options.params,
                     **options.cache,
@@ -834,22 +869,62 @@ class _SummarySink:
         pass
 
 
+class _Teardowns:
+    """A sink that knows which teardown stages (trigger ALWAYS) of the run have not finished."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.left = {
+            name: None
+            for name, stage in pipeline.stages.items()
+            if stage.options.trigger is Trigger.ALWAYS
+        }  # a dict: definition order, for the notices
+        self.done = trio.Event()
+        if not self.left:
+            self.done.set()
+
+    async def handle(self, event: Event, /) -> None:
+        if isinstance(event, StageFinished):
+            self.left.pop(event.stage, None)
+            if not self.left:
+                self.done.set()
+        elif isinstance(event, RunFinished):
+            self.done.set()
+
+    async def aclose(self) -> None:
+        self.done.set()
+
+    def __repr__(self) -> str:
+        return "<the CLI's teardown watch>"
+
+
 class _Interrupts:
     """Turns SIGINT/SIGTERM into close, then cancel, then a bounded exit.
 
-    First signal: `RunHandle.request_close`. Second: `RunHandle.cancel`, and a timer
-    of `grace` seconds. Third signal, or the timer: `force_exit`. The timer exists
+    First signal: `RunHandle.request_close`. Second: `RunHandle.cancel`, and a timer:
+    `grace` seconds, and while a teardown stage has not finished, until it has or
+    `grace` seconds after its deadline (`teardown_timeout` from the cancel, enforced
+    by the engine). Third signal, or the timer: `force_exit`. The timer exists
     because a stage may ignore cancellation (a shielded scope, a thread that cannot
-    be abandoned) and the run, which owns it, cannot finish before it does.
+    be abandoned) and the run, which owns it, cannot finish before it does; a
+    teardown stage within its deadline is not ignoring anything, so it is waited for.
     """
 
     def __init__(
-        self, tracker: RunTracker, live: LiveSink | None, *, grace: float, started: float
+        self,
+        tracker: RunTracker,
+        live: LiveSink | None,
+        *,
+        grace: float,
+        teardowns: _Teardowns,
+        teardown_timeout: float,
+        started: float,
     ) -> None:
         self.count = 0
         self._tracker = tracker
         self._live = live
         self._grace = grace
+        self._teardowns = teardowns
+        self._teardown_timeout = teardown_timeout
         self._started = started
         self.report: ReportSink | None = None  # written by force_exit too
 
@@ -874,29 +949,46 @@ class _Interrupts:
                     f"{what} again: every stage has finished; exiting within {self._grace:g}s"
                     " (delivering the last events). Press Ctrl-C again to exit now."
                 )
-                nursery.start_soon(self._exit_after_grace)
+                nursery.start_soon(self._exit_after_grace, trio.current_time())
             elif self.count == 2:
                 handle.cancel()
+                left = list(self._teardowns.left)
+                if left:
+                    shown = _names(left)
+                    within = self._teardown_timeout + self._grace
+                    also = (
+                        f"; teardown stage{'s' if len(left) > 1 else ''} {shown} may run"
+                        f" {self._teardown_timeout:g}s more (--teardown-timeout)"
+                    )
+                else:
+                    within, also = self._grace, ""
                 _notice(
-                    f"{what} again: cancelling {self._running()}; exiting within"
-                    f" {self._grace:g}s even if a stage ignores cancellation."
+                    f"{what} again: cancelling {self._running(but=left)}{also}; exiting within"
+                    f" {within:g}s even if a stage ignores cancellation."
                     " Press Ctrl-C again to exit now."
                 )
-                nursery.start_soon(self._exit_after_grace)
+                nursery.start_soon(self._exit_after_grace, trio.current_time())
             else:
                 self.force_exit(f"{what} a third time: exiting now")
 
-    async def _exit_after_grace(self) -> None:
+    async def _exit_after_grace(self, cancelled: float) -> None:
+        # Teardown stages run until they finish or the engine cancels them at their
+        # deadline. Then every stage was due to stop: one still running `grace`
+        # seconds later ignores cancellation.
+        after = "after cancellation"
+        if not self._teardowns.done.is_set():
+            after = "after the teardown stages ended (or were cancelled)"
+            with trio.move_on_at(cancelled + self._teardown_timeout):
+                await self._teardowns.done.wait()
         await trio.sleep(self._grace)
-        self.force_exit(f"stages still running {self._grace:g}s after cancellation")
+        self.force_exit(f"stages still running {self._grace:g}s {after}")
 
-    def _running(self) -> str:
-        names = list(self._tracker.running)
+    def _running(self, *, but: Sequence[str] = ()) -> str:
+        names = [name for name in self._tracker.running if name not in but]
         if not names:
             return "no running stage"
         noun = "running stage" if len(names) == 1 else "running stages"
-        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-        return f"{len(names)} {noun} ({shown})"
+        return f"{len(names)} {noun} ({_names(names)})"
 
     def force_exit(self, reason: str) -> None:
         """Leave the process now, without waiting for the run that owns the stuck stages.
@@ -909,6 +1001,14 @@ class _Interrupts:
             self._live.stop()
         stuck = ", ".join(self._tracker.running) or "none"
         _notice(f"{reason}; still running: {stuck}. The run did not finish: no RunFinished event")
+        # No process may outlive the run, and os._exit would leave these running.
+        killed = kill_command_groups()
+        if killed:
+            plural = "s" if len(killed) > 1 else ""
+            _notice(f"killed the processes of command stage{plural} {', '.join(killed)}")
+        workers = kill_worker_processes()
+        if workers:
+            _notice(f"killed {workers} worker process{'es' if workers > 1 else ''}")
         if self.report is not None:
             with contextlib.suppress(OSError):
                 self.report.write()  # marked incomplete: the stuck stages show as running
@@ -922,6 +1022,11 @@ class _Interrupts:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
+
+
+def _names(names: Sequence[str]) -> str:
+    """Up to five names, comma-separated, then ``...``."""
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def _report_failures(result: RunResult, *, jsonl: str | None) -> None:

@@ -122,6 +122,7 @@ class Command:
         )
         assert process.stdout is not None
         assert process.stderr is not None
+        LIVE_GROUPS[process.pid] = ctx.name
         # The readers outlive a cancellation of the attempt, so what the command says
         # while it stops ("caught SIGTERM, cleaning up") is still logged; they get
         # OUTPUT_DRAIN seconds once the group is gone, in case something that left
@@ -142,6 +143,7 @@ class Command:
                     if process.returncode is None or _group_alive(process.pid):
                         # Cancelled (or a reader failed): no process may outlive the stage.
                         await self._stop_group(process)
+                    del LIVE_GROUPS[process.pid]  # stopped, or SIGKILLed and bounded
                     readers.deadline = trio.current_time() + OUTPUT_DRAIN
         returncode = process.returncode
         assert returncode is not None
@@ -164,6 +166,26 @@ class Command:
 
     def __repr__(self) -> str:
         return f"<Command {list(self.argv)!r}>"
+
+
+LIVE_GROUPS: dict[int, str] = {}
+"""The process groups of command stages that may still have a live process, by stage name.
+
+Read by `kill_command_groups`, for a process about to exit without waiting for its runs.
+"""
+
+
+def kill_command_groups() -> list[str]:
+    """SIGKILL every command stage's process group still alive; return their stages' names.
+
+    For the CLI's forced exit (``os._exit`` leaves the run, and would leave these
+    processes running, as the run's cleanup never comes).
+    """
+    killed = [name for group, name in LIVE_GROUPS.items() if _group_alive(group)]
+    for group in LIVE_GROUPS:
+        _signal_group(group, signal.SIGKILL)
+    LIVE_GROUPS.clear()
+    return killed
 
 
 def _signal_group(group: int, signum: int) -> None:

@@ -441,6 +441,23 @@ class ProcessExecutor:
         return f"ProcessExecutor(limit={self.limit})"
 
 
+def kill_worker_processes() -> int:
+    """SIGKILL this process's multiprocessing children (trio-parallel's workers); return how many.
+
+    For the CLI's forced exit: ``os._exit`` skips trio-parallel's shutdown, and a
+    worker running a stage would go on with it, orphaned.
+    """
+    if "multiprocessing" not in sys.modules:
+        return 0  # no process stage ever ran
+    import multiprocessing
+
+    children = multiprocessing.active_children()
+    for child in children:
+        with contextlib.suppress(OSError):
+            child.kill()
+    return len(children)
+
+
 class DaskExecutor:
     """Submits sync, picklable stage functions to a ``distributed`` cluster.
 

@@ -189,6 +189,7 @@ async def _watch_loop(args: argparse.Namespace) -> int:
                     report=args.report,
                     mode=_cli._output_mode(plain=True, quiet=args.quiet),  # pyright: ignore[reportPrivateUsage]
                     grace=args.grace,
+                    teardown_timeout=args.teardown_timeout,
                     drain_timeout=args.drain_timeout,
                     max_backlog=args.max_backlog,
                     params=params,
