@@ -1260,6 +1260,69 @@ def test_dry_run_shows_each_stages_plan_as_text_and_json(
     assert data["pools"] == {"gpu": 2}
 
 
+ALERTING = """\
+import trio_pipeline as tp
+
+pipe = tp.Pipeline("alerting")
+
+@pipe.stage
+async def build(ctx):
+    return 1
+
+@pipe.stage(after=build, trigger=tp.Trigger.ONE_FAILED)
+async def alert(ctx):
+    return 2
+
+@pipe.stage(after=alert)
+async def page(ctx):
+    return 3
+
+@pipe.stage(after=[build, alert], trigger=tp.Trigger.ALWAYS)
+async def cleanup(ctx):
+    return 4
+"""
+
+
+def test_dry_run_and_list_show_what_a_failure_free_run_skips(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    # Regression: they left out alert and page (a run without failures skips them),
+    # while cleanup's row named alert as its dependency.
+    path = write_file(tmp_path, "alerting.py", ALERTING)
+    one_failed = "skipped (trigger one_failed not met: no upstream failed)"
+    upstream = "skipped (trigger all_success not met: upstream 'alert' skipped)"
+    code, out, err = in_process("run", path, "--dry-run")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "dry run of pipeline 'alerting': 2 stages in start order, 2 skipped if nothing fails;"
+        " nothing runs",
+        "  #  stage    after         runs in  retries  timeout  trigger      pools",
+        "  1  build    -             task     0        -        all_success  -",
+        "  2  cleanup  build, alert  task     0        -        always       -",
+        f"  -  alert    build         task     0        -        one_failed   -      {one_failed}",
+        f"  -  page     alert         task     0        -        all_success  -      {upstream}",
+    ]
+    data = json.loads(in_process("run", path, "--dry-run", "--json")[1])["stages"]
+    assert [(stage["name"], stage["skipped"]) for stage in data] == [
+        ("build", None),
+        ("cleanup", None),
+        ("alert", one_failed[9:-1]),
+        ("page", upstream[9:-1]),
+    ]
+    assert in_process("list", path)[1].splitlines() == [
+        "pipeline 'alerting': 2 stages in start order, 2 skipped if nothing fails",
+        "  1. build",
+        "  2. cleanup  after build, alert",
+        f"  -  alert    after build; {one_failed}",
+        f"  -  page     after alert; {upstream}",
+    ]
+    # What the real run does.
+    code, out, _ = in_process("run", path, "--plain")
+    assert code == 0
+    assert f"alert: {one_failed}" in out.splitlines()
+    assert f"page: {upstream}" in out.splitlines()
+
+
 def test_a_missing_extra_is_one_line_naming_the_file_and_the_pip_command(tmp_path: Path) -> None:
     path = write_file(
         tmp_path,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trio_pipeline as tp
 from trio_pipeline.testing import RecordingSink
@@ -232,6 +236,38 @@ async def test_start_order_is_the_order_a_run_starts_stages() -> None:
     started = [e.stage for e in sink.events if isinstance(e, tp.StageStarted)]
     assert started == ["a", "b", "c"]
     assert pipe.start_order() == started
+
+
+@settings(max_examples=50)
+@given(st.data())
+def test_start_order_and_skipped_stages_are_what_a_failure_free_run_does(
+    data: st.DataObject,
+) -> None:
+    # What --dry-run and `list` show: every stage, started in this order or skipped.
+    pipe = tp.Pipeline("p")
+    for i in range(data.draw(st.integers(1, 7), label="stages")):
+        earlier = [f"s{j}" for j in range(i)]
+        after = data.draw(st.lists(st.sampled_from(earlier), unique=True)) if i else []
+        trigger = data.draw(st.sampled_from(list(tp.Trigger))) if after else tp.Trigger.ALL_SUCCESS
+        pipe.add_stage(f"s{i}", noop, after=after, trigger=trigger)
+    sink = RecordingSink()
+    result = trio.run(functools.partial(tp.run, pipe, sinks=[sink]))
+    assert result.ok
+    started = [e.stage for e in sink.events if isinstance(e, tp.StageStarted)]
+    skipped = {
+        e.stage: e.reason
+        for e in sink.events
+        if isinstance(e, tp.StageFinished) and e.status is tp.StageStatus.SKIPPED
+    }
+    # Trio may finish concurrent stages in either order, and a run starts (and names a
+    # skipped upstream) in the order they finish; the failure-free run assumes start
+    # order. So the same stages, the same verdicts, the same trigger in each reason.
+    order, skips = pipe.start_order(), pipe.skipped_stages()
+    assert sorted(order) == sorted(started)
+    assert {n: r.split(":")[0] for n, r in skips.items()} == {
+        n: (r or "").split(":")[0] for n, r in skipped.items()
+    }
+    assert sorted([*order, *skips]) == sorted(pipe.stages)
 
 
 @pytest.mark.parametrize("error", ["cycle", "unknown"])

@@ -139,6 +139,8 @@ def test_start_order_is_what_an_unlimited_failure_free_run_starts() -> None:
     skipping = pipeline(("a", [], {}), ("alert", ["a"], {"trigger": T.ONE_FAILED}))
     assert start_order(skipping.compile()) == ["a"]  # a failure-free run skips alert
     assert skipping.start_order() == ["a"]
+    assert skipping.skipped_stages() == {"alert": "trigger one_failed not met: no upstream failed"}
+    assert pipe.skipped_stages() == {}
 
 
 # -- pools and exclusive stages ----------------------------------------------------------

@@ -248,7 +248,8 @@ def _add_run(commands: _Commands) -> None:
         action="store_true",
         help=(
             "print what would run, in start order: per stage its dependencies, trigger, pools,"
-            " retries, timeout and executor; run nothing"
+            " retries, timeout and executor; then the stages a run without failures skips, and"
+            " why; run nothing"
         ),
     )
     run.add_argument("--json", action="store_true", help="with --dry-run: print it as JSON")
@@ -615,7 +616,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if not pipelines:
             raise UsageError(f"{path} defines no trio_pipeline.Pipeline at module level")
     # Validate all before printing any, so an invalid pipeline prints only the error.
-    texts = [render_order(_compile(p, args.target), p.start_order()) for p in pipelines]
+    texts = [
+        render_order(_compile(p, args.target), p.start_order(), p.skipped_stages())
+        for p in pipelines
+    ]
     sys.stdout.write("\n".join(texts))
     return EXIT_OK
 
@@ -657,10 +661,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         plan = _compile(pipeline, args.target)
         order, pools = pipeline.start_order(), pipeline.pools
+        skipped = pipeline.skipped_stages()
         if args.json:
-            sys.stdout.write(dry_run_json(plan, order, params=params, pools=pools) + "\n")
+            text = dry_run_json(plan, order, params=params, pools=pools, skipped=skipped)
+            sys.stdout.write(text + "\n")
         else:
-            sys.stdout.write(render_dry_run(plan, order, params=params, pools=pools))
+            sys.stdout.write(
+                render_dry_run(plan, order, params=params, pools=pools, skipped=skipped)
+            )
         return EXIT_OK
     if args.jsonl is not None:
         _check_writable(args.jsonl)

@@ -1,8 +1,9 @@
 """What a run would do, stage by stage, as text or JSON: ``trio-pipeline run --dry-run``. Pure.
 
 For each stage in start order: its dependencies, trigger, pools, retries, timeout and
-where it runs. Options are read from ``stage.options`` (`StageOptions`); the run's
-parameters and the pipeline's pools are shown too.
+where it runs; then the stages a run in which nothing fails skips, with the reason it
+gives (`Pipeline.skipped_stages`). Options are read from ``stage.options``
+(`StageOptions`); the run's parameters and the pipeline's pools are shown too.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, cast
 
 from ._graph import Plan, Stage
 
 _ARGV_WIDTH = 40
+_NONE: Mapping[str, str] = MappingProxyType({})
 
 
 def describe_stage(stage: Stage) -> dict[str, Any]:
@@ -68,20 +71,27 @@ def dry_run_json(
     *,
     params: Mapping[str, Any],
     pools: Mapping[str, int],
+    skipped: Mapping[str, str] = _NONE,
 ) -> str:
-    """``{"pipeline", "params", "pools", "stages": [...]}``, stages in start order.
+    """``{"pipeline", "params", "pools", "stages": [...]}``: started stages in start order,
+    then the `skipped` ones.
 
     Each stage: ``name, after, trigger, uses, exclusive, priority, retries,
     retry_delay, retry_backoff, retry_max_delay, retry_jitter, retry_on, timeout, executor``
-    (``task``, ``thread``, ``process``, ``dask`` or ``command``), ``executor_repr``
-    and ``argv`` (a command's). Values that are not JSON are shown as their repr.
+    (``task``, ``thread``, ``process``, ``dask`` or ``command``), ``executor_repr``,
+    ``argv`` (a command's) and ``skipped`` (None, or the reason a run in which nothing
+    fails skips it). Values that are not JSON are shown as their repr.
     """
     by_name = {stage.name: stage for stage in plan.stages}
+    stages = [{**describe_stage(by_name[name]), "skipped": None} for name in order]
+    stages += [
+        {**describe_stage(by_name[name]), "skipped": reason} for name, reason in skipped.items()
+    ]
     data = {
         "pipeline": plan.name,
         "params": dict(params),
         "pools": dict(pools),
-        "stages": [describe_stage(by_name[name]) for name in order],
+        "stages": stages,
     }
     return json.dumps(data, indent=2, default=repr)
 
@@ -92,19 +102,20 @@ def render_dry_run(
     *,
     params: Mapping[str, Any],
     pools: Mapping[str, int],
+    skipped: Mapping[str, str] = _NONE,
 ) -> str:
-    """A table of what would run, one stage per row, in start order.
+    """A table of what would run, one stage per row, in start order; then `skipped`.
 
     Example::
 
-        dry run of pipeline 'demo': 2 stages in start order; nothing runs
+        dry run of pipeline 'demo': 2 stages in start order, 1 skipped if nothing fails; ...
           #  stage  after  runs in                  retries        timeout  trigger      pools
           1  fetch  -      task                     0              -        all_success  -
           2  parse  fetch  ThreadExecutor(limit=4)  2 (delay 0.5s) 60s      all_success  gpu=1
-    """
+          -  alert  parse  task                     0              -        one_failed   -      skipped (trigger one_failed not met: no upstream failed)
+    """  # noqa: E501 - the example's last row
     by_name = {stage.name: stage for stage in plan.stages}
-    noun = "stage" if len(order) == 1 else "stages"
-    lines = [f"dry run of pipeline {plan.name!r}: {len(order)} {noun} in start order; nothing runs"]
+    lines = [f"dry run of pipeline {plan.name!r}: {count_line(order, skipped)}; nothing runs"]
     if params:
         shown = ", ".join(
             f"{key}={json.dumps(value, default=repr)}" for key, value in params.items()
@@ -112,13 +123,14 @@ def render_dry_run(
         lines.append(f"  params: {shown}")
     if pools:
         lines.append("  pools: " + ", ".join(f"{pool}={n}" for pool, n in pools.items()))
-    header = ("#", "stage", "after", "runs in", "retries", "timeout", "trigger", "pools")
+    header = ("#", "stage", "after", "runs in", "retries", "timeout", "trigger", "pools", "")
     rows: list[tuple[str, ...]] = [header]
-    for n, name in enumerate(order, 1):
+    numbered = [(str(n), name) for n, name in enumerate(order, 1)]
+    for n, name in [*numbered, *(("-", name) for name in skipped)]:
         info = describe_stage(by_name[name])
         rows.append(
             (
-                str(n),
+                n,
                 name,
                 ", ".join(info["after"]) or "-",
                 _runs_in(info),
@@ -126,6 +138,7 @@ def render_dry_run(
                 "-" if info["timeout"] is None else f"{info['timeout']:g}s",
                 str(info["trigger"]),
                 _pools(info),
+                f"skipped ({skipped[name]})" if n == "-" else "",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -135,6 +148,13 @@ def render_dry_run(
         ]
         lines.append(("  " + "  ".join(cells)).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def count_line(order: Sequence[str], skipped: Mapping[str, str]) -> str:
+    """``"3 stages in start order"``, and ``", 1 skipped if nothing fails"`` when some are."""
+    noun = "stage" if len(order) == 1 else "stages"
+    text = f"{len(order)} {noun} in start order"
+    return text + (f", {len(skipped)} skipped if nothing fails" if skipped else "")
 
 
 def _runs_in(info: Mapping[str, Any]) -> str:

@@ -474,14 +474,27 @@ class Pipeline:
 
         The run's own scheduler decides it (priorities, pools and exclusive stages
         included; each attempt succeeds in the order it started). A stage such a
-        run skips (a ``one_failed`` stage) is not listed. Raises the same errors as
-        `validate`.
+        run skips (a ``one_failed`` stage) is not listed: see `skipped_stages`.
+        Raises the same errors as `validate`.
         """
         from ._options import check_pools
         from ._scheduler import start_order  # pure, like this module
 
         plan = self.compile()
         return start_order(plan, check_pools(plan, self.pools))
+
+    def skipped_stages(self) -> dict[str, str]:
+        """The stages an unlimited, failure-free run skips, each with its reason.
+
+        The reason is the `StageFinished.reason` such a run gives (``"trigger
+        one_failed not met: no upstream failed"``), in the order it decides them;
+        with `start_order` they are every stage. Raises the same errors as `validate`.
+        """
+        from ._options import check_pools
+        from ._scheduler import failure_free_run
+
+        plan = self.compile()
+        return failure_free_run(plan, check_pools(plan, self.pools)).skipped
 
     def _resolve_one(self, name: str, keyword: str, ref: StageRef) -> str:
         if not (isinstance(ref, str | Stage) or callable(ref)):

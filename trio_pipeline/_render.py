@@ -6,31 +6,41 @@ newline; the CLI only prints it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from ._dryrun import count_line
 from ._graph import Plan
 from ._graph_svg import render_plan_svg
+
+_NONE: Mapping[str, str] = MappingProxyType({})
 
 FORMATS = ("mermaid", "dot", "svg")
 
 
-def render_order(plan: Plan, order: list[str]) -> str:
+def render_order(plan: Plan, order: list[str], skipped: Mapping[str, str] = _NONE) -> str:
     """The stages in start order, one per line, each with the stages it waits for.
 
-    Example::
+    Then the `skipped` ones (`Pipeline.skipped_stages`: a run in which nothing fails
+    skips them), marked ``-`` and with the reason. Example::
 
-        pipeline 'demo': 3 stages in start order
+        pipeline 'demo': 2 stages in start order, 1 skipped if nothing fails
           1. fetch
           2. parse  after fetch
+          -  alert  after parse; skipped (trigger one_failed not met: no upstream failed)
     """
     deps = {stage.name: stage.after for stage in plan.stages}
-    noun = "stage" if len(order) == 1 else "stages"
-    lines = [f"pipeline {plan.name!r}: {len(order)} {noun} in start order"]
-    width = max((len(name) for name in order), default=0)
+    lines = [f"pipeline {plan.name!r}: {count_line(order, skipped)}"]
+    width = max((len(name) for name in [*order, *skipped]), default=0)
     digits = len(str(len(order)))
-    for n, name in enumerate(order, 1):
+    rows = [(f"{n:>{digits}}.", name) for n, name in enumerate(order, 1)]
+    for mark, name in [*rows, *((f"{'-':>{digits}} ", name) for name in skipped)]:
         after = deps[name]
-        line = f"  {n:>{digits}}. {name:<{width}}"
+        line = f"  {mark} {name:<{width}}"
         if after:
             line += "  after " + ", ".join(after)
+        if name in skipped:
+            line += ("; " if after else "  ") + f"skipped ({skipped[name]})"
         lines.append(line.rstrip())
     return "\n".join(lines) + "\n"
 

@@ -1229,24 +1229,43 @@ class Outcomes(Mapping[str, StageOutcome]):
 
 
 def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]:
-    """Stage names in the order an unlimited, failure-free run starts them.
+    """Stage names in the order an unlimited, failure-free run starts them."""
+    return failure_free_run(plan, pools).started
 
-    Runs the scheduler itself: every attempt succeeds, in the order it started.
+
+class FailureFreeRun(NamedTuple):
+    """What an unlimited run in which every attempt succeeds does with each stage."""
+
+    started: list[str]
+    """The stages it starts, in start order."""
+    skipped: dict[str, str]
+    """The others (their trigger is not met): stage -> `StageFinished.reason`, in the
+    order it decides them."""
+
+
+def failure_free_run(plan: Plan, pools: Mapping[str, int] | None = None) -> FailureFreeRun:
+    """Run the scheduler itself, every attempt succeeding in the order it started.
+
+    Each stage is either started or skipped: with no failure, nothing is blocked or
+    cancelled.
     """
     sched = Scheduler(plan, run_id="start-order", keep_going=True, pools=pools)
     sched.begin(0.0)
     names = [stage.name for stage in plan.stages]
-    order: list[str] = []
+    result = FailureFreeRun([], {})
     queue: list[int] = []
     head = 0
     while True:
         out = sched.out
         started = list(out.start)
+        for event in out.events:
+            if isinstance(event, StageFinished) and event.status is StageStatus.SKIPPED:
+                result.skipped[event.stage] = event.reason or "skipped"
         out.clear()
-        order.extend(names[i] for i in started)
+        result.started.extend(names[i] for i in started)
         queue.extend(started)
         if head == len(queue):
-            return order
+            return result
         i = queue[head]
         head += 1
         sched.attempt_succeeded(i, None, 0.0)
