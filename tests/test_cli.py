@@ -445,7 +445,59 @@ def test_file_raising_while_loading_shows_its_traceback(tmp_path: Path) -> None:
 def test_usage_errors_exit_2(args: list[str]) -> None:
     done = cli(*args)
     assert done.returncode == 2
-    assert "usage: trio-pipeline" in done.stderr
+    # One line naming the culprit (it printed a usage block of up to 9 lines first).
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.fullmatch(
+        r"trio-pipeline( \w+)?: error: .+ \(see trio-pipeline( \w+)? --help\)\n", done.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["run", "examples/files.py", "--plian"],
+            "trio-pipeline run: error: unrecognized arguments: --plian; did you mean --plain?"
+            " (see trio-pipeline run --help)",
+        ),
+        (
+            ["run", "examples/files.py", "--teardown=3"],
+            "trio-pipeline run: error: unrecognized arguments: --teardown=3;"
+            " did you mean --teardown-timeout? (see trio-pipeline run --help)",
+        ),
+        (  # STAGE is optional: argparse called it required too
+            ["run"],
+            "trio-pipeline run: error: the following arguments are required: FILE[:NAME]"
+            " (see trio-pipeline run --help)",
+        ),
+    ],
+)
+def test_a_bad_command_line_is_one_line_with_a_suggestion(
+    in_process: InProcess, args: list[str], line: str
+) -> None:
+    code, out, err = in_process(*args)
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [line]
+
+
+def test_a_file_that_is_not_python_is_refused_before_it_runs(
+    in_process: InProcess, tmp_path: Path
+) -> None:
+    # Regression: a log passed to `run` was executed as Python: "raised NameError
+    # while loading" and a traceback of JSON.
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"type": "RunStarted", "error": null}\n')
+    code, out, err = in_process("run", str(log))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"trio-pipeline: error: {log}: not a Python file (a pipeline file is a .py file);"
+        f" a run's log: trio-pipeline check {log}"
+    ]
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not a pipeline\n")
+    assert in_process("list", str(notes))[2] == (
+        f"trio-pipeline: error: {notes}: not a Python file (a pipeline file is a .py file)\n"
+    )
 
 
 def test_unwritable_jsonl_path_exit_2(tmp_path: Path) -> None:
@@ -848,6 +900,11 @@ def test_two_ctrl_c_wait_for_the_teardown_stages_past_the_grace(tmp_path: Path) 
     code, raw = _teardown_run(tmp_path, 1.5, "--grace", "0.2", interrupts=2)
     assert code == 130
     lines = normalise("\n".join(assert_display_ended(raw)))
+    closing = next(line for line in lines if "Ctrl-C: closing" in line)
+    assert closing == (
+        "trio-pipeline: Ctrl-C: closing: no new stage will start but teardown stages cleanup,"
+        " unmount; waiting for 1 running stage (work). Press Ctrl-C again to cancel them."
+    )
     notice = next(line for line in lines if "Ctrl-C again: cancelling" in line)
     assert notice == (
         "trio-pipeline: Ctrl-C again: cancelling 1 running stage (work); teardown stages"

@@ -37,7 +37,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias, cast
 
 import trio
 from rich.console import Console
@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)  # exits 2 itself on a malformed line
     if extra:
         if getattr(args, "stages", None) is None or any(word.startswith("-") for word in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            command = parser.command(getattr(args, "command", None))
+            command.error(f"unrecognized arguments: {' '.join(extra)}{command.suggest(extra)}")
         args.stages = [*args.stages, *extra]
     args.started = started
     try:
@@ -143,10 +144,39 @@ _TARGET_HELP = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse with each usage error on one line: the culprit, a did-you-mean, --help."""
+
+    subcommands: _Commands | None = None
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def command(self, name: str | None) -> _Parser:
+        """The parser of subcommand `name` (this one if there is none)."""
+        found = None if self.subcommands is None else self.subcommands.choices.get(name or "")
+        return found if isinstance(found, _Parser) else self
+
+    def suggest(self, words: Sequence[str]) -> str:
+        """``"; did you mean --plain?"`` for the first unknown option close to one of ours."""
+        options = [
+            option
+            for action in self._actions  # pyright: ignore[reportPrivateUsage]
+            for option in action.option_strings
+            if option.startswith("--")
+        ]
+        for word in words:
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
+
+
+def _parser() -> _Parser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_PROG,
         description="Run a DAG of async stages defined with trio_pipeline.",
         epilog=EXIT_CODES,
@@ -154,7 +184,10 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = cast(
+        "_Commands", parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    )
+    parser.subcommands = commands
     for add in _SUBCOMMANDS:
         add(commands)
     return parser
@@ -194,6 +227,7 @@ def _add_run(commands: _Commands) -> None:
     run.add_argument(
         "stages",
         nargs="*",
+        default=[],  # else argparse calls it required: "arguments are required: FILE, STAGE"
         metavar="STAGE",
         help=(
             "run only these stages, what they depend on, and the teardowns (trigger always)"
@@ -450,6 +484,10 @@ def load_file(path: str) -> ModuleType:
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"{path}: no such file" if not file.exists() else f"{path}: not a file")
+    if file.suffix and file.suffix not in (".py", ".pyw"):
+        # Executed as Python, a log or a config file fails with a puzzling traceback.
+        hint = f"; a run's log: trio-pipeline check {path}" if file.suffix == ".jsonl" else ""
+        raise UsageError(f"{path}: not a Python file (a pipeline file is a .py file){hint}")
     module_name = f"_trio_pipeline_file_{next(_module_ids)}"
     loader = importlib.machinery.SourceFileLoader(module_name, str(file))
     spec = importlib.util.spec_from_file_location(module_name, file, loader=loader)
@@ -947,8 +985,10 @@ class _Interrupts:
             what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             if self.count == 1:
                 handle.request_close()
+                left = list(self._teardowns.left)
+                but = f" but teardown stage{'s' if len(left) > 1 else ''} {_names(left)}"
                 _notice(
-                    f"{what}: closing: no new stage will start; waiting for"
+                    f"{what}: closing: no new stage will start{but if left else ''}; waiting for"
                     f" {self._running()}. Press Ctrl-C again to cancel them."
                 )
             elif self.count == 2 and self._tracker.finished is not None:
