@@ -7,6 +7,7 @@ pickling) and are only called from that thread, or directly by ``--dry-run``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -29,7 +30,7 @@ from ._keys import (
     pickle_value,
 )
 from ._policy import CachePolicy
-from ._store import CacheEntry, CacheStore, digest_bytes
+from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
@@ -310,23 +311,24 @@ class RunJobs:
         if spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
-        functions = self._functions_json.get(parts["code"])
+        code = parts["code"]
+        functions = self._functions_json.get(code)
         if functions is None:
-            functions = self._functions_json[parts["code"]] = functions_json(parts["functions"])
-        self.store.put(
-            CacheEntry(
-                key=key_of(parts) if key is None else key,
-                pipeline=self.pipeline,
-                stage=spec.name,
-                value=data,
-                value_digest=digest,
-                parts=parts,
-                outs=outs,
-                created=time.time() if created is None else created,
-                run_id=self.run_id,
-                parts_json=parts_json(parts, functions),
+            functions = self._functions_json[code] = functions_json(parts["functions"])
+        key = key_of(parts) if key is None else key
+        created = time.time() if created is None else created
+        store = self.store
+        if isinstance(store, SQLiteStore):
+            # The built-in store: its row, without a `CacheEntry` in between.
+            outs_text = json.dumps(outs, sort_keys=True, separators=(",", ":")) if outs else "{}"
+            row = (key, self.pipeline, spec.name, data, digest, parts_json(parts))
+            store.put_encoded((*row, outs_text, created, self.run_id), code, functions)
+        else:
+            store.put(
+                CacheEntry(
+                    key, self.pipeline, spec.name, data, digest, parts, outs, created, self.run_id
+                )
             )
-        )
         return CommitResult(True)
 
     def commit_many(
