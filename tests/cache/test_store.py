@@ -26,6 +26,7 @@ from trio_pipeline._cache._store import (
     SQLiteStore,
     StageRecord,
     digest_bytes,
+    kid_of,
     remove_store_files,
 )
 
@@ -512,7 +513,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_entries_and_history(tmp_path
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "entries_by_age" not in indexes
-    assert "entries_by_stage" in indexes
+    assert {"entries_by_stage", "entries_by_key"} <= indexes
     db.close()
     SQLiteStore(folder).close()  # opening a migrated store again changes nothing
 
@@ -565,3 +566,20 @@ def test_prune_drops_the_items_of_fingerprints_no_entry_uses(tmp_path: Path) -> 
     db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
     assert [c for (c,) in db.execute("SELECT code FROM functions")] == ["c-new"]
     db.close()
+
+
+def test_two_keys_sharing_an_index_integer_cost_an_entry_never_a_wrong_value(
+    tmp_path: Path,
+) -> None:
+    first, second = "ab" * 8 + "0" * 24, "ab" * 8 + "1" * 24
+    assert kid_of(first) == kid_of(second)
+    assert kid_of("k1") != kid_of("k2")  # keys that are not hex are hashed
+    with SQLiteStore(tmp_path / "c") as store:
+        store.put(entry(first, b"one"))
+        store.put(entry(second, b"two"))
+        assert store.get(first) is None  # replaced: a miss
+        got = store.get(second)
+        assert got is not None
+        assert got.value == b"two"
+        store.delete(first)  # another key: leaves the entry alone
+        assert store.get(second) is not None
