@@ -831,7 +831,7 @@ async def open_run(
         force: Re-run every cached stage (True), or the named stages and their
             downstream; their new results are stored.
         explain: Compare each miss with the stage's latest entry (what changed goes
-            to `RunCache.decisions`; a hit's `StageFinished.reason` always says why).
+            to `RunCache.reasons`; a hit's `StageFinished.reason` always says why).
 
     Raises:
         PipelineError: the pipeline or an option is invalid; raised before anything

@@ -262,6 +262,16 @@ async def test_history_is_recorded(tmp_path: Path) -> None:
     assert by_name["bad"].error == "ValueError: boom"
     assert by_name["after_bad"].reason == "upstream 'bad' failed"
     assert by_name["good"].status == "succeeded"
+    assert by_name["good"].reason == "cache miss"  # the cache's decision, recorded
+    assert by_name["bad"].reason is None  # not cached: no decision
+    again, _ = await run(pipe, tmp_path, keep_going=True)
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        second = store.run(again.run_id)
+    assert second is not None
+    hit = next(s for s in second.stages if s.name == "good")
+    assert hit.status == "cached"
+    assert hit.reason is not None
+    assert result.run_id in hit.reason  # "stored by run ..."
 
 
 class MemoryStore:

@@ -632,6 +632,7 @@ class SQLiteStore:
         code = parts.get("code")
         self.put_encoded(
             (
+                kid_of(entry.key),
                 entry.key,
                 entry.pipeline,
                 entry.stage,
@@ -649,11 +650,10 @@ class SQLiteStore:
     def put_encoded(self, row: tuple[Any, ...], code: str | None, functions: str) -> None:
         """`put`, from the entry's row as stored (a cheaper commit; not in `CacheStore`).
 
-        `row` holds the columns of ``entries`` from ``key`` on, in order, its ``parts``
-        JSON without the fingerprint's items; `functions` is those items' JSON, stored
-        once per `code` (the fingerprint's digest; None: nothing to store).
+        `row` holds the columns of ``entries`` in order (``kid`` is `kid_of` the key),
+        its ``parts`` JSON without the fingerprint's items; `functions` is those items'
+        JSON, stored once per `code` (the fingerprint's digest; None: nothing to store).
         """
-        row = (kid_of(row[0]), *row)
         if self._depth:
             # Written together when the batch ends (or before a read): one executemany
             # for a batch of commits costs a fraction of one execute each.
