@@ -110,6 +110,7 @@ def build_specs(
     forced = forced_stages(plan, force)
     printer = CodeFingerprinter()
     specs: list[StageSpec | None] = []
+    name_of = [stage.name for stage in plan.stages].__getitem__
     for i, stage in enumerate(plan.stages):
         options = stage_cache_options(stage)
         setting = None if options is None else options.cache
@@ -131,7 +132,7 @@ def build_specs(
                 deps=() if options is None else options.deps,
                 outs=() if options is None else options.outs,
                 forced=i in forced,
-                upstream=tuple(plan.stages[j].name for j in plan.upstream[i]),
+                upstream=tuple(map(name_of, plan.upstream[i])),
             )
         )
     return specs
