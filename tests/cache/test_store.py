@@ -574,6 +574,8 @@ def test_two_keys_sharing_an_index_integer_cost_an_entry_never_a_wrong_value(
     first, second = "ab" * 8 + "0" * 24, "ab" * 8 + "1" * 24
     assert kid_of(first) == kid_of(second)
     assert kid_of("k1") != kid_of("k2")  # keys that are not hex are hashed
+    for odd in ("-" + "f" * 39, " " * 40, "g" * 40):
+        assert -(1 << 63) <= kid_of(odd) < 1 << 63  # an integer SQLite can store
     with SQLiteStore(tmp_path / "c") as store:
         store.put(entry(first, b"one"))
         store.put(entry(second, b"two"))

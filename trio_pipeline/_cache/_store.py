@@ -332,9 +332,11 @@ def kid_of(key: str) -> int:
     """The 64-bit integer an entry is indexed by: from its key (hex, as `digest_bytes`)."""
     if len(key) == 40:
         try:
-            return int(key[:16], 16) - (1 << 63)
+            value = int(key[:16], 16)
         except ValueError:
-            pass
+            value = -1
+        if value >= 0:  # not "-..." (int() takes a sign, spaces, "0x" and "_": harmless)
+            return value - (1 << 63)
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), signed=True)
 
 
