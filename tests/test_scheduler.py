@@ -681,6 +681,23 @@ def test_a_reader_of_a_producer_blocked_as_the_group_is_decided(
         assert d.sched.finished
 
 
+def test_a_stop_that_ends_the_waiting_members_of_a_group_starts_the_rest() -> None:
+    # Regression (found by the item property): fail-fast cancelled `strict`, whose rule
+    # was the only one still waiting, but nothing decided the group again until `slow`
+    # ended, so `src` (one_failed: it may run at once) was held back.
+    pipe = stream_pipeline(
+        ("bad", "task", {}),
+        ("slow", "task", {}),
+        ("src", "source", {"after": ["bad", "slow"], "trigger": "one_failed"}),
+        ("strict", "each:src", {"after": ["slow"]}),
+    )
+    d = Driver(pipe).begin()
+    d.fail("bad")
+    assert d.status("strict") is S.CANCELLED
+    assert d.started == ["bad", "slow", "src"]
+    assert d.sched.started_members(d.i("src")) == (d.i("src"),)
+
+
 def test_start_order_starts_a_group_as_one_and_lists_the_members_it_runs() -> None:
     # Regression: start_order ended a group by its first member as if it were a task
     # (and raised once that member had ended SKIPPED without running).

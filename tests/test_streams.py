@@ -735,6 +735,33 @@ async def test_the_group_waits_for_every_members_rule(
     assert result.stages["work"].items_out == 2
 
 
+async def test_an_exclusive_group_runs_alone_until_its_last_member_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression (check_run's replay): it let others start once the member that
+    # started last (here the exclusive `fast`) ended, while `slow` still ran.
+    pipe = tp.Pipeline("p")
+    pipe.stage(source_of(2), name="src")
+
+    @pipe.stage(each="src")
+    async def slow(ctx: tp.StageContext, item: int) -> int:
+        await trio.sleep(1.0)
+        return item
+
+    @pipe.stage(each="src", exclusive=True)
+    async def fast(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    pipe.stage(_task_ok, name="other")
+    _, events = await go(pipe, max_parallel=2)
+    ends, starts = (
+        finished(events),
+        {e.stage: e.time for e in events if isinstance(e, tp.StageStarted)},
+    )
+    assert ends["fast"].time < ends["slow"].time == pytest.approx(2.0)
+    assert starts["other"] == pytest.approx(2.0)
+
+
 # -- pools on sources and consumes= stages -------------------------------------------------------
 
 

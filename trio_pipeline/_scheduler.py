@@ -1133,6 +1133,9 @@ class Scheduler:
                 *(_item_counts(self._counts.get(i)) if self._counts else ()),
             )
         )
+        if self._lead and status is not _SUCCEEDED and i in self._lead:
+            # A member ended unstarted (a stop): its group may now be decided.
+            self._evaluate_group(self._lead[i], now)
         downstream = self.plan.downstream[i]
         if not downstream:
             return

@@ -57,7 +57,10 @@ def check_items(
     failed nothing unless it skips); one `ItemFailed` per failed item of a skipping
     stage, none otherwise; on every stream edge the reader received exactly what the
     producer emitted unless it ended CANCELLED, BLOCKED or FAILED (then at most
-    that); ordinary dependencies succeeded before a stage started; `StageProgress`
+    that), or it is a ``trigger="all_done"`` reader of a producer that FAILED or was
+    BLOCKED (then at most that, and its reason says how many of how many); nothing
+    from a producer that never ran; ordinary dependencies of an ALL_SUCCESS stage
+    succeeded before it started; `StageProgress`
     only while its stage runs, never going back, at least `progress_interval` apart
     and only when items moved; at most `max_parallel` scheduling units running (a
     stream group is one).

@@ -167,7 +167,7 @@ class Schedule:
         }
         self.status: dict[str, StageStatus] = {}
         self.running: set[str] = set()
-        self.alone: str | None = None  # the running exclusive stage
+        self.alone: str | None = None  # the running exclusive stage (or stream group)
         self.started: set[str] = set()
         self.retry_due: dict[str, float] = {}
         self.attempt_started: dict[str, float] = {}
@@ -395,7 +395,7 @@ class Schedule:
         self.running.add(name)
         self.attempt_started[name] = event.time
         if self._exclusive(name):
-            self.alone = name
+            self.alone = self.units.get(name, name)  # a stream group runs alone as one
         for pool, n in self._uses(name).items():
             self.free[pool] -= n
 
@@ -428,8 +428,9 @@ class Schedule:
         if name not in self.running:
             return
         self.running.discard(name)
-        if self.alone == name:
-            self.alone = None
+        unit = self.units.get(name, name)
+        if self.alone == unit and not any(self.units.get(n, n) == unit for n in self.running):
+            self.alone = None  # (a stream group's last running member ended)
         for pool, n in self._uses(name).items():
             self.free[pool] += n
 
