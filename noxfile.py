@@ -20,9 +20,23 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def stress(session: nox.Session) -> None:
-    """Long randomized schedule search: `nox -s stress -- --examples 20000`."""
+    """Long randomized schedule search: `nox -s stress -- --examples 20000`.
+
+    Then the cache's crash tests with 50 SIGKILLs each (the default suite runs a few).
+    """
     session.install("-e", *TEST_DEPS)
     session.run("python", "-m", "tests.support.stress", *session.posargs)
+    session.run(
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-k",
+        "sigkill or kill_with_one_slot",
+        "tests/cache/test_store.py",
+        "tests/cache/test_commands.py",
+        env={"TRIO_PIPELINE_KILLS": "50"},
+    )
 
 
 @nox.session

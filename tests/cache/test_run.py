@@ -262,6 +262,16 @@ async def test_history_is_recorded(tmp_path: Path) -> None:
     assert by_name["bad"].error == "ValueError: boom"
     assert by_name["after_bad"].reason == "upstream 'bad' failed"
     assert by_name["good"].status == "succeeded"
+    assert by_name["good"].reason == "cache miss"  # the cache's decision, recorded
+    assert by_name["bad"].reason is None  # not cached: no decision
+    again, _ = await run(pipe, tmp_path, keep_going=True)
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        second = store.run(again.run_id)
+    assert second is not None
+    hit = next(s for s in second.stages if s.name == "good")
+    assert hit.status == "cached"
+    assert hit.reason is not None
+    assert result.run_id in hit.reason  # "stored by run ..."
 
 
 class MemoryStore:
@@ -428,16 +438,18 @@ from hypothesis import strategies as st  # noqa: E402
 from trio_pipeline._cli import load_file  # noqa: E402
 
 
-def _combine(name: str, k: int, inputs: dict[str, Any], dep: str | None, coarse: bool) -> Any:
-    text = repr((name, k, sorted(inputs.items()), dep))
+def _combine(
+    name: str, k: int, inputs: dict[str, Any], dep: str | None, coarse: bool, used: Any
+) -> Any:
+    text = repr((name, k, sorted(inputs.items()), dep, used))
     return len(text) % 3 if coarse else text
 
 
 _MODULE = """
 import trio_pipeline as tp
 
-def combine(name, k, inputs, dep, coarse):
-    text = repr((name, k, sorted(inputs.items()), dep))
+def combine(name, k, inputs, dep, coarse, used):
+    text = repr((name, k, sorted(inputs.items()), dep, used))
     return len(text) % 3 if coarse else text
 
 pipe = tp.Pipeline("prop")
@@ -451,32 +463,57 @@ async def s{i}(ctx):
     if {has_dep}:
         with open({dep_path!r}) as f:
             dep = f.read()
-    return combine("s{i}", K{i}, dict(ctx.inputs), dep, {coarse})
+    used = tuple(ctx.params.get(name) for name in {uses!r})
+    return combine("s{i}", K{i}, dict(ctx.inputs), dep, {coarse}, used)
 
-pipe.add_stage("s{i}", s{i}, after={after!r}, cache={cached}, deps={deps!r})
+pipe.add_stage("s{i}", s{i}, after={after!r}, cache={cache}, deps={deps!r})
 """
 
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    # Each change is drawn rarely (a quarter of the time): with every stage changed for
+    # some reason, nothing hits, and a key that missed one component would go unseen.
+    changes = st.sampled_from([False, False, False, True])
     n = draw(st.integers(2, 7))
     stages = []
     for i in range(n):
         ups = sorted(draw(st.sets(st.integers(0, i - 1), max_size=3))) if i else []
+        k1, dep1 = draw(st.integers(0, 2)), draw(st.sampled_from(["x", "y"]))
         stages.append(
             {
                 "ups": ups,
-                "cached": draw(st.booleans()) or i == n - 1,
+                "cached": not draw(changes) or i == n - 1,
                 "coarse": draw(st.booleans()),
                 "has_dep": draw(st.booleans()),
-                "k1": draw(st.integers(0, 2)),
-                "k2": draw(st.integers(0, 2)),  # a code change when k2 != k1
-                "dep1": draw(st.sampled_from(["x", "y"])),
-                "dep2": draw(st.sampled_from(["x", "y"])),
+                "k1": k1,
+                "k2": (k1 + 1) % 3 if draw(changes) else k1,  # a code change
+                "dep1": dep1,
+                "dep2": draw(st.sampled_from(["x", "y"])) if draw(changes) else dep1,
+                # The parameters the stage reads, and those its key covers: all of them
+                # (None: ``cache=True``) or a CachePolicy(params=...) naming at least
+                # those it reads (naming fewer is the user's error: a stale value).
+                "uses": sorted(draw(st.sets(st.sampled_from(_PARAM_NAMES)))),
+                "extra": draw(st.none() | st.sets(st.sampled_from(_PARAM_NAMES))),
             }
         )
-    force = draw(st.sets(st.integers(0, n - 1), max_size=2))
-    return {"stages": stages, "force": sorted(force)}
+    force = draw(st.sets(st.integers(0, n - 1), max_size=2)) if draw(changes) else set()
+    # A parameter's value in each run; None: not passed at all.
+    value = st.none() | st.integers(0, 1)
+    params1 = {name: draw(value) for name in _PARAM_NAMES}
+    params2 = {name: draw(value) if draw(changes) else v for name, v in params1.items()}
+    return {"stages": stages, "force": sorted(force), "params1": params1, "params2": params2}
+
+
+_PARAM_NAMES = ("a", "b")
+
+
+def _key_params(s: dict[str, Any]) -> list[str] | None:
+    return None if s["extra"] is None else sorted(set(s["uses"]) | s["extra"])
+
+
+def _run_params(scenario: dict[str, Any], version: int) -> dict[str, int]:
+    return {k: v for k, v in scenario[f"params{version}"].items() if v is not None}
 
 
 def _write_version(folder: Path, scenario: dict[str, Any], version: int, name: str) -> Path:
@@ -492,7 +529,14 @@ def _write_version(folder: Path, scenario: dict[str, Any], version: int, name: s
                 dep_path=dep_path,
                 coarse=s["coarse"],
                 after=[f"s{u}" for u in s["ups"]],
-                cached=s["cached"],
+                uses=s["uses"],
+                cache=(
+                    "False"
+                    if not s["cached"]
+                    else "True"
+                    if _key_params(s) is None
+                    else f"tp.CachePolicy(params={_key_params(s)!r})"
+                ),
                 deps=[dep_path] if s["has_dep"] else [],
             )
         )
@@ -506,8 +550,18 @@ def _model_values(scenario: dict[str, Any], version: int) -> list[Any]:
     for i, s in enumerate(scenario["stages"]):
         inputs = {f"s{u}": values[u] for u in s["ups"]}
         dep = s[f"dep{version}"] if s["has_dep"] else None
-        values.append(_combine(f"s{i}", s[f"k{version}"], inputs, dep, s["coarse"]))
+        params = _run_params(scenario, version)
+        used = tuple(params.get(name) for name in s["uses"])
+        values.append(_combine(f"s{i}", s[f"k{version}"], inputs, dep, s["coarse"], used))
     return values
+
+
+def _params_changed(scenario: dict[str, Any], s: dict[str, Any]) -> bool:
+    one, two = _run_params(scenario, 1), _run_params(scenario, 2)
+    names = _key_params(s)
+    if names is None:
+        return one != two
+    return any((n in one, one.get(n)) != (n in two, two.get(n)) for n in names)
 
 
 def _expected_cached(scenario: dict[str, Any]) -> set[str]:
@@ -528,6 +582,7 @@ def _expected_cached(scenario: dict[str, Any]) -> set[str]:
         and s["k1"] == s["k2"]
         and (not s["has_dep"] or s["dep1"] == s["dep2"])
         and all(one[u] == two[u] for u in s["ups"])
+        and not _params_changed(scenario, s)
     }
 
 
@@ -539,16 +594,19 @@ def test_cached_set_is_exactly_the_unchanged_keys(tmp_path_factory: Any, scenari
 
     async def main() -> None:
         first = load_file(str(_write_version(folder, scenario, 1, "pipe.py")))
-        await tp.run(first.pipe, cache_dir=cache_dir)
+        await tp.run(first.pipe, cache_dir=cache_dir, params=_run_params(scenario, 1))
         second = load_file(str(_write_version(folder, scenario, 2, "pipe.py")))
         force = [f"s{i}" for i in scenario["force"]]
         sink = RecordingSink()
-        result = await tp.run(second.pipe, sinks=[sink], cache_dir=cache_dir, force=force)
+        params = _run_params(scenario, 2)
+        result = await tp.run(
+            second.pipe, sinks=[sink], cache_dir=cache_dir, force=force, params=params
+        )
         check_run(sink.events, second.pipe, result)
         cached = {name for name, out in result.stages.items() if out.status is S.CACHED}
         assert cached == _expected_cached(scenario)
         # The values are those of a run without a cache.
-        plain = await tp.run(second.pipe, cache=False, cache_dir=folder / "none")
+        plain = await tp.run(second.pipe, cache=False, cache_dir=folder / "none", params=params)
         assert {k: v.value for k, v in result.stages.items()} == {
             k: v.value for k, v in plain.stages.items()
         }

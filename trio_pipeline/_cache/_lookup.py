@@ -7,6 +7,7 @@ pickling) and are only called from that thread, or directly by ``--dry-run``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -29,7 +30,7 @@ from ._keys import (
     pickle_value,
 )
 from ._policy import CachePolicy
-from ._store import CacheEntry, CacheStore, digest_bytes
+from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes, kid_of
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
@@ -293,48 +294,73 @@ class RunJobs:
         key: str | None = None,
     ) -> CommitResult:
         """Store `value` under the key of `parts`; durable when this returns (outside a batch)."""
+        problem = self._commit(spec, parts, value, created, key)
+        return CommitResult(problem is None, problem)
+
+    def _commit(
+        self,
+        spec: StageSpec,
+        parts: Mapping[str, Any],
+        value: Any,
+        created: float | None,
+        key: str | None,
+    ) -> str | None:
+        # `commit`, returning why the value was not stored (None: stored).
         try:
             data = pickle_value(value)
         except Exception as exc:
-            return CommitResult(
-                False, f"not cached: its value cannot be pickled ({_describe(exc)})"
-            )
+            return f"not cached: its value cannot be pickled ({_describe(exc)})"
         digest = digest_bytes(data)
         self.value_digests[spec.name] = digest
         outs: dict[str, str] = {}
         for path in spec.outs:
             found = path_digests(path, self.store)
             if any(d == MISSING for d in found.values()):
-                return CommitResult(False, f"not cached: declared out {path!r} does not exist")
+                return f"not cached: declared out {path!r} does not exist"
             outs.update(found)
         if spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
-        functions = self._functions_json.get(parts["code"])
+        code = parts["code"]
+        functions = self._functions_json.get(code)
         if functions is None:
-            functions = self._functions_json[parts["code"]] = functions_json(parts["functions"])
-        self.store.put(
-            CacheEntry(
-                key=key_of(parts) if key is None else key,
-                pipeline=self.pipeline,
-                stage=spec.name,
-                value=data,
-                value_digest=digest,
-                parts=parts,
-                outs=outs,
-                created=time.time() if created is None else created,
-                run_id=self.run_id,
-                parts_json=parts_json(parts, functions),
+            functions = self._functions_json[code] = functions_json(parts["functions"])
+        key = key_of(parts) if key is None else key
+        created = time.time() if created is None else created
+        store = self.store
+        if isinstance(store, SQLiteStore):
+            # The built-in store: its row, without a `CacheEntry` in between.
+            outs_text = json.dumps(outs, sort_keys=True, separators=(",", ":")) if outs else "{}"
+            row = (
+                kid_of(key),
+                key,
+                self.pipeline,
+                spec.name,
+                data,
+                digest,
+                parts_json(parts),
+                outs_text,
+                created,
+                self.run_id,
             )
-        )
-        return CommitResult(True)
+            store.put_encoded(row, code, functions)
+        else:
+            store.put(
+                CacheEntry(
+                    key, self.pipeline, spec.name, data, digest, parts, outs, created, self.run_id
+                )
+            )
+        return None
 
     def commit_many(
-        self, commits: Sequence[tuple[StageSpec, Mapping[str, Any], str | None, Any]]
-    ) -> list[CommitResult]:
-        """`commit` each ``(spec, parts, key, value)``; one result each, in order."""
-        commit = self.commit
-        return [commit(spec, parts, value, key=key) for spec, parts, key, value in commits]
+        self, commits: Sequence[tuple[StageSpec, Mapping[str, Any], str | None, Any, object]]
+    ) -> list[str | None]:
+        """`commit` each ``(spec, parts, key, value, _)``: why each was not stored (None: it was).
+
+        (The fifth item is the caller's, ignored: the caller's own list is passed as is.)
+        """
+        commit = self._commit
+        return [commit(spec, parts, value, None, key) for spec, parts, key, value, _ in commits]
 
 
 def _with_key(decision: Decision, key: str) -> Decision:

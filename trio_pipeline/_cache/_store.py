@@ -25,6 +25,7 @@ that still finds it locked is retried, so ``database is locked`` never surfaces.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,7 +43,8 @@ from .._errors import PipelineError
 _T = TypeVar("_T")
 
 APPLICATION_ID = 0x54504331  # "TPC1"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Schema 1 (a store made before) is migrated when opened: see `_MIGRATIONS`."""
 STORE_FILENAME = "cache.sqlite"
 OBJECTS_DIRNAME = "objects"
 DEFAULT_CACHE_DIR = ".trio-pipeline"
@@ -105,8 +107,6 @@ class CacheEntry:
     outs: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     created: float = 0.0
     run_id: str = ""
-    # `parts` as the store's JSON text, when the writer has it already (a cheaper commit).
-    parts_json: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,9 +243,10 @@ class CacheStore(Protocol):
         ...
 
 
-_SCHEMA = """
-CREATE TABLE entries (
-    key TEXT PRIMARY KEY,
+_ENTRIES = """
+CREATE TABLE {name} (
+    kid INTEGER NOT NULL,
+    key TEXT NOT NULL,
     pipeline TEXT NOT NULL,
     stage TEXT NOT NULL,
     value BLOB NOT NULL,
@@ -254,9 +255,17 @@ CREATE TABLE entries (
     outs TEXT NOT NULL,
     created REAL NOT NULL,
     run_id TEXT NOT NULL
+)
+"""
+_ENTRIES_INDEXES = (
+    "CREATE UNIQUE INDEX entries_by_key ON entries (kid)",
+    "CREATE INDEX entries_by_stage ON entries (pipeline, stage, created)",
+)
+_SCHEMA = """
+CREATE TABLE functions (
+    code TEXT PRIMARY KEY,
+    items TEXT NOT NULL
 );
-CREATE INDEX entries_by_stage ON entries (pipeline, stage, created);
-CREATE INDEX entries_by_age ON entries (created);
 CREATE TABLE file_memo (
     path TEXT PRIMARY KEY,
     mtime_ns INTEGER NOT NULL,
@@ -273,7 +282,8 @@ CREATE TABLE runs (
     state TEXT NOT NULL,
     ok INTEGER NOT NULL,
     counts TEXT NOT NULL,
-    params TEXT NOT NULL
+    params TEXT NOT NULL,
+    stages TEXT
 );
 CREATE INDEX runs_by_start ON runs (started);
 CREATE TABLE run_stages (
@@ -288,6 +298,46 @@ CREATE TABLE run_stages (
     PRIMARY KEY (run_id, position)
 );
 """
+# Schema 2, for a cheaper commit (a cold run writes one entry per stage, and SQLite's
+# cost is mostly the index pages each commit dirties): entries are found by `kid`, 64
+# bits of their key, in a unique index of 8-byte integers (a third of the pages of an
+# index of 40-character keys); no index on `created` (only `prune` needs it, and it can
+# scan); an entry's `parts` leave out the code fingerprint's items (``"functions"``),
+# stored once per fingerprint in `functions`; a run's stages are one JSON list in
+# `runs.stages`, not a row each in `run_stages` (schema 1's runs stay there, with
+# `stages` NULL). Two keys with one `kid` (a 2**-64 chance per pair) cost an entry (the
+# later replaces the earlier), never a wrong value: every read also matches `key`.
+
+
+def _migrate_1(db: sqlite3.Connection) -> None:
+    db.create_function("trio_pipeline_kid", 1, kid_of, deterministic=True)
+    db.execute(_ENTRIES.format(name="entries_2"))
+    db.execute(
+        "INSERT OR REPLACE INTO entries_2 SELECT trio_pipeline_kid(key), key, pipeline, stage,"
+        " value, value_digest, parts, outs, created, run_id FROM entries ORDER BY created"
+    )
+    db.execute("DROP TABLE entries")  # and its indexes
+    db.execute("ALTER TABLE entries_2 RENAME TO entries")
+    for statement in _ENTRIES_INDEXES:
+        db.execute(statement)
+    db.execute("CREATE TABLE functions (code TEXT PRIMARY KEY, items TEXT NOT NULL)")
+    db.execute("ALTER TABLE runs ADD COLUMN stages TEXT")
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
+"""Version -> what takes a store of that version to the next (in one transaction)."""
+
+
+def kid_of(key: str) -> int:
+    """The 64-bit integer an entry is indexed by: from its key (hex, as `digest_bytes`)."""
+    if len(key) == 40:
+        try:
+            value = int(key[:16], 16)
+        except ValueError:
+            value = -1
+        if value >= 0:  # not "-..." (int() takes a sign, spaces, "0x" and "_": harmless)
+            return value - (1 << 63)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), signed=True)
 
 
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
@@ -338,6 +388,7 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._depth = 0
         self._pending: list[tuple[Any, ...]] = []  # entries put inside batch(), not yet written
+        self._pending_functions: dict[str, str] = {}  # their fingerprints' items (JSON)
         self._in_tx = False  # batch() has begun its transaction
         try:
             ensure_private_dir(self.cache_dir)
@@ -401,7 +452,7 @@ class SQLiteStore:
                 f"made by a newer trio_pipeline (schema {version}, this one reads"
                 f" {SCHEMA_VERSION})",
             )
-        ours = app_id == APPLICATION_ID and version == SCHEMA_VERSION
+        ours = app_id == APPLICATION_ID and (version == SCHEMA_VERSION or version in _MIGRATIONS)
         if not ours and (app_id != 0 or tables):
             raise CacheStoreError(
                 self.path, "a SQLite file that is not a trio_pipeline cache store; refusing it"
@@ -412,12 +463,26 @@ class SQLiteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         if app_id != APPLICATION_ID:
             self._run_locked(db, self._create_schema)
+        elif version != SCHEMA_VERSION:
+            self._run_locked(db, self._migrate)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        # Another process may have migrated it meanwhile: re-read under the write lock.
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        while version in _MIGRATIONS:
+            _MIGRATIONS[version](db)
+            version += 1
+        db.execute(f"PRAGMA user_version={version}")
 
     @staticmethod
     def _create_schema(db: sqlite3.Connection) -> None:
         # Another process may have created it meanwhile: re-check under the write lock.
         if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
             return
+        db.execute(_ENTRIES.format(name="entries"))
+        for statement in _ENTRIES_INDEXES:
+            db.execute(statement)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
@@ -501,6 +566,7 @@ class SQLiteStore:
         except BaseException:
             self._depth = 0
             self._pending.clear()
+            self._pending_functions.clear()
             if self._in_tx:
                 self._in_tx = False
                 self._conn.execute("ROLLBACK")
@@ -523,8 +589,8 @@ class SQLiteStore:
     def get(self, key: str) -> CacheEntry | None:
         rows = self._read(
             "SELECT value, value_digest, outs, created, run_id, pipeline, stage"
-            " FROM entries WHERE key = ?",
-            (key,),
+            " FROM entries WHERE kid = ? AND key = ?",
+            (kid_of(key), key),
         )
         if not rows:
             return None
@@ -551,35 +617,67 @@ class SQLiteStore:
             " FROM entries WHERE pipeline = ? AND stage = ? ORDER BY created DESC LIMIT 1",
             (pipeline, stage),
         )
-        return _entry_from_row(rows[0]) if rows else None
+        entry = _entry_from_row(rows[0]) if rows else None
+        if entry is None or "functions" in entry.parts:  # schema 1 kept them in the entry
+            return entry
+        code = entry.parts.get("code")
+        found = self._read("SELECT items FROM functions WHERE code = ?", (code,))
+        if not found:
+            return entry
+        return dataclasses.replace(
+            entry, parts=dict(entry.parts, functions=json.loads(found[0][0]))
+        )
 
     def put(self, entry: CacheEntry) -> None:
-        row = (
-            entry.key,
-            entry.pipeline,
-            entry.stage,
-            entry.value,
-            entry.value_digest,
-            entry.parts_json
-            if entry.parts_json is not None
-            else json.dumps(_plain(entry.parts), sort_keys=True, separators=(",", ":")),
-            json.dumps(_plain(entry.outs), sort_keys=True, separators=(",", ":"))
-            if entry.outs
-            else "{}",
-            entry.created,
-            entry.run_id,
+        parts = dict(entry.parts)
+        functions = parts.pop("functions", None)
+        code = parts.get("code")
+        self.put_encoded(
+            (
+                kid_of(entry.key),
+                entry.key,
+                entry.pipeline,
+                entry.stage,
+                entry.value,
+                entry.value_digest,
+                _json(parts),
+                _json(_plain(entry.outs)) if entry.outs else "{}",
+                entry.created,
+                entry.run_id,
+            ),
+            code if isinstance(code, str) and functions is not None else None,
+            _json(_plain(functions)) if functions is not None else "{}",
         )
+
+    def put_encoded(self, row: tuple[Any, ...], code: str | None, functions: str) -> None:
+        """`put`, from the entry's row as stored (a cheaper commit; not in `CacheStore`).
+
+        `row` holds the columns of ``entries`` in order (``kid`` is `kid_of` the key),
+        its ``parts`` JSON without the fingerprint's items; `functions` is those items'
+        JSON, stored once per `code` (the fingerprint's digest; None: nothing to store).
+        """
         if self._depth:
             # Written together when the batch ends (or before a read): one executemany
             # for a batch of commits costs a fraction of one execute each.
             self._pending.append(row)
+            if code is not None:
+                self._pending_functions[code] = functions
             return
-        self._write(lambda db: db.execute(_INSERT_ENTRY, row))
+
+        def work(db: sqlite3.Connection) -> None:
+            if code is not None:
+                db.execute(_INSERT_FUNCTIONS, (code, functions))
+            db.execute(_INSERT_ENTRY, row)
+
+        self._write(work)
 
     def _flush(self) -> None:
         rows, self._pending = self._pending, []
+        functions, self._pending_functions = self._pending_functions, {}
         try:
             self._begin()
+            if functions:
+                self._conn.executemany(_INSERT_FUNCTIONS, functions.items())
             self._conn.executemany(_INSERT_ENTRY, rows)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
@@ -616,7 +714,8 @@ class SQLiteStore:
         return found
 
     def delete(self, key: str) -> None:
-        self._write(lambda db: db.execute("DELETE FROM entries WHERE key = ?", (key,)))
+        args = (kid_of(key), key)
+        self._write(lambda db: db.execute("DELETE FROM entries WHERE kid = ? AND key = ?", args))
 
     # -- file memo --------------------------------------------------------------------
 
@@ -645,16 +744,19 @@ class SQLiteStore:
             int(record.ok),
             json.dumps(dict(record.counts)),
             json.dumps(_jsonable(record.params)),
+            # One JSON list, not a row per stage: a tenth of the cost for a big run.
+            json.dumps(
+                [
+                    [s.name, s.status, s.attempts, s.duration, s.reason, s.error]
+                    for s in record.stages
+                ],
+                separators=(",", ":"),
+            ),
         )
-        stage_rows = [
-            (record.run_id, i, s.name, s.status, s.attempts, s.duration, s.reason, s.error)
-            for i, s in enumerate(record.stages)
-        ]
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?)", run_row)
+            db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)", run_row)
             db.execute("DELETE FROM run_stages WHERE run_id = ?", (record.run_id,))
-            db.executemany("INSERT INTO run_stages VALUES (?,?,?,?,?,?,?,?)", stage_rows)
 
         self._write(work)
 
@@ -669,18 +771,22 @@ class SQLiteStore:
 
     def run(self, run_id: str) -> RunRecord | None:
         rows = self._read(
-            "SELECT run_id, pipeline, file, started, duration, state, ok, counts, params"
-            " FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id = ? DESC LIMIT 2",
+            "SELECT run_id, pipeline, file, started, duration, state, ok, counts, params,"
+            " stages FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id = ? DESC LIMIT 2",
             (run_id, _like_prefix(run_id), run_id),
         )
         if not rows or (len(rows) > 1 and rows[0][0] != run_id):
             return None  # unknown, or an ambiguous prefix
-        stage_rows = self._read(
-            "SELECT name, status, attempts, duration, reason, error FROM run_stages"
-            " WHERE run_id = ? ORDER BY position",
-            (rows[0][0],),
-        )
-        return _run_from_row(rows[0], tuple(StageRecord(*r) for r in stage_rows))
+        *row, stages = rows[0]
+        if stages is not None:
+            stage_rows: list[Any] = json.loads(stages)
+        else:  # recorded by schema 1
+            stage_rows = self._read(
+                "SELECT name, status, attempts, duration, reason, error FROM run_stages"
+                " WHERE run_id = ? ORDER BY position",
+                (row[0],),
+            )
+        return _run_from_row(row, tuple(StageRecord(*r) for r in stage_rows))
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -705,6 +811,18 @@ class SQLiteStore:
             old_runs = "SELECT run_id FROM runs WHERE started < ?"
             db.execute(f"DELETE FROM run_stages WHERE run_id IN ({old_runs})", (cutoff,))
             db.execute("DELETE FROM runs WHERE started < ?", (cutoff,))
+            if removed:
+                # The fingerprints' items no entry refers to any more.
+                used = {
+                    json.loads(parts).get("code")
+                    for (parts,) in db.execute("SELECT parts FROM entries")
+                }
+                stale = [
+                    (code,)
+                    for (code,) in db.execute("SELECT code FROM functions").fetchall()
+                    if code not in used
+                ]
+                db.executemany("DELETE FROM functions WHERE code = ?", stale)
             return int(removed)
 
         return int(self._write(work))
@@ -731,7 +849,12 @@ class SQLiteStore:
         return f"SQLiteStore({os.fspath(self.cache_dir)!r})"
 
 
-_INSERT_ENTRY = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_ENTRY = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_FUNCTIONS = "INSERT OR IGNORE INTO functions VALUES (?, ?)"
+
+
+def _json(mapping: Mapping[str, Any]) -> str:
+    return json.dumps(mapping, sort_keys=True, separators=(",", ":"))
 
 
 def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
