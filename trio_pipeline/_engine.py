@@ -112,6 +112,7 @@ class _Run:
             teardown_timeout=teardown_timeout,
             params=params,
             lookups=frozenset() if cache is None else cache.lookups,
+            max_backlog=max_backlog,
         )
         self.drain_timeout = drain_timeout
         send, receive = trio.open_memory_channel[Event](math.inf)
@@ -190,7 +191,21 @@ class _Run:
                     self.cache.close()
                 self._stages_done.set()
                 self.dispatcher.set_deadline(now + self.drain_timeout)
+            held = out.held
             out.clear()
+            if held:
+                self._find_room(now)
+
+    def _find_room(self, now: float) -> None:
+        """The scheduler has no room left to start a ready stage: give it more.
+
+        At once if the sinks keep up; otherwise the dispatcher is paused and
+        `_on_backlog` resumes the scheduler once they have caught up.
+        """
+        room = self.dispatcher.room()
+        if room:
+            self.sched.resume_starts(now, room)
+            self._apply(now)
 
     def _look_up(self, lookups: list[int], now: float) -> None:
         """Look ready stages up in the cache; each answer is a fact (issue 14).
@@ -377,7 +392,7 @@ class _Run:
             self.sched.pause_starts()  # from inside _apply too: it only sets a flag
         else:
             now = self._now()
-            self.sched.resume_starts(now)
+            self.sched.resume_starts(now, self.dispatcher.room())
             self._apply(now)
 
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
@@ -820,8 +835,10 @@ async def open_run(
             one item stage (math.inf: none).
         max_backlog: While the slowest sink (of those not disabled) has more than this
             many events emitted and not yet handled, no new stage attempt starts
-            (from the scheduler's next decision on; running ones go on, and emitting
-            never blocks), until it is back under half of it. None: unbounded.
+            (running ones go on, and emitting never blocks), until it is back under
+            half of it; and no more start at once than keep it at most this (so a
+            wide graph starts ``max_backlog`` stages, then more as the sinks keep
+            up). None: unbounded.
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
         cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``
