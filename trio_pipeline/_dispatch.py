@@ -30,7 +30,7 @@ from ._events import Event
 from ._feeds import Feed
 from ._sinks import Sink
 
-DEFAULT_MAX_BACKLOG = 10_000
+DEFAULT_MAX_BACKLOG = 1_000
 """Default `max_backlog` of a run (see benchmarks/README.md for the measurement)."""
 
 _YIELD_EVERY = 64  # events dispatched between looks at the clock

@@ -433,7 +433,11 @@ class Scheduler:
         )
 
     def counts(self) -> dict[StageStatus, int]:
-        return count_statuses(s for s in self.status if s.is_terminal)
+        status = self.status
+        # Mostly called once every stage is terminal: then the list itself, counted in C.
+        return count_statuses(
+            status if not self._unfinished else (s for s in status if s.is_terminal)
+        )
 
     # -- facts: the run ---------------------------------------------------------------
 
