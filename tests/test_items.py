@@ -83,8 +83,8 @@ def test_after_naming_the_stream_input_is_the_same_edge() -> None:
         ({"each": "src", "executor": tp.ThreadExecutor()}, _each, "plain def f"),
         ({"executor": tp.ThreadExecutor()}, _src, "source"),
         ({"each": 3}, _each, "each= takes one stage"),
-        ({"consumes": "src", "uses": "gpu"}, _each, "applies per item call of each="),
-        ({"consumes": "src", "trigger": "all_done"}, _each, "trigger='all_done' is not supported"),
+        ({"consumes": "src", "trigger": "always"}, _each, "trigger='always'"),
+        ({"trigger": "always"}, _src, "teardown stage"),
     ],
 )
 def test_bad_item_options_are_refused_naming_the_stage(
@@ -150,6 +150,53 @@ def test_groups_readers_collectors_and_dynamic_maps() -> None:
     assert 5 not in plan.stream_input
 
 
+def test_one_failed_on_a_stream_reader_is_refused_pointing_to_after() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(_src, name="src")
+    pipe.stage(_each, name="alert", each="src", trigger="one_failed")
+    with pytest.raises(tp.StageDefinitionError) as info:
+        pipe.validate()
+    assert info.value.stage == "alert"
+    assert "reads the stream of 'src'" in str(info.value)
+    assert "after=['src']" in str(info.value)
+
+
+def test_one_failed_on_a_dynamic_map_or_a_source_is_accepted() -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(_task, name="t")
+    pipe.stage(_src, name="src", after=["t"], trigger="one_failed")
+    pipe.stage(_each, name="m", each="t", trigger="one_failed")
+    pipe.validate()
+
+
+def test_a_pool_held_for_whole_calls_and_taken_per_item_is_refused() -> None:
+    pipe = tp.Pipeline("p", pools={"db": 4})
+    pipe.stage(_src, name="src", uses="db")
+    pipe.stage(_each, name="fetch", each="src", uses="db")
+    with pytest.raises(tp.StageDefinitionError, match="pool 'db' could deadlock") as info:
+        pipe.validate()
+    assert "'src' holds it for its whole call" in str(info.value)
+    assert "'fetch' takes it per item call" in str(info.value)
+
+
+async def test_a_group_needing_more_slots_than_its_pool_has_is_refused_at_the_start() -> None:
+    pipe = tp.Pipeline("p", pools={"db": 1})
+    pipe.stage(_src, name="src", uses="db")
+
+    async def save(ctx: tp.StageContext, items: Any) -> None:
+        pass
+
+    pipe.stage(save, name="save", consumes="src", uses="db")
+    pipe.validate()  # the run's pools may differ: checked when it starts
+    message = "stream group \\['src', 'save'\\] takes 2 slots of pool 'db' at once"
+    with pytest.raises(tp.StageDefinitionError, match=message):
+        await tp.run(pipe)
+    with pytest.raises(tp.StageDefinitionError, match=message):
+        pipe.start_order()
+    result = await tp.run(pipe, pools={"db": 2})
+    assert result.ok
+
+
 def test_a_group_whose_outside_dependency_is_independent_is_accepted() -> None:
     pipe = tp.Pipeline("p")
     pipe.stage(_task, name="config")
@@ -176,11 +223,14 @@ class Spec:
     items: int
     delay: float
     exclusive: bool = False
-    pooled: bool = False  # a task stage taking the one slot of pool "p"
+    pooled: bool = False  # takes the one slot of pool "p" (per item call for each=)
+    holds: int = 0  # slots of pool "q" (2 slots) held for the whole call / attempt
+    priority: int = 0
+    trigger: str = "all_success"
 
 
 @st.composite
-def definitions(draw: st.DrawFn) -> tuple[list[Spec], int | None]:
+def definitions(draw: st.DrawFn) -> tuple[list[Spec], int | None, int]:
     n = draw(st.integers(1, 7))
     specs: list[Spec] = []
     for i in range(n):
@@ -197,13 +247,19 @@ def definitions(draw: st.DrawFn) -> tuple[list[Spec], int | None]:
                 delay=draw(st.sampled_from([0.0, 0.0, 0.5, 1.0])),
                 exclusive=draw(st.sampled_from([False, False, False, True])),
                 pooled=kind in ("task", "map", "flat") and draw(st.booleans()),
+                holds=draw(st.sampled_from([0, 0, 1, 2])) if kind != "map" else 0,
+                priority=draw(st.sampled_from([0, 0, -1, 1])),
+                # Rules that a failure-free run fires (one_failed would skip).
+                trigger=draw(
+                    st.sampled_from(["all_success", "all_success", "all_done", "none_failed"])
+                ),
             )
         )
-    return specs, draw(st.sampled_from([None, 1, 2]))
+    return specs, draw(st.sampled_from([None, 1, 2])), draw(st.integers(1, 3))
 
 
-def build(specs: list[Spec]) -> tp.Pipeline:
-    pipe = tp.Pipeline("random", pools={"p": 1})
+def build(specs: list[Spec], q_size: int = 2) -> tp.Pipeline:
+    pipe = tp.Pipeline("random", pools={"p": 1, "q": q_size})
     for i, spec in enumerate(specs):
         name = f"s{i}"
         after = [f"s{j}" for j in spec.after]
@@ -248,12 +304,13 @@ def make_stage(
 
     reads = f"s{spec.reads}"
     exclusive = spec.exclusive
+    options: dict[str, Any] = {"priority": spec.priority, "trigger": spec.trigger}
+    holds = {"q": spec.holds} if spec.holds else {}
     if spec.kind == "task":
-        pipe.add_stage(
-            name, task, after=after, exclusive=exclusive, uses={"p": 1} if spec.pooled else {}
-        )
+        uses = {"p": 1, **holds} if spec.pooled else holds
+        pipe.add_stage(name, task, after=after, exclusive=exclusive, uses=uses, **options)
     elif spec.kind == "source":
-        pipe.add_stage(name, source, after=after, exclusive=exclusive)
+        pipe.add_stage(name, source, after=after, exclusive=exclusive, uses=holds, **options)
     elif spec.kind in ("map", "flat"):
         pipe.add_stage(
             name,
@@ -264,30 +321,39 @@ def make_stage(
             buffer=spec.buffer,
             ordered=spec.ordered,
             exclusive=exclusive,
-            uses={"p": 1} if spec.pooled else {},
+            uses={"p": 1, **holds} if spec.pooled else holds,  # per item call
+            **options,
         )
     else:
         fn = consume if spec.kind == "consume" else consume_gen
         pipe.add_stage(
-            name, fn, consumes=reads, after=after, buffer=spec.buffer, exclusive=exclusive
+            name,
+            fn,
+            consumes=reads,
+            after=after,
+            buffer=spec.buffer,
+            exclusive=exclusive,
+            uses=holds,
+            **options,
         )
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(definitions(), st.random_module())
 def test_every_accepted_definition_runs_to_the_end_under_any_limits(
-    drawn: tuple[list[Spec], int | None], seed: Any
+    drawn: tuple[list[Spec], int | None, int], seed: Any
 ) -> None:
-    specs, max_parallel = drawn
-    pipe = build(specs)
+    specs, max_parallel, q_size = drawn
+    pipe = build(specs, q_size)
     try:
         pipe.validate()
+        pipe.start_order()  # the run's pools: does each group's whole-call need fit?
     except tp.StageDefinitionError as exc:
         refusal = str(exc)
     else:
         refusal = ""
     if refusal:
-        assert "could deadlock" in refusal
+        assert any(why in refusal for why in ("could deadlock", "at once", "which has")), refusal
         event("refused")
         return
     sink = RecordingSink()

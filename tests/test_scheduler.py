@@ -544,6 +544,201 @@ def test_a_stop_cancels_retry_waits_but_not_a_teardown_stage_s() -> None:
     assert d.sched.finished
 
 
+# -- stream groups ---------------------------------------------------------------------------
+
+
+async def _source(ctx: tp.StageContext) -> Any:
+    yield 1
+
+
+async def _per_item(ctx: tp.StageContext, item: Any) -> Any:
+    return item
+
+
+async def _consume(ctx: tp.StageContext, items: Any) -> None:
+    pass
+
+
+class _Counts:
+    items_in = items_out = items_failed = items_cancelled = items_ok = 0
+
+
+def stream_pipeline(*specs: tuple[str, str, dict[str, Any]], **kwargs: Any) -> tp.Pipeline:
+    """Stages by kind: "task", "source", or "each:X" / "consumes:X" reading X."""
+    pipe = tp.Pipeline("p", **kwargs)
+    for name, kind, options in specs:
+        if kind == "task":
+            pipe.add_stage(name, noop, **options)
+        elif kind == "source":
+            pipe.add_stage(name, _source, **options)
+        elif kind.startswith("each:"):
+            pipe.add_stage(name, _per_item, each=kind[5:], **options)
+        else:
+            pipe.add_stage(name, _consume, consumes=kind.removeprefix("consumes:"), **options)
+    return pipe
+
+
+def end_member(d: Driver, name: str, status: tp.StageStatus = S.SUCCEEDED) -> None:
+    d.sched.member_finished(
+        d.i(name),
+        status,
+        d.now,
+        value=None,
+        error=Boom(name) if status is S.FAILED else None,
+        blocked_by=None,
+        reason=None,
+        counts=_Counts(),
+    )
+    d.drain()
+
+
+def test_a_stream_group_ranks_by_its_best_member_then_its_first_members_place() -> None:
+    pipe = stream_pipeline(
+        ("low", "task", {"priority": 1}),
+        ("src", "source", {}),
+        ("fetch", "each:src", {"priority": 5}),
+        ("high", "task", {"priority": 5}),
+        ("plain", "task", {}),
+    )
+    d = Driver(pipe, max_parallel=1).begin()
+    assert d.started == ["src"]  # the group, led by src, ranks 5 (fetch's) and comes first
+    end_member(d, "src")
+    assert d.started == ["src"]  # one unit: its slot is held until its last member ends
+    end_member(d, "fetch")
+    d.ok("high")
+    d.ok("low")
+    assert d.started == ["src", "high", "low", "plain"]
+    # A member without priority lifts a group led by a negative one to 0.
+    pipe = stream_pipeline(
+        ("src", "source", {"priority": -1}), ("plain", "task", {}), ("fetch", "each:src", {})
+    )
+    assert Driver(pipe, max_parallel=1).begin().started == ["src"]
+
+
+def test_a_group_takes_its_members_whole_call_slots_at_once_and_each_gives_its_own_back() -> None:
+    pipe = stream_pipeline(
+        ("hog", "task", {"uses": "db", "priority": 2}),
+        ("src", "source", {"uses": "db", "priority": 1}),
+        ("save", "consumes:src", {"uses": "db"}),
+        ("free", "task", {}),
+        ("late", "task", {"uses": "db"}),
+    )
+    d = Driver(pipe, pools={"db": 2}).begin()
+    # The group needs 2 db slots at once; hog holds 1, so it waits holding none, and the
+    # stages behind it go ahead (late takes the other slot).
+    assert d.started == ["hog", "free", "late"]
+    d.ok("hog")
+    assert d.started == ["hog", "free", "late"]  # still 1 free of the 2 it needs
+    d.ok("late")
+    assert d.started == ["hog", "free", "late", "src"]
+    assert d.sched.started_members(d.i("src")) == (d.i("src"), d.i("save"))
+    assert d.sched._free == {"db": 0}  # pyright: ignore[reportPrivateUsage]
+    end_member(d, "src")  # a member's call is over: its slot comes back, the group's run on
+    assert d.sched._free == {"db": 1}  # pyright: ignore[reportPrivateUsage]
+    end_member(d, "save")
+    assert d.sched._free == {"db": 2}  # pyright: ignore[reportPrivateUsage]
+
+
+def test_a_group_starts_when_every_members_rule_decided_and_runs_the_members_it_allows() -> None:
+    pipe = stream_pipeline(
+        ("gate", "task", {}),
+        ("slow", "task", {}),
+        ("src", "source", {"after": ["gate"]}),
+        ("strict", "each:src", {}),
+        ("lenient", "each:src", {"trigger": "all_done", "after": ["slow"]}),
+    )
+    d = Driver(pipe, keep_going=True).begin()
+    assert d.started == ["gate", "slow"]
+    d.fail("gate")
+    # src is BLOCKED now and strict with it; lenient's rule still waits for slow.
+    assert d.status("src") is S.BLOCKED
+    assert d.finished("strict").blocked_by == "gate"
+    assert d.status("lenient") is S.PENDING
+    d.ok("slow")
+    assert d.started == ["gate", "slow", "src"]  # the group, led by its first member ...
+    assert d.sched.started_members(d.i("src")) == (d.i("lenient"),)  # ... runs lenient alone
+    assert d.status("lenient") is S.RUNNING  # (reading an empty stream)
+    end_member(d, "lenient")
+    assert d.sched.finished
+
+
+@pytest.mark.parametrize(
+    ("trigger", "expected"),
+    [("all_success", S.BLOCKED), ("none_failed", S.BLOCKED), ("all_done", S.RUNNING)],
+)
+def test_a_reader_of_a_producer_blocked_as_the_group_is_decided(
+    trigger: str, expected: tp.StageStatus
+) -> None:
+    pipe = stream_pipeline(
+        ("gate", "task", {}),
+        ("src", "source", {"after": ["gate"]}),
+        ("reader", "each:src", {"trigger": trigger}),
+    )
+    d = Driver(pipe, keep_going=True).begin()
+    d.fail("gate")  # every rule of the group is decided by this one fact
+    assert d.status("src") is S.BLOCKED
+    assert d.status("reader") is expected
+    if expected is S.BLOCKED:
+        assert d.finished("reader").blocked_by == "gate"
+        assert d.sched.finished
+
+
+def test_a_stop_that_ends_the_waiting_members_of_a_group_starts_the_rest() -> None:
+    # Regression (found by the item property): fail-fast cancelled `strict`, whose rule
+    # was the only one still waiting, but nothing decided the group again until `slow`
+    # ended, so `src` (one_failed: it may run at once) was held back.
+    pipe = stream_pipeline(
+        ("bad", "task", {}),
+        ("slow", "task", {}),
+        ("src", "source", {"after": ["bad", "slow"], "trigger": "one_failed"}),
+        ("strict", "each:src", {"after": ["slow"]}),
+    )
+    d = Driver(pipe).begin()
+    d.fail("bad")
+    assert d.status("strict") is S.CANCELLED
+    assert d.started == ["bad", "slow", "src"]
+    assert d.sched.started_members(d.i("src")) == (d.i("src"),)
+
+
+def test_start_order_starts_a_group_as_one_and_lists_the_members_it_runs() -> None:
+    # Regression: start_order ended a group by its first member as if it were a task
+    # (and raised once that member had ended SKIPPED without running).
+    pipe = stream_pipeline(
+        ("alarm", "task", {"trigger": "one_failed"}),  # nothing failed: SKIPPED
+        ("src", "source", {"after": ["alarm"]}),  # SKIPPED with it
+        ("tidy", "each:src", {"trigger": "all_done"}),  # runs on an empty stream
+        ("after", "task", {"after": ["tidy"]}),
+    )
+    assert pipe.start_order() == ["tidy", "after"]
+    pipe = stream_pipeline(("src", "source", {}), ("fetch", "each:src", {}), ("t", "task", {}))
+    assert pipe.start_order() == ["src", "fetch", "t"]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "expected"),
+    [
+        ("all_success", S.SKIPPED),
+        ("none_failed", S.RUNNING),  # a skipped producer is an empty stream
+        ("all_done", S.RUNNING),
+    ],
+)
+def test_a_readers_rule_reads_its_producer_that_does_not_run(
+    trigger: str, expected: tp.StageStatus
+) -> None:
+    pipe = stream_pipeline(
+        ("ok", "task", {}),
+        ("alarm", "task", {"after": ["ok"], "trigger": "one_failed"}),  # skipped
+        ("src", "source", {"after": ["alarm"]}),
+        ("reader", "consumes:src", {"trigger": trigger}),
+    )
+    d = Driver(pipe).begin()
+    d.ok("ok")
+    assert d.status("src") is S.SKIPPED
+    assert d.status("reader") is expected
+    if expected is S.SKIPPED:
+        assert d.finished("reader").reason == "trigger all_success not met: upstream 'src' skipped"
+
+
 # -- facts ---------------------------------------------------------------------------------
 
 

@@ -62,7 +62,9 @@ def test_console_sink_has_a_readable_name(tmp_path: Path) -> None:
 def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
     from trio_pipeline._sinks import format_stage_line
 
-    def finished(status: tp.StageStatus, *counts: int, error: str | None = None) -> Any:
+    def finished(
+        status: tp.StageStatus, *counts: int, error: str | None = None, reason: str | None = None
+    ) -> Any:
         n_in, n_out, n_failed, n_cancelled = counts or (None, None, None, None)
         return tp.StageFinished(
             "r",
@@ -74,6 +76,7 @@ def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
             2.0,
             error,
             None,
+            reason,
             items_in=n_in,
             items_out=n_out,
             items_failed=n_failed,
@@ -89,3 +92,8 @@ def test_console_lines_of_item_stages_carry_their_counts_and_rate() -> None:
         == "fetch: failed [9 in, 7 out, 1 failed, 1 cancelled, 4/s] (ItemError: item 8)"
     )
     assert format_stage_line(finished(tp.StageStatus.SUCCEEDED)) == "fetch: succeeded (2.00s)"
+    short = "upstream 'src' failed: received 3 of its 5 items"
+    assert (
+        format_stage_line(finished(tp.StageStatus.SUCCEEDED, 3, 3, 0, 0, reason=short))
+        == f"fetch: succeeded [3 in, 3 out, 2/s] (2.00s; {short})"
+    )

@@ -562,25 +562,231 @@ async def test_a_source_that_raises_fails_and_its_readers_end_blocked(
     assert (end.status, end.items_in, end.blocked_by) == (S.BLOCKED, 2, "src")
 
 
-async def test_a_group_is_blocked_as_one_when_an_outside_dependency_fails(
+async def _no_config(ctx: tp.StageContext) -> None:
+    raise Boom("no config")
+
+
+async def test_only_the_member_whose_outside_dependency_failed_is_blocked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Each member's trigger rule reads its own dependencies: the source has none, so it
+    # runs (with no reader left); its reader is BLOCKED by the failed config.
+    pipe = tp.Pipeline("p")
+    pipe.stage(_no_config, name="config")
+    pipe.stage(source_of(3), name="src")
+
+    @pipe.stage(each="src", after=["config"])
+    async def work(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    result, _ = await go(pipe, keep_going=True)
+    assert result.stages["src"].status is S.SUCCEEDED
+    assert result.stages["src"].items_out == 3
+    assert result.stages["work"].status is S.BLOCKED
+    assert result.stages["work"].blocked_by == "config"
+
+
+# -- trigger rules on item stages -------------------------------------------------------------
+
+
+def failing_source(n: int) -> Any:
+    async def source(ctx: tp.StageContext) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+        raise Boom("source broke")
+
+    return source
+
+
+async def test_an_all_done_reader_reads_what_arrived_and_reports_the_shortfall(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(failing_source(3), name="src")
+
+    @pipe.stage(consumes="src", trigger="all_done")
+    async def lenient(ctx: tp.StageContext, items: AsyncIterator[int]) -> list[int]:
+        return [item async for item in items]
+
+    @pipe.stage(consumes="src")
+    async def strict(ctx: tp.StageContext, items: AsyncIterator[int]) -> list[int]:
+        return [item async for item in items]
+
+    @pipe.stage(after=[lenient])
+    async def report(ctx: tp.StageContext) -> int:
+        return len(ctx.inputs["lenient"])
+
+    result, events = await go(pipe, keep_going=True)
+    assert result.stages["src"].status is S.FAILED
+    end = finished(events)["lenient"]
+    assert (end.status, end.items_in) == (S.SUCCEEDED, 3)
+    assert end.reason == "upstream 'src' failed: received 3 of its 3 items"
+    assert result.stages["lenient"].value == [0, 1, 2]
+    assert result.stages["report"].value == 3
+    assert (result.stages["strict"].status, result.stages["strict"].blocked_by) == (
+        S.BLOCKED,
+        "src",
+    )
+
+
+async def test_an_all_done_reader_of_a_producer_that_never_ran_reads_an_empty_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(_no_config, name="config")
+    pipe.stage(source_of(3), name="src", after=["config"])
+
+    @pipe.stage(each="src", trigger="all_done")
+    async def cleanup(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    result, events = await go(pipe, keep_going=True)
+    assert result.stages["src"].status is S.BLOCKED
+    end = finished(events)["cleanup"]
+    assert (end.status, end.items_in, end.items_out) == (S.SUCCEEDED, 0, 0)
+
+
+async def test_none_failed_takes_a_skipped_producer_as_an_empty_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(_task_ok, name="ok")
+    pipe.stage(_task_ok, name="alarm", after=["ok"], trigger="one_failed")  # SKIPPED
+    pipe.stage(source_of(3), name="src", after=["alarm"])
+
+    @pipe.stage(consumes="src", trigger="none_failed")
+    async def count(ctx: tp.StageContext, items: AsyncIterator[int]) -> int:
+        return len([item async for item in items])
+
+    @pipe.stage(consumes="src")
+    async def strict(ctx: tp.StageContext, items: AsyncIterator[int]) -> int:
+        return 0
+
+    result, _ = await go(pipe)
+    assert result.stages["src"].status is S.SKIPPED
+    assert (result.stages["count"].status, result.stages["count"].value) == (S.SUCCEEDED, 0)
+    assert result.stages["strict"].status is S.SKIPPED
+    assert result.stages["strict"].reason == "trigger all_success not met: upstream 'src' skipped"
+
+
+async def _task_ok(ctx: tp.StageContext) -> list[int]:
+    return [1, 2, 3]
+
+
+@pytest.mark.parametrize(("check_fails", "expected"), [(True, S.SUCCEEDED), (False, S.SKIPPED)])
+async def test_a_dynamic_map_follows_its_trigger_rule_as_a_task_stage_does(
+    autojump_clock: trio.testing.MockClock, check_fails: bool, expected: tp.StageStatus
+) -> None:
+    pipe = tp.Pipeline("p")
+    pipe.stage(_task_ok, name="files")
+
+    @pipe.stage
+    async def check(ctx: tp.StageContext) -> None:
+        if check_fails:
+            raise Boom("check failed")
+
+    @pipe.stage(each="files", after=[check], trigger="one_failed")
+    async def quarantine(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    result, _ = await go(pipe, keep_going=True)
+    outcome = result.stages["quarantine"]
+    assert outcome.status is expected
+    if check_fails:
+        assert outcome.items_out == 3
+
+
+async def test_an_all_done_map_over_a_failed_stage_maps_over_nothing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     pipe = tp.Pipeline("p")
 
     @pipe.stage
-    async def config(ctx: tp.StageContext) -> None:
-        raise Boom("no config")
+    async def files(ctx: tp.StageContext) -> list[int]:
+        raise Boom("no listing")
 
-    pipe.stage(source_of(3), name="src")
-
-    @pipe.stage(each="src", after=[config])
-    async def work(ctx: tp.StageContext, item: int) -> int:
+    @pipe.stage(each=files, trigger="all_done")
+    async def tidy(ctx: tp.StageContext, item: int) -> int:
         return item
 
     result, _ = await go(pipe, keep_going=True)
-    assert result.stages["src"].status is S.BLOCKED
-    assert result.stages["work"].status is S.BLOCKED
-    assert result.stages["src"].blocked_by == "config"
+    assert (result.stages["tidy"].status, result.stages["tidy"].items_in) == (S.SUCCEEDED, 0)
+
+
+async def test_the_group_waits_for_every_members_rule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p")
+
+    @pipe.stage
+    async def slow(ctx: tp.StageContext) -> None:
+        await trio.sleep(2.0)
+        raise Boom("slow failed")
+
+    pipe.stage(source_of(2), name="src")
+
+    @pipe.stage(each="src", after=[slow], trigger="all_done")
+    async def work(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    result, events = await go(pipe, keep_going=True)
+    starts = {e.stage: e.time for e in events if isinstance(e, tp.StageStarted)}
+    assert starts["src"] == starts["work"] == pytest.approx(2.0)
+    assert result.stages["work"].items_out == 2
+
+
+async def test_an_exclusive_group_runs_alone_until_its_last_member_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Regression (check_run's replay): it let others start once the member that
+    # started last (here the exclusive `fast`) ended, while `slow` still ran.
+    pipe = tp.Pipeline("p")
+    pipe.stage(source_of(2), name="src")
+
+    @pipe.stage(each="src")
+    async def slow(ctx: tp.StageContext, item: int) -> int:
+        await trio.sleep(1.0)
+        return item
+
+    @pipe.stage(each="src", exclusive=True)
+    async def fast(ctx: tp.StageContext, item: int) -> int:
+        return item
+
+    pipe.stage(_task_ok, name="other")
+    _, events = await go(pipe, max_parallel=2)
+    ends, starts = (
+        finished(events),
+        {e.stage: e.time for e in events if isinstance(e, tp.StageStarted)},
+    )
+    assert ends["fast"].time < ends["slow"].time == pytest.approx(2.0)
+    assert starts["other"] == pytest.approx(2.0)
+
+
+# -- pools on sources and consumes= stages -------------------------------------------------------
+
+
+async def test_a_source_and_a_consumer_hold_their_slots_for_the_whole_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pipe = tp.Pipeline("p", pools={"db": 2})
+    pipe.stage(source_of(3, delay=1.0), name="src", uses="db")
+
+    @pipe.stage(consumes="src", uses="db")
+    async def save(ctx: tp.StageContext, items: AsyncIterator[int]) -> int:
+        return len([item async for item in items])
+
+    @pipe.stage(uses="db", priority=1)
+    async def other(ctx: tp.StageContext) -> None:
+        await trio.sleep(0.5)
+
+    result, events = await go(pipe)
+    assert result.stages["save"].value == 3
+    starts = {e.stage: e.time for e in events if isinstance(e, tp.StageStarted)}
+    ends = finished(events)
+    # The group needs both slots at once: it waits (holding none) until `other` ends.
+    assert starts["other"] == 0.0
+    assert starts["src"] == starts["save"] == pytest.approx(0.5)
+    assert ends["save"].time == pytest.approx(3.5)
 
 
 # -- the property: random item pipelines keep every promise --------------------------------

@@ -60,6 +60,7 @@ from ._dispatch import DEFAULT_MAX_BACKLOG, Dispatcher
 from ._errors import PipelineInternalError, StageDefinitionError, StageDefinitionTypeError
 from ._events import Event, ItemFailed, StageProgress
 from ._graph import Pipeline, Plan, Stage
+from ._items import check_group_pools
 from ._options import DEFAULT_OPTIONS, check_optional_int, check_pools, check_seconds
 from ._params import NO_PARAMS, Params, check_params
 from ._result import RunResult
@@ -445,15 +446,12 @@ class _Run:
     # -- stream groups (`_streams.StreamHost`) -----------------------------------------
 
     def _start_group(self, first: int) -> None:
-        members = self.sched.group_of(first)
-        assert members is not None
         streams = self.sched.streams
-        group = streams.groups[streams.group_of[first]]
         group_run = GroupRun(
             self,
             self.plan.stages,
             streams,
-            group,
+            self.sched.started_members(first),
             progress_interval=self.progress_interval,
             chaos=self._chaos,
         )
@@ -912,6 +910,7 @@ async def open_run(
     )
     merged = {**pipeline.pools, **(pools or {})} if pools is not None else pipeline.pools
     checked_pools = check_pools(_PoolUsers(plan), merged)
+    check_group_pools(plan, checked_pools)
     run_id = uuid.uuid4().hex[:12]
     run_cache = await open_run_cache(
         plan,

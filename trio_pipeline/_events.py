@@ -87,7 +87,9 @@ class StageFinished:
     that blocked it, `reason` why a stage that did not succeed or fail ended as it did
     (``"upstream 'a' failed"``, ``"fail-fast stop"``, ``"close requested"``, ``"run
     cancelled"``, ``"trigger all_success not met: upstream 'a' skipped"``, ``"raised
-    KeyboardInterrupt"``, ...; None for SUCCEEDED and FAILED). The item counts are None
+    KeyboardInterrupt"``, ...; None for FAILED, and for SUCCEEDED but a cache miss's
+    explanation and a ``trigger="all_done"`` stream reader's shortfall, ``"upstream 'a'
+    failed: received 7 of its 9 items"``). The item counts are None
     for a task stage; for an item stage
     ``items_in == items_ok + items_failed + items_cancelled`` (see `StageProgress`):
     items taken in, finished, failed after their retries, and cancelled or left unread.

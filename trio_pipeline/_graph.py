@@ -35,6 +35,7 @@ from ._items import (
     ItemOptions,
     ItemStageFunction,
     OnItemError,
+    check_group_pools,
     check_item_scheduling,
     check_streams,
     item_options,
@@ -303,7 +304,10 @@ class Pipeline:
                 - ``version``: a string you bump by hand to invalidate stored results.
 
                 For an `each` stage, ``retries``, ``retry_*``, ``timeout`` and ``uses``
-                apply per item call.
+                apply per item call; a source or `consumes` stage holds its ``uses``
+                for its whole call. On a stream reader, ``trigger`` also reads the
+                stream's producer: ``all_done`` reads what arrived even if it failed;
+                ``one_failed`` is refused there and ``always`` on any item stage.
             each: Make this an item stage calling ``fn(ctx, item)`` once per item
                 of that stage (see the README's streaming section).
             consumes: Make this a stage called once as ``fn(ctx, items)`` with an
@@ -486,7 +490,9 @@ class Pipeline:
         from ._scheduler import start_order  # pure, like this module
 
         plan = self.compile()
-        return start_order(plan, check_pools(plan, self.pools))
+        pools = check_pools(plan, self.pools)
+        check_group_pools(plan, pools)
+        return start_order(plan, pools)
 
     def _resolve_one(self, name: str, keyword: str, ref: StageRef) -> str:
         if not (isinstance(ref, str | Stage) or callable(ref)):

@@ -20,10 +20,28 @@ once X succeeded (a dynamic map); that is an ordinary dependency.
 
 Stages joined by stream edges form a **stream group**. Each stage has at most one
 stream input, so a group is a tree whose root is a source or a dynamic map. A group
-is one scheduling unit: it becomes ready when every dependency of every member that
-lies outside the group has succeeded, it takes one ``max_parallel`` slot, and all
-its members start together. Members finish one by one; a member's ordinary
-downstream may start as soon as that member succeeded.
+is one scheduling unit: it takes one ``max_parallel`` slot and the members that run
+start together. Members finish one by one; a member's ordinary downstream may start
+as soon as that member ended.
+
+Triggers (decided by `Scheduler`, in the pure scheduler): each member's trigger rule
+reads its own dependencies, a reader's including the stream it reads. A producer
+that will run counts as live (neither failed nor waiting); one whose rule ended it
+counts as it ended. A member whose rule says BLOCKED, SKIPPED or CANCELLED ends at
+once without running; the group is queued once no member's rule waits any more,
+with the members whose rule said run (a reader whose producer does not run reads an
+empty stream). While the stream flows, a producer that fails or is blocked blocks
+its ``all_success`` and ``none_failed`` readers; an ``all_done`` reader reads what
+arrived, ends normally, and its reason reports how many of the producer's items it
+received. ``one_failed`` is refused on a stream reader (it is decided only once the
+producer has ended, and a reader starts with it: use ``after=``); ``always`` is
+refused on item stages (a teardown stage outlives a cancellation; streams do not).
+
+Pools: an each= stage's ``uses=`` is taken per item call (`Scheduler.take_item_slots`);
+a source's or consumes= stage's is held for its whole call: a group takes those of
+the members it starts all at once when it starts, or waits holding nothing, and each
+member gives its own back when it ends (`check_group_pools`: they must fit the run's
+pools together).
 
 The rule (checked by `check_streams` before anything runs)
 -----------------------------------------------------------
@@ -34,16 +52,20 @@ The rule (checked by `check_streams` before anything runs)
    acyclic (the issue's example: ``b`` with ``each=src`` and ``after=[c]``, ``c``
    after ``src``; ``c`` needs all of ``src``, ``src`` waits for ``b``'s buffer, ``b``
    waits for ``c``).
+3. A pool held for whole calls by a source or consumes= stage is never taken per
+   item call by an each= stage (else a group holding it could wait for its own
+   items' slots, or two groups for each other's).
 
 Why that is enough, under any ``max_parallel``, pools and ``exclusive``: the
 scheduling units then form a DAG in which a unit never waits for anything once it
-started (it holds its slot until its members end, and nothing it waits on needs a
-slot: per-item pool slots are taken for one call at a time, all at once, and given
-back before the result is emitted, so an item call never holds a slot while it
-waits). Inside a started group the streams form a tree of bounded buffers whose
-readers always read to the end of their input (a reader that fails stops reading
-and closes its input, so its producer drops it), so items always move towards the
-leaves, and leaves always make progress.
+started (it holds its slot until its members end; its whole-call pool slots were
+taken before it started; and nothing it waits on needs a slot a group holds:
+per-item pool slots are taken for one call at a time, all at once, from pools no
+group holds, and given back before the result is emitted, so an item call never
+holds a slot while it waits). Inside a started group the streams form a tree of
+bounded buffers whose readers always read to the end of their input (a reader that
+fails stops reading and closes its input, so its producer drops it), so items
+always move towards the leaves, and leaves always make progress.
 """
 
 from __future__ import annotations
@@ -58,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 from ._context import StageContext
 from ._errors import StageDefinitionError
 from ._events import describe_error
+from ._options import Trigger
 
 if TYPE_CHECKING:
     from ._graph import Plan, Stage
@@ -217,27 +240,22 @@ def item_options(
 
 
 def check_item_scheduling(name: str, items: ItemOptions | None, options: StageOptions) -> None:
-    """Refuse the stage options a stream group does not honour yet (rather than ignore them).
+    """Refuse the stage options an item stage cannot honour (rather than ignore them).
 
-    A group is scheduled as one unit with the ALL_SUCCESS rule, ranked by its first
-    member; ``exclusive`` makes the whole group run alone; an each= stage's ``uses=``
-    is taken per item call (`Scheduler.take_item_slots`).
+    The rest of the trigger rule needs the plan (`stream_plan` refuses ``one_failed``
+    on a stream reader).
 
     Raises:
-        StageDefinitionError: ``uses=`` on a source or consumes= stage, or a
-            ``trigger=`` other than ALL_SUCCESS on an item stage.
+        StageDefinitionError: ``trigger=always`` on an item stage.
     """
     if items is None:
         return
-    if options.uses and items.kind != "each":
+    if options.trigger is Trigger.ALWAYS:
         raise StageDefinitionError(
-            f"stage {name!r}: uses= (pools) applies per item call of each= stages;"
-            f" a {items.kind} stage cannot take pool slots yet"
-        )
-    if options.trigger != "all_success":
-        raise StageDefinitionError(
-            f"stage {name!r}: trigger={options.trigger.value!r} is not supported on item stages"
-            " yet (a stream group starts when all its outside dependencies succeeded)"
+            f"stage {name!r}: trigger='always' (a teardown stage, shielded from"
+            " cancellation) does not apply to item stages, whose streams a cancellation"
+            " stops; use trigger='all_done' to run after a failure, or an ordinary"
+            " teardown stage after=[...] it"
         )
 
 
@@ -401,6 +419,8 @@ def stream_plan(plan: Plan) -> StreamPlan:
                 if producer.produces:
                     collects.add(j)
     _check_units_acyclic(plan, groups, group_of)
+    _check_stream_triggers(stages, stream_input)
+    _check_pools_disjoint(stages, item_stages)
     return StreamPlan(
         groups=tuple(groups),
         group_of=MappingProxyType(group_of),
@@ -408,6 +428,85 @@ def stream_plan(plan: Plan) -> StreamPlan:
         stream_input=MappingProxyType(stream_input),
         collects=frozenset(collects),
     )
+
+
+def holds_for_call(stage: Stage) -> Mapping[str, int]:
+    """The pool slots an item stage holds for its whole call: a source's or consumes=
+    stage's ``uses=`` (an each= stage takes its own per item call; a task stage: {})."""
+    items = stage.items
+    if items is None or items.kind == "each":
+        return _NO_USES
+    return stage.options.uses
+
+
+_NO_USES: Mapping[str, int] = MappingProxyType({})
+
+# Rules that can only be decided once a stream input has ended cannot gate a reader
+# that starts with it (see "Triggers" in the module docs).
+_LIVE_TRIGGERS = frozenset({Trigger.ALL_SUCCESS, Trigger.NONE_FAILED, Trigger.ALL_DONE})
+
+
+def _check_stream_triggers(stages: Sequence[Stage], stream_input: Mapping[int, int]) -> None:
+    for reader, producer in stream_input.items():
+        trigger = stages[reader].options.trigger
+        if trigger not in _LIVE_TRIGGERS:
+            name, up = stages[reader].name, stages[producer].name
+            raise StageDefinitionError(
+                f"trigger={trigger.value!r} is decided only once every upstream stage ended,"
+                f" but it reads the stream of {up!r} while {up!r} runs; use an ordinary"
+                f" stage with after=[{up!r}] instead (it receives {up!r}'s items as a list),"
+                " or trigger='all_done' to read what arrives",
+                stage=name,
+            )
+
+
+def _check_pools_disjoint(stages: Sequence[Stage], item_stages: Sequence[int]) -> None:
+    """A pool held for a whole call by a stream stage is never taken per item call.
+
+    Otherwise a group holding it could wait for its own item calls' slots (or for
+    another group's, which waits for this one's): a deadlock under small pools.
+    """
+    held: dict[str, str] = {}
+    per_item: dict[str, str] = {}
+    for i in item_stages:
+        stage = stages[i]
+        if not stage.options.uses:
+            continue
+        whole = holds_for_call(stage)
+        for pool in stage.options.uses:
+            (held if whole else per_item).setdefault(pool, stage.name)
+    for pool, holder in held.items():
+        taker = per_item.get(pool)
+        if taker is not None:
+            raise StageDefinitionError(
+                f"pool {pool!r} could deadlock: stage {holder!r} holds it for its whole call"
+                f" while each= stage {taker!r} takes it per item call, so a stream group"
+                " holding it could wait forever for its items' slots; give them separate pools"
+            )
+
+
+def check_group_pools(plan: Plan, pools: Mapping[str, int]) -> None:
+    """A stream group takes its members' whole-call slots at once: they must fit together.
+
+    Raises:
+        StageDefinitionError: a group needs more slots of a pool than the run's pool
+            has (it could never start), naming the group.
+    """
+    stages = plan.stages
+    if not any(holds_for_call(stage) for stage in stages):
+        return
+    for group in stream_plan(plan).groups:
+        need: dict[str, int] = {}
+        for m in group.members:
+            for pool, slots in holds_for_call(stages[m]).items():
+                need[pool] = need.get(pool, 0) + slots
+        for pool, slots in need.items():
+            size = pools.get(pool, 0)
+            if slots > size:
+                raise StageDefinitionError(
+                    f"stream group {_group_names(stages, group.members)} takes {slots} slots"
+                    f" of pool {pool!r} at once (its stages start together), which has {size}"
+                )
 
 
 def check_streams(plan: Plan) -> None:

@@ -50,6 +50,14 @@ anything, and the stages behind it go ahead; an exclusive stage starts only when
 nothing runs, and nothing starts while it runs (while it waits, the stages behind it
 wait too: otherwise it could wait forever).
 
+Stream groups (`_items`) are one unit in the ready heap, led by their first member:
+each member's rule is applied as above to its own dependencies, its stream input
+counted as it was decided (`_evaluate_group`); the members it ends without running
+end at once, and the group is queued once no rule waits. It ranks by its highest
+member priority, then its first member's index; it takes its members' whole-call
+pool slots all at once or is parked holding none; each member gives its own back
+when it ends, and the group's ``max_parallel`` slot comes back with its last member.
+
 Stops (`STOP_RULES`): a fail-fast failure, `request_close` and `cancel` each say
 which unstarted stages may still start (by trigger) and whether running attempts are
 cancelled. Teardown stages (`Trigger.ALWAYS`) are never cancelled by a stop; after a
@@ -340,6 +348,7 @@ class Scheduler:
         teardown: set[int] = set()
         exclusive: set[int] = set()
         priorities: dict[int, int] = {}
+        member_uses: dict[int, tuple[tuple[str, int], ...]] = {}
         for i, stage in enumerate(plan.stages):
             options = stage.options
             if options is DEFAULT_OPTIONS:
@@ -350,7 +359,10 @@ class Scheduler:
                 if options.trigger is _ALWAYS:
                     teardown.add(i)
             if options.uses and stage.items is not None:
-                self._item_uses[i] = tuple(options.uses.items())  # per item call
+                if stage.items.kind == "each":
+                    self._item_uses[i] = tuple(options.uses.items())  # per item call
+                else:
+                    member_uses[i] = tuple(options.uses.items())  # for the whole call
             elif options.uses:
                 self._uses[i] = tuple(options.uses.items())
             if options.exclusive:
@@ -362,19 +374,39 @@ class Scheduler:
         self.streams = streams = stream_plan(plan)
         self._lead: dict[int, int] = {}  # member -> its group's first member
         self._members: dict[int, tuple[int, ...]] = {}  # first member -> members
+        self._order: dict[int, tuple[int, ...]] = {}  # ... producers before their readers
+        self._to_start: dict[int, tuple[int, ...]] = {}  # first -> members whose rule said run
+        self._started: dict[int, tuple[int, ...]] = {}  # first -> members it started
+        self._evaluating: set[int] = set()  # groups being decided (`_evaluate_group`)
         self._live: dict[int, int] = {}  # first member -> members still running
         self._counts: dict[int, Any] = {}  # member -> its final item counts
+        # Whole-call pool slots of sources and consumes= stages: a group takes those of
+        # the members it starts all at once (`_take_group`); each member gives its own
+        # back when it ends.
+        self._member_uses = member_uses
+        self._held: dict[int, tuple[tuple[str, int], ...]] = {}  # running member -> slots
+        pooled_groups: set[int] = set()
         for group in streams.groups:
             first = group.members[0]
             self._members[first] = group.members
+            self._order[first] = _producers_first(group.members, streams.stream_input)
+            # The group ranks by its best member (ties: the first member's definition order).
+            best = max(priorities.get(m, 0) for m in group.members)
+            if best:
+                priorities[first] = best
+            else:
+                priorities.pop(first, None)
             for m in group.members:
                 self._lead[m] = first
                 self._marks.setdefault(m, _Marks())  # readiness: `_evaluate_group`
                 if m in exclusive:
                     exclusive.add(first)  # a group with an exclusive member runs alone
+                if m in member_uses:
+                    pooled_groups.add(first)
+        self._pooled_groups: frozenset[int] = frozenset(pooled_groups)
         self.teardown: frozenset[int] = frozenset(teardown)
         self._exclusive: frozenset[int] = frozenset(exclusive)
-        self._special: frozenset[int] = frozenset(exclusive | set(self._uses))
+        self._special: frozenset[int] = frozenset(exclusive | set(self._uses) | pooled_groups)
         self._alone = -1  # the running exclusive stage
         # Heap keys: the index, or with priorities -priority * n + index, which
         # orders by priority (higher first), then index, and gives the index back
@@ -728,19 +760,17 @@ class Scheduler:
 
     def give_item_slots(self, i: int, now: float) -> None:
         """An item call of stage `i` is over: its slots are free for stages and items."""
-        free, parked = self._free, self._parked
-        for pool, slots in self._item_uses[i]:
-            free[pool] += slots
-            for j in parked.pop(pool, ()):
-                self._push(j)
-        out = self.out
-        out.slots_freed = True
-        out.rare = True
+        self._give_back(self._item_uses[i])
         self._pump(now)
 
     def group_of(self, i: int) -> tuple[int, ...] | None:
         """The members of the stream group that stage `i` leads, or None."""
         return self._members.get(i)
+
+    def started_members(self, first: int) -> tuple[int, ...]:
+        """The members the running group led by `first` started (its trigger rules said
+        run); the others ended before it started."""
+        return self._started[first]
 
     def member_finished(
         self,
@@ -768,12 +798,16 @@ class Scheduler:
             self._live[first] = left
         else:
             del self._live[first]
+            del self._started[first]
             self._running -= 1
             self._release_slots(first)
+        held = self._held.pop(i, None) if self._held else None
+        if held is not None:
+            self._give_back(held)  # its whole call is over
         requested = True
         if status is _SUCCEEDED:
             self.values[i] = value
-            self._finish(i, _SUCCEEDED, now)
+            self._finish(i, _SUCCEEDED, now, reason=reason)
         elif status is _FAILED:
             assert error is not None
             self._fail(i, error, now)
@@ -790,8 +824,10 @@ class Scheduler:
         self._check_done(now)
 
     def _start_group(self, first: int, now: float) -> None:
-        """Start every member of the group `first` leads: one unit, one slot."""
-        members = self._members[first]
+        """Start the members of the group `first` leads that its rules said run: one
+        unit, one ``max_parallel`` slot (their whole-call pool slots are taken)."""
+        members = self._starting(first)
+        del self._to_start[first]
         out = self.out
         for m in members:
             self._move(m, _RUNNING)
@@ -799,59 +835,120 @@ class Scheduler:
             self._times[m] = now
             name = self.plan.stages[m].name
             out.events.append(StageStarted(self.run_id, self._next_seq(), now, name, 1))
+            held = self._member_uses.get(m)
+            if held is not None:
+                self._held[m] = held
         self._running += 1
         self._live[first] = len(members)
+        self._started[first] = members
         if first in self._exclusive:
             self._alone = first
         out.start.append(first)
 
     def _evaluate_group(self, first: int, now: float) -> None:
-        """The ALL_SUCCESS rule over every dependency of the group from outside it."""
-        members = self._members[first]
-        if any(self._marks[m].decided for m in members):
-            return
-        inside = set(members)
-        status, stages = self.status, self.plan.stages
-        failed: str | None = None
-        waiting = cancelled = skipped = False
-        for m in members:
-            for j in self.plan.upstream[m]:
-                if j in inside:
-                    continue
-                sj = status[j]
-                if sj is _FAILED and failed is None:
-                    failed = stages[j].name
-                elif sj is _BLOCKED and failed is None:
-                    failed = self._blocked_by[j]
-                elif sj is _CANCELLED:
-                    cancelled = True
-                elif sj is _SKIPPED:
-                    skipped = True
-                elif not sj.is_terminal:
+        """Apply the group members' trigger rules; start the group once all decided.
+
+        Each member's rule reads its own dependencies from outside the group and, for
+        a stream reader, its stream input as decided here: a producer that will run
+        counts as live (not failed, not waiting), one that does not as it ended
+        (BLOCKED, SKIPPED or CANCELLED), one still undecided as waiting. A member
+        whose rule ends it (BLOCKED, SKIPPED, CANCELLED) ends at once; the group is
+        queued when no rule waits any more, with the members whose rule said run (a
+        reader whose producer does not run reads an empty stream).
+        """
+        if first in self._to_start or first in self._started or first in self._evaluating:
+            return  # decided (queued or running), or being decided (a member ending below)
+        self._evaluating.add(first)
+        try:
+            self._decide_group(first, now)
+        finally:
+            self._evaluating.discard(first)
+
+    def _decide_group(self, first: int, now: float) -> None:
+        status, marks = self.status, self._marks
+        decided: dict[int, tuple[Verdict, str | None]] = {}
+        waiting = False
+        for m in self._order[first]:
+            if status[m] is _PENDING:  # (a stop may have ended some already)
+                decision = self._member_verdict(first, m, decided)
+                if decision[0] is Verdict.WAIT:
                     waiting = True
-        if failed is None and not cancelled and waiting:
+                else:
+                    decided[m] = decision
+        still = self._still_start
+        start: list[int] = []
+        for m, (verdict, culprit) in decided.items():
+            if status[m] is not _PENDING:
+                continue  # ended by an ending below (a stop)
+            trigger = self._trigger.get(m, Trigger.ALL_SUCCESS)
+            if verdict is Verdict.RUN:
+                if still is None or trigger in still:
+                    start.append(m)
+                    continue
+                verdict = Verdict.CANCEL
+            marks[m].decided = True
+            if verdict is Verdict.BLOCK:
+                reason = f"upstream {culprit!r} failed"
+                self._finish(m, _BLOCKED, now, blocked_by=culprit, reason=reason)
+            elif verdict is Verdict.SKIP:
+                why = "no upstream failed" if culprit is None else f"upstream {culprit!r} skipped"
+                self._finish(m, _SKIPPED, now, reason=f"trigger {trigger} not met: {why}")
+            else:
+                why = self.stop.value if self.stop else f"upstream {culprit!r} cancelled"
+                self._finish(m, _CANCELLED, now, reason=why)
+        if waiting:
             return
-        for m in members:
-            self._marks[m].decided = True
-        # A stop may have ended some members already (it walks the stages in order).
-        members = tuple(m for m in members if status[m] is _PENDING)
-        if failed is not None:
-            for m in members:
-                reason = f"upstream {failed!r} failed"
-                self._finish(m, _BLOCKED, now, blocked_by=failed, reason=reason)
-        elif cancelled:
-            for m in members:
-                self._finish(m, _CANCELLED, now, reason=self._stop_reason())
-        elif skipped:
-            for m in members:
-                self._finish(
-                    m, _SKIPPED, now, reason="trigger all_success not met: upstream skipped"
-                )
-        elif self._still_start is not None and Trigger.ALL_SUCCESS not in self._still_start:
-            for m in members:
-                self._finish(m, _CANCELLED, now, reason=self._stop_reason())
-        else:
+        start = [m for m in start if status[m] is _PENDING]
+        if start:
+            for m in start:
+                marks[m].decided = True
+            self._to_start[first] = tuple(start)
             self._push(first)
+
+    def _member_verdict(
+        self, first: int, m: int, decided: Mapping[int, tuple[Verdict, str | None]]
+    ) -> tuple[Verdict, str | None]:
+        """Member `m`'s trigger rule (`TRIGGER_RULES`) and the stage it names, if any."""
+        status, stages = self.status, self.plan.stages
+        failed = cancelled = skipped = None
+        waiting = False
+        for j in self.plan.upstream[m]:
+            name = stages[j].name
+            if j in decided:  # its stream input, decided just now
+                verdict, culprit = decided[j]
+                if verdict is Verdict.BLOCK and failed is None:
+                    failed = culprit
+                elif verdict is Verdict.SKIP and skipped is None:
+                    skipped = name
+                elif verdict is Verdict.CANCEL and cancelled is None:
+                    cancelled = name
+                continue
+            sj = status[j]
+            if sj is _FAILED and failed is None:
+                failed = name
+            elif sj is _BLOCKED and failed is None:
+                failed = self._blocked_by[j]
+            elif sj is _SKIPPED and skipped is None:
+                skipped = name
+            elif sj is _CANCELLED and cancelled is None:
+                cancelled = name
+            elif not sj.is_terminal:
+                waiting = True  # outside: not ended; inside: its own rule waits
+        holds = {
+            "failed": failed is not None,
+            "cancelled": cancelled is not None,
+            "waiting": waiting,
+            "skipped": skipped is not None,
+            "else": True,
+        }
+        trigger = self._trigger.get(m, Trigger.ALL_SUCCESS)
+        verdict = next(v for condition, v in TRIGGER_RULES[trigger] if holds[condition])
+        culprit = {
+            Verdict.BLOCK: failed,
+            Verdict.SKIP: skipped,
+            Verdict.CANCEL: cancelled,
+        }.get(verdict)
+        return verdict, culprit
 
     # -- rules ------------------------------------------------------------------------
 
@@ -901,7 +998,7 @@ class Scheduler:
         while ready and self._running < self._limit:
             key = ready[0]
             i = key if keys is None else key % n
-            if status[i] is not _PENDING:
+            if status[i] is not _PENDING and not (i in self._to_start and self._starting(i)):
                 heapq.heappop(ready)  # ended while queued (a stop)
                 continue
             if self._alone >= 0:
@@ -916,6 +1013,9 @@ class Scheduler:
                 if i in self._exclusive and self._running:
                     return  # it waits for the running ones; so do the stages behind it
                 if i in self._uses and not self._take(i):
+                    heapq.heappop(ready)
+                    continue
+                if i in self._pooled_groups and not self._take_group(i):
                     heapq.heappop(ready)
                     continue
             heapq.heappop(ready)
@@ -937,6 +1037,39 @@ class Scheduler:
         for pool, slots in uses:
             free[pool] -= slots
         return True
+
+    def _starting(self, first: int) -> tuple[int, ...]:
+        """The members of queued group `first` it starts: those a stop did not end."""
+        status = self.status
+        return tuple(m for m in self._to_start[first] if status[m] is _PENDING)
+
+    def _take_group(self, first: int) -> bool:
+        """Take the whole-call slots of the members group `first` starts, all at once,
+        or park the group on a short pool (holding nothing)."""
+        need: dict[str, int] = {}
+        for m in self._starting(first):
+            for pool, slots in self._member_uses.get(m, ()):
+                need[pool] = need.get(pool, 0) + slots
+        free = self._free
+        for pool, slots in need.items():
+            if free[pool] < slots:
+                self._parked.setdefault(pool, []).append(first)
+                return False
+        for pool, slots in need.items():
+            free[pool] -= slots
+        return True
+
+    def _give_back(self, uses: tuple[tuple[str, int], ...]) -> None:
+        """Slots come back: wake the stages parked on their pools and waiting item calls."""
+        free, parked = self._free, self._parked
+        for pool, slots in uses:
+            free[pool] += slots
+            for j in parked.pop(pool, ()):
+                self._push(j)
+        if self._item_uses:
+            out = self.out
+            out.slots_freed = True
+            out.rare = True
 
     def _start(self, i: int, now: float) -> None:
         current = self.status[i]
@@ -1037,6 +1170,9 @@ class Scheduler:
                 *(_item_counts(self._counts.get(i)) if self._counts else ()),
             )
         )
+        if self._lead and status is not _SUCCEEDED and i in self._lead:
+            # A member ended unstarted (a stop): its group may now be decided.
+            self._evaluate_group(self._lead[i], now)
         downstream = self.plan.downstream[i]
         if not downstream:
             return
@@ -1213,6 +1349,19 @@ class Scheduler:
         out.rare = True
 
 
+def _producers_first(members: tuple[int, ...], stream_input: Mapping[int, int]) -> tuple[int, ...]:
+    """A group's members ordered so that every producer comes before its readers."""
+
+    def depth(m: int) -> int:
+        d = 0
+        while m in stream_input:
+            m = stream_input[m]
+            d += 1
+        return d
+
+    return tuple(sorted(members, key=lambda m: (depth(m), m)))
+
+
 def _item_counts(counts: Any) -> tuple[int | None, ...]:
     if counts is None:
         return ()
@@ -1268,7 +1417,8 @@ class Outcomes(Mapping[str, StageOutcome]):
 def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]:
     """Stage names in the order an unlimited, failure-free run starts them.
 
-    Runs the scheduler itself: every attempt succeeds, in the order it started.
+    Runs the scheduler itself: every attempt succeeds, in the order it started; a
+    stream group's members start together and succeed in their group's order.
     """
     sched = Scheduler(plan, run_id="start-order", keep_going=True, pools=pools)
     sched.begin(0.0)
@@ -1280,10 +1430,32 @@ def start_order(plan: Plan, pools: Mapping[str, int] | None = None) -> list[str]
         out = sched.out
         started = list(out.start)
         out.clear()
-        order.extend(names[i] for i in started)
+        for i in started:
+            members = sched.started_members(i) if sched.group_of(i) is not None else (i,)
+            order.extend(names[m] for m in members)
         queue.extend(started)
         if head == len(queue):
             return order
         i = queue[head]
         head += 1
-        sched.attempt_succeeded(i, None, 0.0)
+        if sched.group_of(i) is None:
+            sched.attempt_succeeded(i, None, 0.0)
+            continue
+        for m in sched.started_members(i):
+            sched.member_finished(
+                m,
+                _SUCCEEDED,
+                0.0,
+                value=None,
+                error=None,
+                blocked_by=None,
+                reason=None,
+                counts=_NO_ITEMS,
+            )
+
+
+class _NoItems:
+    items_in = items_out = items_failed = items_cancelled = items_ok = 0
+
+
+_NO_ITEMS = _NoItems()

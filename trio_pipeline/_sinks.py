@@ -45,6 +45,9 @@ def format_stage_line(event: StageFinished) -> str:
             + "]"
         )
     if status is StageStatus.SUCCEEDED:
+        if event.items_in is not None and event.reason:
+            # An all_done reader whose producer failed: how much of its stream it got.
+            return f"{head} ({event.duration:.2f}s; {event.reason})"
         return f"{head} ({event.duration:.2f}s)"
     if status is StageStatus.FAILED:
         detail = event.error or "failed"

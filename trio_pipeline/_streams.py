@@ -41,7 +41,8 @@ from ._context import StageContext
 from ._errors import StageTimeout
 from ._events import ItemFailed, StageProgress, describe_error
 from ._graph import Stage
-from ._items import ItemError, ItemOptions, StreamGroup, StreamPlan
+from ._items import ItemError, ItemOptions, StreamPlan
+from ._options import Trigger
 from ._state import StageStatus
 
 _Pair = tuple[int, Any]
@@ -145,6 +146,7 @@ class _Member:
         "readers",
         "reported",
         "scope",
+        "short",
         "stage",
         "turn_waiters",
         "value",
@@ -171,6 +173,8 @@ class _Member:
         self.in_hand = 0
         self.failure: BaseException | None = None
         self.blocked_by: str | None = None
+        # A trigger='all_done' reader's producer that FAILED or was BLOCKED, with how.
+        self.short: tuple[_Member, StageStatus] | None = None
         self.closed_early = False
         self.orphaned = False
         self.done = False
@@ -190,7 +194,7 @@ class GroupRun:
         host: StreamHost,
         stages: Sequence[Stage],
         plan: StreamPlan,
-        group: StreamGroup,
+        members: Sequence[int],
         *,
         progress_interval: float = 0.1,
         chaos: _chaos.Hook | None = None,
@@ -200,7 +204,7 @@ class GroupRun:
         self.closing = False
         self.members: list[_Member] = []
         by_index: dict[int, _Member] = {}
-        for i in group.members:
+        for i in members:
             options = stages[i].items
             assert options is not None
             member = _Member(i, stages[i], options)
@@ -213,10 +217,15 @@ class GroupRun:
             if producer_index is None:
                 member.dynamic = member.options.reads  # None for a source
             else:
-                producer = by_index[producer_index]
                 send, receive = trio.open_memory_channel[_Pair](member.options.buffer)
-                producer.outputs.append(send)
-                producer.readers.append(member)
+                producer = by_index.get(producer_index)
+                if producer is None:
+                    # It ended without running (BLOCKED, SKIPPED, CANCELLED) and this
+                    # reader's trigger rule still said run: an empty stream.
+                    send.close()
+                else:
+                    producer.outputs.append(send)
+                    producer.readers.append(member)
                 member.input = receive
             options = member.options
             if options.kind == "each" and options.workers > 1 and not options.ordered:
@@ -293,11 +302,20 @@ class GroupRun:
         if blocked:
             root = m.blocked_by if status is StageStatus.BLOCKED else m.name
             for reader in m.readers:
-                if reader.blocked_by is None:
+                if reader.stage.options.trigger is Trigger.ALL_DONE:
+                    # It reads what arrived and ends normally; its reason tells the shortfall.
+                    reader.short = (m, status)
+                elif reader.blocked_by is None:
                     reader.blocked_by = root
         value: Any = None
         if status is StageStatus.SUCCEEDED:
             value = m.collect if m.collect is not None else m.value
+            if m.short is not None:
+                producer, its_status = m.short
+                reason = (
+                    f"upstream {producer.name!r} {its_status}: received {m.items_in} of its"
+                    f" {producer.items_out} items"
+                )
         self._unfinished -= 1
         if not self._unfinished:
             self._ticker_scope.cancel()
@@ -319,7 +337,9 @@ class GroupRun:
             if m.dynamic is not None:
                 send, receive = trio.open_memory_channel[_Pair](m.options.buffer)
                 m.input = receive
-                values: Any = self.host.inputs_of(m.index)[m.dynamic]
+                # Absent when its trigger rule let it run without the stage succeeding:
+                # then it maps over nothing.
+                values: Any = self.host.inputs_of(m.index).get(m.dynamic, ())
                 try:
                     iterator: Iterator[Any] = iter(values)
                 except TypeError:

@@ -23,12 +23,16 @@ from hypothesis import strategies as st
 
 import trio_pipeline as tp
 from tests.support.scenarios import FAIL_AFTER, LONG_HANG, TALLY, ScenarioFailure
-from trio_pipeline.testing import ChaosTape, RecordingSink, TaskTracker, check_run
+from trio_pipeline.testing import ChaosTape, PoolTracker, RecordingSink, TaskTracker, check_run
+from trio_pipeline.testing._items import stream_units
 
 Kind = Literal["task", "source", "map", "flat", "consume", "consume_gen"]
 Control = Literal["none", "close", "cancel", "outer"]
 KINDS: tuple[Kind, ...] = ("task", "source", "map", "flat", "consume", "consume_gen")
 PROGRESS = 0.25
+POOLS = {"p": 2, "q": 2}
+# one_failed on a stream reader is refused (it reads a live stream); drawn anyway, rarely.
+TRIGGERS = ("all_success",) * 3 + ("all_done", "all_done", "none_failed", "one_failed")
 
 
 class ItemBoom(Exception):
@@ -52,6 +56,10 @@ class ItemStageSpec:
     retries: int
     timeout: float | None
     pooled: bool = False  # takes a slot of pool "p" (2 slots): per item call for each=
+    holds: int = 0  # slots of pool "q" (2 slots) held for the whole call (not each=)
+    priority: int = 0
+    trigger: str = "all_success"
+    breaks: bool = False  # a task, source or consumes= stage raises after its work
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,10 @@ def item_stage_specs(draw: st.DrawFn, i: int) -> ItemStageSpec:
         retries=draw(st.integers(0, 2)) if per_item else 0,
         timeout=draw(st.sampled_from([None, None, 1.5])) if per_item else None,
         pooled=(per_item or kind == "task") and draw(st.booleans()),
+        holds=0 if per_item else draw(st.sampled_from([0, 0, 1, 2])),
+        priority=draw(st.sampled_from([0, 0, 0, -1, 1])),
+        trigger=draw(st.sampled_from(TRIGGERS)),
+        breaks=not per_item and draw(st.sampled_from([False, False, False, True])),
     )
 
 
@@ -100,21 +112,34 @@ def item_scenarios(draw: st.DrawFn, *, max_stages: int = 6) -> ItemScenario:
     )
 
 
-def build_item_pipeline(sc: ItemScenario) -> tp.Pipeline:
-    pipe = tp.Pipeline("items", pools={"p": 2})
+def build_item_pipeline(sc: ItemScenario, tracker: PoolTracker | None = None) -> tp.Pipeline:
+    """The pipeline of `sc`; its functions count the slots they hold in `tracker`."""
+    pipe = tp.Pipeline("items", pools=POOLS)
     calls: dict[tuple[str, int], int] = {}
     for i, spec in enumerate(sc.stages):
-        _add_stage(pipe, f"s{i}", spec, calls)
+        _add_stage(pipe, f"s{i}", spec, calls, tracker or PoolTracker(POOLS))
     return pipe
 
 
 def _add_stage(
-    pipe: tp.Pipeline, name: str, spec: ItemStageSpec, calls: dict[tuple[str, int], int]
+    pipe: tp.Pipeline,
+    name: str,
+    spec: ItemStageSpec,
+    calls: dict[tuple[str, int], int],
+    tracker: PoolTracker,
 ) -> None:
     after = [f"s{j}" for j in spec.after]
     reads = f"s{spec.reads}"
+    uses = {"p": 1} if spec.pooled else {}
+    holds = {"q": spec.holds} if spec.holds else {}
+    task_uses = {**uses, **holds}
+    options: dict[str, Any] = {"priority": spec.priority, "trigger": spec.trigger}
 
     async def item_call(item: int) -> None:
+        with tracker.holding(uses, f"{name} item {item}"):
+            await _item_call(item)
+
+    async def _item_call(item: int) -> None:
         key = (name, item)
         calls[key] = calls.get(key, 0) + 1
         if spec.hang_mod and item % spec.hang_mod == 1:
@@ -125,13 +150,19 @@ def _add_stage(
             raise ItemBoom(f"{name} item {item} call {calls[key]}")
 
     async def task(ctx: tp.StageContext) -> list[int]:
-        await trio.sleep(spec.delay)
-        return list(range(spec.items))
+        with tracker.holding(task_uses, name):
+            await trio.sleep(spec.delay)
+            if spec.breaks:
+                raise ItemBoom(f"{name} broke")
+            return list(range(spec.items))
 
     async def source(ctx: tp.StageContext) -> AsyncIterator[int]:
-        for k in range(spec.items):
-            await trio.sleep(spec.delay)
-            yield k
+        with tracker.holding(holds, name):
+            for k in range(spec.items):
+                await trio.sleep(spec.delay)
+                yield k
+            if spec.breaks:
+                raise ItemBoom(f"{name} broke")
 
     async def one(ctx: tp.StageContext, item: int) -> int:
         await item_call(item)
@@ -143,24 +174,29 @@ def _add_stage(
             yield item * 10 + k
 
     async def consume(ctx: tp.StageContext, items: AsyncIterator[int]) -> list[int]:
-        seen = []
-        async for item in items:
-            seen.append(item)
-            if spec.delay:
-                await trio.sleep(spec.delay)
-        return seen
+        with tracker.holding(holds, name):
+            seen = []
+            async for item in items:
+                seen.append(item)
+                if spec.delay:
+                    await trio.sleep(spec.delay)
+            if spec.breaks:
+                raise ItemBoom(f"{name} broke")
+            return seen
 
     async def consume_gen(ctx: tp.StageContext, items: AsyncIterator[int]) -> AsyncIterator[int]:
-        async for item in items:
-            if spec.delay:
-                await trio.sleep(spec.delay)
-            yield item
+        with tracker.holding(holds, name):
+            async for item in items:
+                if spec.delay:
+                    await trio.sleep(spec.delay)
+                yield item
+            if spec.breaks:
+                raise ItemBoom(f"{name} broke")
 
-    uses = {"p": 1} if spec.pooled else {}
     if spec.kind == "task":
-        pipe.add_stage(name, task, after=after, uses=uses)
+        pipe.add_stage(name, task, after=after, uses=task_uses, **options)
     elif spec.kind == "source":
-        pipe.add_stage(name, source, after=after)
+        pipe.add_stage(name, source, after=after, uses=holds, **options)
     elif spec.kind in ("map", "flat"):
         pipe.add_stage(
             name,
@@ -175,20 +211,32 @@ def _add_stage(
             retry_delay=0.5,
             timeout=spec.timeout,
             uses=uses,
+            **options,
         )
     else:
         fn = consume if spec.kind == "consume" else consume_gen
-        pipe.add_stage(name, fn, consumes=reads, after=after, buffer=spec.buffer)
+        pipe.add_stage(
+            name, fn, consumes=reads, after=after, buffer=spec.buffer, uses=holds, **options
+        )
 
 
 def run_item_scenario(sc: ItemScenario) -> None:
     """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
     TALLY.examples += 1
-    pipeline = build_item_pipeline(sc)
+    pools = PoolTracker(POOLS)
+    pipeline = build_item_pipeline(sc, pools)
     try:
         pipeline.validate()
+        pipeline.start_order()  # also checks that each group's slots fit its pools
     except tp.StageDefinitionError as exc:
-        if "could deadlock" not in str(exc) and "waits for" not in str(exc):
+        message = str(exc)
+        if "reads the stream of" in message:
+            event("refused (one_failed on a stream reader)")
+            return
+        if "at once" in message:
+            event("refused (a group's slots do not fit its pool)")
+            return
+        if "could deadlock" not in message and "waits for" not in message:
             raise
         event("refused (could deadlock)")
         return
@@ -227,6 +275,7 @@ def run_item_scenario(sc: ItemScenario) -> None:
     except trio.TooSlowError as exc:
         raise ScenarioFailure("invariant broken: every item run finishes: it deadlocked") from exc
     result = handles[0].result
+    pools.check()  # item calls' slots, which no event shows
     check_run(
         [sink],
         pipeline,
@@ -243,6 +292,17 @@ def run_item_scenario(sc: ItemScenario) -> None:
             event(f"some stage {status}")
     if any(isinstance(e, tp.ItemFailed) for e in sink.events):
         event("an item skipped")
+    ends = [e for e in sink.events if isinstance(e, tp.StageFinished)]
+    if any("received" in (e.reason or "") for e in ends):
+        event("an all_done reader ended normally after its producer failed")
+    ran = {e.stage for e in sink.events if isinstance(e, tp.StageStarted)}
+    inputs = stream_units(pipeline)[1]
+    if any(r in ran and p not in ran for r, p in inputs.items()):
+        event("a reader ran on the empty stream of a producer that never ran")
+    if any(spec.holds for spec in sc.stages if spec.kind != "task"):
+        event("a stream stage held pool slots for its call")
+    if pools.peak.get("p", 0):
+        event("per-item pool slots were held")
     if any(isinstance(e, tp.StageProgress) for e in sink.events):
         event("progress reported")
 

@@ -8,6 +8,8 @@
 - `ChaosTape` perturbs the schedule at the engine's chaos points, from a tape of
   small ints (typically drawn by Hypothesis).
 - `TaskTracker` is a trio Instrument proving that no task outlives a run.
+- `PoolTracker` checks pool limits from inside stage and item functions (per-item
+  ``uses=`` emits no events for `check_run` to see).
 
 Nothing here is imported by the engine; Hypothesis is not required.
 """
@@ -15,12 +17,14 @@ Nothing here is imported by the engine; Hypothesis is not required.
 from ._chaos import ChaosTape
 from ._invariants import check_run
 from ._items import check_items
+from ._pools import PoolTracker
 from ._sinks import HungSink, RaisingSink, RecordingSink, SinkFault, SlowSink, TornSink
 from ._tracking import TaskTracker
 
 __all__ = [
     "ChaosTape",
     "HungSink",
+    "PoolTracker",
     "RaisingSink",
     "RecordingSink",
     "SinkFault",

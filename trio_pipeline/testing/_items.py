@@ -18,6 +18,7 @@ from .._events import (
 )
 from .._graph import Pipeline, Plan
 from .._items import StreamPlan, stream_plan
+from .._options import Trigger
 from .._state import StageStatus
 
 _STOPPED = (StageStatus.CANCELLED, StageStatus.BLOCKED, StageStatus.FAILED)
@@ -56,7 +57,10 @@ def check_items(
     failed nothing unless it skips); one `ItemFailed` per failed item of a skipping
     stage, none otherwise; on every stream edge the reader received exactly what the
     producer emitted unless it ended CANCELLED, BLOCKED or FAILED (then at most
-    that); ordinary dependencies succeeded before a stage started; `StageProgress`
+    that), or it is a ``trigger="all_done"`` reader of a producer that FAILED or was
+    BLOCKED (then at most that, and its reason says how many of how many); nothing
+    from a producer that never ran; ordinary dependencies of an ALL_SUCCESS stage
+    succeeded before it started; `StageProgress`
     only while its stage runs, never going back, at least `progress_interval` apart
     and only when items moved; at most `max_parallel` scheduling units running (a
     stream group is one).
@@ -138,8 +142,23 @@ def _check_stage(
     if producer is None:
         return
     up = finished.get(plan.stages[producer].name)
-    if up is None or up.items_out is None:
+    if up is None:
         raise _fail("a reader finishes after its producer", f"{name!r} before its producer")
+    if up.items_out is None:  # it ended without running: the reader read an empty stream
+        if not up.attempt and n_in == 0:
+            return
+        raise _fail("a reader of a producer that never ran receives nothing", repr(end))
+    short = up.status in (StageStatus.FAILED, StageStatus.BLOCKED)
+    short = short and stage.options.trigger is Trigger.ALL_DONE
+    if short and succeeded:
+        # trigger='all_done': it read what arrived and says how much of what was produced.
+        expected = f"received {n_in} of its {up.items_out} items"
+        if n_in > up.items_out or expected not in (end.reason or ""):
+            raise _fail(
+                "a reader ending normally short of its producer's items says so",
+                f"{name!r} reason {end.reason!r}, expected {expected!r}",
+            )
+        return
     if n_in > up.items_out or (end.status not in _STOPPED and n_in != up.items_out):
         raise _fail(
             "a reader receives every item its producer emitted (unless it stopped itself)",
@@ -148,7 +167,8 @@ def _check_stage(
 
 
 def _check_dependencies(events: Sequence[Event], plan: Plan, streams: StreamPlan) -> None:
-    """Every dependency but a stream input SUCCEEDED before the stage started."""
+    """Every dependency but a stream input SUCCEEDED before an item stage with the
+    default trigger started (the replay checks the other rules)."""
     index = {stage.name: i for i, stage in enumerate(plan.stages)}
     succeeded: set[int] = set()
     for e in events:
@@ -156,6 +176,8 @@ def _check_dependencies(events: Sequence[Event], plan: Plan, streams: StreamPlan
             succeeded.add(index[e.stage])
         elif isinstance(e, StageStarted) and e.attempt == 1:
             i = index[e.stage]
+            if plan.stages[i].options.trigger is not Trigger.ALL_SUCCESS:
+                continue
             for j in plan.upstream[i]:
                 if streams.stream_input.get(i) != j and j not in succeeded:
                     raise _fail(

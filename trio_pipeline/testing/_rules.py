@@ -150,18 +150,24 @@ class Schedule:
         for name, stage in self.stages.items():
             for up in stage.after:
                 self.downstream[up].append(name)
-        # Stream groups (item stages): members start as one unit.
-        self.units = stream_units(pipeline)[0]
-        # Pools item calls take (each= stages' uses=): not visible in the events.
+        # Stream groups (item stages): members start as one unit, named by its first
+        # member; each member's trigger rule reads its own dependencies.
+        self.units, self.stream_input = stream_units(pipeline)
+        self.members: dict[str, list[str]] = {}
+        for member, unit in self.units.items():
+            self.members.setdefault(unit, []).append(member)
+        self.started_units: set[str] = set()
+        # Pools item calls take (each= stages' uses=): not visible in the events
+        # (`PoolTracker` checks them from inside the calls).
         self.item_pools = {
             pool
             for stage in self.stages.values()
-            if stage.items is not None
+            if stage.items is not None and stage.items.kind == "each"
             for pool in stage.options.uses
         }
         self.status: dict[str, StageStatus] = {}
         self.running: set[str] = set()
-        self.alone: str | None = None  # the running exclusive stage
+        self.alone: str | None = None  # the running exclusive stage (or stream group)
         self.started: set[str] = set()
         self.retry_due: dict[str, float] = {}
         self.attempt_started: dict[str, float] = {}
@@ -189,24 +195,26 @@ class Schedule:
         return self.stages[name].options.trigger
 
     def _after(self, name: str) -> list[str]:
-        """What `name` waits for: its dependencies but a stream it reads; a stream group
-        member waits for every outside dependency of its group (it starts as one)."""
-        unit = self.units.get(name)
-        if unit is None:
-            return list(self.stages[name].after)
-        members = [m for m, u in self.units.items() if u == unit]
-        return [
-            up
-            for m in members
-            for up in self.stages[m].after
-            if up not in members and self.units.get(up) != unit
-        ]
+        """What `name`'s trigger rule reads: its dependencies (a stream reader's include
+        the stream it reads)."""
+        return list(self.stages[name].after)
 
     def _upstream(self, name: str) -> list[StageStatus | None]:
-        return [self.status.get(up) for up in self._after(name)]
+        """The statuses its rule reads; a stream input that has not ended is live (it
+        runs with its reader), which counts as a success."""
+        producer = self.stream_input.get(name)
+        return [
+            _S.SUCCEEDED if up == producer and up not in self.status else self.status.get(up)
+            for up in self._after(name)
+        ]
 
     def _may_start(self, name: str) -> bool:
-        """Ready for its first attempt: unstarted, its rule holds, no stop forbids it."""
+        """Ready for its first attempt: unstarted, its rule holds, no stop forbids it.
+
+        A stream group member: whether its group may start (`_unit_may_start`)."""
+        unit = self.units.get(name)
+        if unit is not None:
+            return self._unit_may_start(unit)
         if name in self.started or name in self.status:
             return False
         trigger = self._trigger(name)
@@ -214,18 +222,46 @@ class Schedule:
             return False
         return can_run(trigger, self._upstream(name))
 
+    def _unit_live(self, unit: str) -> list[str]:
+        """The members of unit `unit` that have not ended and that no stop forbids."""
+        still = self.still
+        return [
+            m
+            for m in self.members[unit]
+            if m not in self.status and (still is None or self._trigger(m) in still)
+        ]
+
+    def _unit_may_start(self, unit: str) -> bool:
+        """A stream group starts once every member's rule decided: the members that do
+        not run have ended (before it starts), and the rule of each other one holds."""
+        if unit in self.started_units:
+            return False
+        live = self._unit_live(unit)
+        return bool(live) and all(can_run(self._trigger(m), self._upstream(m)) for m in live)
+
     def _fits(self, name: str) -> bool:
         """Whether `name` could start now as far as pools and exclusive stages go."""
         if self._in_the_way(name):
             return False
-        uses = self._uses(name)
+        uses = self._unit_uses(name) if name in self.members else self._uses(name)
         if any(pool in self.item_pools for pool in uses):
             return False  # item calls may hold these slots: events do not show it
         return all(self.free.get(pool, 0) >= n for pool, n in uses.items())
 
     def _uses(self, name: str) -> Mapping[str, int]:
-        """Slots held for the whole attempt (an each= stage's are per item call)."""
-        return {} if self.stages[name].items is not None else self.stages[name].options.uses
+        """Slots held for the whole attempt or call (an each= stage's are per item call)."""
+        stage = self.stages[name]
+        if stage.items is not None and stage.items.kind == "each":
+            return {}
+        return stage.options.uses
+
+    def _unit_uses(self, unit: str) -> Mapping[str, int]:
+        """What a stream group takes at once when it starts: its live members' slots."""
+        need: dict[str, int] = {}
+        for m in self._unit_live(unit):
+            for pool, n in self._uses(m).items():
+                need[pool] = need.get(pool, 0) + n
+        return need
 
     def _exclusive(self, name: str) -> bool:
         """Exclusive: the stage, or for a stream group member, any member of its group."""
@@ -244,11 +280,15 @@ class Schedule:
         return self._exclusive(name) and bool(others)
 
     def _rank(self, name: str) -> tuple[int, int]:
+        """Priority (higher first), then definition order; a stream group ranks by its
+        best member's priority, then its first member's place."""
+        members = self.members.get(name)
+        if members is not None:
+            return -max(self.stages[m].options.priority for m in members), self.order[name]
         return -self.stages[name].options.priority, self.order[name]
 
     def _make_ready(self, name: str) -> None:
-        if self.units.get(name, name) != name:
-            return  # a stream group is ready as one, through its first member
+        name = self.units.get(name, name)  # a stream group is ready as one, by its first member
         if name in self.looked_up:
             return  # ready only once its lookup missed, which no event shows
         self.ready.add(name)
@@ -256,8 +296,6 @@ class Schedule:
 
     def _passed_over(self, name: str) -> str | None:
         """A ready stage that outranks `name` and could have started instead, if any."""
-        if self.units.get(name, name) != name:
-            return None  # a stream group member starts with its group's first member
         ranked, ready = self._ranked, self.ready
         while ranked and ranked[0][2] not in ready:
             heapq.heappop(ranked)
@@ -277,7 +315,7 @@ class Schedule:
             self.stops.append(kind)
         still = _STILL_START[kind]
         self.still = still if self.still is None else self.still & still
-        self.ready = {name for name in self.ready if self._trigger(name) in self.still}
+        self.ready = {name for name in self.ready if self._may_start(name)}
 
     def time_passes(self, now: float) -> None:
         """The clock moves on to `now`: no stage that could have started may still wait.
@@ -303,7 +341,7 @@ class Schedule:
                     f"{name!r} was ready and fit but still waited at t={now}"
                     f" ({len(running)} of {self.max_parallel} running)",
                 )
-            if self.stages[name].options.exclusive:
+            if self._exclusive(name):
                 return
 
     # -- events ---------------------------------------------------------------------
@@ -341,18 +379,23 @@ class Schedule:
                     f"{name!r} took {n} of pool {pool!r} ({used} of {self.size[pool]} in use)"
                     f" at seq={event.seq}",
                 )
-        other = self._passed_over(name)
-        if other is not None:
-            raise RuleError(
-                "ready stages start by priority, then definition order",
-                f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
-            )
+        unit = self.units.get(name)
+        if unit is None or unit not in self.started_units:  # a group: at its first start
+            other = self._passed_over(name if unit is None else unit)
+            if other is not None:
+                raise RuleError(
+                    "ready stages start by priority, then definition order",
+                    f"{name!r} started at seq={event.seq} while {other!r} was ready and fit",
+                )
+        if unit is not None:
+            self.started_units.add(unit)
+            self.ready.discard(unit)
         self.ready.discard(name)
         self.started.add(name)
         self.running.add(name)
         self.attempt_started[name] = event.time
         if self._exclusive(name):
-            self.alone = name
+            self.alone = self.units.get(name, name)  # a stream group runs alone as one
         for pool, n in self._uses(name).items():
             self.free[pool] -= n
 
@@ -364,6 +407,13 @@ class Schedule:
             else:
                 invariant = f"after a {self.stops[0]} stop only teardown stages start"
             raise RuleError(invariant, f"{name!r} ({trigger}) started at seq={event.seq}")
+        unit = self.units.get(name)
+        if unit is not None and unit not in self.started_units and not self._unit_may_start(unit):
+            raise RuleError(
+                "a stream group starts once every member's trigger rule decided",
+                f"{name!r} started at seq={event.seq} while members of its group"
+                f" {self.members[unit]} still waited",
+            )
         upstream = self._upstream(name)
         if not can_run(trigger, upstream):
             statuses = dict(zip(self._after(name), upstream, strict=True))
@@ -378,8 +428,9 @@ class Schedule:
         if name not in self.running:
             return
         self.running.discard(name)
-        if self.alone == name:
-            self.alone = None
+        unit = self.units.get(name, name)
+        if self.alone == unit and not any(self.units.get(n, n) == unit for n in self.running):
+            self.alone = None  # (a stream group's last running member ended)
         for pool, n in self._uses(name).items():
             self.free[pool] += n
 
@@ -441,8 +492,11 @@ class Schedule:
         self.status[name] = status
         if status is _S.FAILED and self.keep_going is False and not self.stops:
             self._stop("fail-fast")
+        unit = self.units.get(name)
+        if unit is not None and unit not in self.ready and self._unit_may_start(unit):
+            self._make_ready(unit)  # the member ended before its group started
         for down in self.downstream[name]:
-            if down not in self.ready and self._may_start(down):
+            if self.units.get(down, down) not in self.ready and self._may_start(down):
                 self._make_ready(down)
 
     def _check_unstarted_end(
