@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import math
 import platform
@@ -33,6 +34,7 @@ from typing import Any
 import trio
 
 import trio_pipeline as tp
+from trio_pipeline._dispatch import DEFAULT_MAX_BACKLOG
 
 from . import baseline_asyncio, baseline_trio, baseline_trio_tuned, engine, graphs, peer_dask
 
@@ -44,6 +46,7 @@ DASK_LAYERED_MAX = 10_000
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.thread_time, "wall": time.perf_counter}
 CLOCK = [time.thread_time]  # set from --clock
 GC_OFF = [False]  # set from --no-gc
+MAX_BACKLOG: list[int | None] = [DEFAULT_MAX_BACKLOG]  # set from --max-backlog
 
 
 def _reps(n: int, quick: bool) -> int:
@@ -167,7 +170,7 @@ def measure(
         assert counted == expected, (counted, expected)
 
     async def run_engine() -> None:
-        row.events = await engine.run(pipeline)
+        row.events = await engine.run(pipeline, max_backlog=MAX_BACKLOG[0])
 
     async def run_tuned() -> None:
         counted = await baseline_trio_tuned.run(parents)
@@ -245,15 +248,19 @@ def table(rows: list[Row]) -> str:
 
 
 def flatness(rows: list[Row]) -> list[str]:
-    """Engine us/stage at the largest N over that at the smallest, per shape."""
+    """Us/stage at the largest N over that at the smallest, per shape, engine and baseline.
+
+    The issue 10 target: the engine's at most 1.25 on every shape (GC on).
+    """
     out = []
     for shape in dict.fromkeys(r.shape for r in rows):
         mine = sorted((r for r in rows if r.shape == shape), key=lambda r: r.n)
         if len(mine) > 1:
             lo, hi = mine[0], mine[-1]
             out.append(
-                f"{shape}: engine us/stage at {hi.n:,} / at {lo.n:,} ="
-                f" {hi.us(hi.engine) / lo.us(lo.engine):.2f}"
+                f"flatness {shape}: us/stage at {hi.n:,} / at {lo.n:,} = engine"
+                f" {hi.us(hi.engine) / lo.us(lo.engine):.2f}, baseline"
+                f" {hi.us(hi.baseline) / lo.us(lo.baseline):.2f}"
             )
     return out
 
@@ -264,7 +271,7 @@ def profile(shape: str, n: int, top: int) -> None:
     profiler = cProfile.Profile()
     gc.collect()
     profiler.enable()
-    trio.run(engine.run, pipeline)
+    trio.run(functools.partial(engine.run, pipeline, max_backlog=MAX_BACKLOG[0]))
     profiler.disable()
     stats = pstats.Stats(profiler)
     entries: list[tuple[float, float, int, str]] = []
@@ -290,6 +297,13 @@ def main(argv: list[str] | None = None) -> None:
         "--no-gc", action="store_true", help="cyclic GC off during timed runs (to isolate it)"
     )
     parser.add_argument("--reps", type=int, help="repetitions per runner (default by N)")
+    parser.add_argument(
+        "--max-backlog",
+        type=lambda v: None if v == "none" else int(v),
+        default=DEFAULT_MAX_BACKLOG,
+        help=f"the engine's max_backlog (default {DEFAULT_MAX_BACKLOG:,}; 'none': every"
+        " ready stage starts at once, so a wide graph has all its tasks alive together)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip asyncio and dask")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     parser.add_argument(
@@ -299,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     CLOCK[0] = CLOCKS[args.clock]
     GC_OFF[0] = args.no_gc
+    MAX_BACKLOG[0] = args.max_backlog
     sizes = tuple(args.sizes) if args.sizes else QUICK_SIZES if args.quick else FULL_SIZES
     if args.profile:
         for shape in args.shapes:
@@ -313,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{'' if not peer_dask.available() else ', dask ' + _dask_version()};"
         f" {platform.machine()}, {_cpus()} CPUs; clock: {args.clock}"
         f"{'; cyclic GC off while timing' if args.no_gc else ''}"
+        f"; engine max_backlog {args.max_backlog}"
     )
     rows = []
     for shape in args.shapes:

@@ -35,14 +35,14 @@ def build(parents: Graph) -> tp.Pipeline:
     return pipeline
 
 
-async def run(pipeline: tp.Pipeline) -> int:
-    """Run to the end; return the number of events the sink received.
+async def run(pipeline: tp.Pipeline, **options: Any) -> int:
+    """Run to the end (`options` go to `tp.run`); return the number of events the sink received.
 
     Raises:
         AssertionError: a stage did not succeed or an event was not delivered.
     """
     sink = CountingSink()
-    result = await tp.run(pipeline, sinks=[sink])
+    result = await tp.run(pipeline, sinks=[sink], **options)
     n = len(pipeline)
     expected = 2 * n + 2  # RunStarted, StageStarted + StageFinished per stage, RunFinished
     assert result.ok, result.counts

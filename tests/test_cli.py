@@ -27,6 +27,7 @@ import pytest
 import trio_pipeline as tp
 from tests.support.report_page import parse
 from tests.support.terminal import assert_display_ended
+from trio_pipeline._dispatch import DEFAULT_MAX_BACKLOG
 from trio_pipeline._replay import check_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1461,7 +1462,7 @@ def test_max_backlog_is_passed_to_the_run(
         assert in_process("run", "examples/files.py", "-q", "--max-backlog", value)[0] == 0
         assert seen.pop() == expected
     assert in_process("run", "examples/files.py", "-q")[0] == 0
-    assert seen.pop() == 10_000  # the library's default
+    assert seen.pop() == DEFAULT_MAX_BACKLOG  # the library's default
     code, _, err = in_process("run", "examples/files.py", "--max-backlog", "-1")
     assert code == 2
     assert "expected an int >= 0 or 'none', got '-1'" in err

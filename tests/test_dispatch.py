@@ -209,6 +209,51 @@ async def test_max_backlog_holds_back_new_stages(autojump_clock: trio.testing.Mo
     assert result.deliveries[slow].peak_backlog > 2 * n - 2 * slots
 
 
+async def test_a_wide_graph_starts_only_what_the_backlog_allows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No max_parallel: every stage is ready at `begin`. One decision must not start them
+    # all (it used to: the pause could only act from the next decision on).
+    n, limit = 300, 20
+    slow = SlowSink(0.01)
+    probe = StartProbe([slow])
+    with probe.installed(), trio.fail_after(100_000):
+        result = await tp.run(wide(n), sinks=[slow], max_backlog=limit, drain_timeout=1000)
+    assert result.ok
+    assert len(probe.backlogs) == n
+    # Each start is decided with room for its StageStarted; the stages already running
+    # may each add their StageFinished before the next pause is seen.
+    assert probe.backlogs[:limit] == list(range(1, limit + 1))  # begin: RunStarted, then each
+    assert max(probe.backlogs) <= 2 * limit + 1
+    assert result.deliveries[slow].peak_backlog <= 2 * limit + 2
+
+
+async def test_a_run_without_sinks_is_not_held_back() -> None:
+    with trio.fail_after(10):  # held for room nobody gives: a hang
+        result = await tp.run(wide(50), max_backlog=3)
+    assert result.ok
+    assert len(result.stages) == 50
+
+
+def test_room_is_what_keeps_the_slowest_feed_within_max_backlog() -> None:
+    fast, slow = RecordingSink(), RecordingSink()
+    send, receive = trio.open_memory_channel[tp.Event](math.inf)
+    dispatcher = Dispatcher(receive, [fast, slow], lambda _: None, max_backlog=10)
+    emitter = dispatcher.emitter(send)
+    for seq in range(4):
+        emitter.send_nowait(tp.StageStarted("r", seq, 0.0, "s", 1))
+    fast_feed, slow_feed = dispatcher.feeds
+    fast_feed.delivered = 4
+    slow_feed.delivered = 1
+    assert dispatcher.room() == 10 + 1 - 3  # the slowest feed lags 3 events
+    dispatcher.paused = True
+    assert dispatcher.room() == 0  # on_backlog(False) gives it once it is back under half
+    unbounded = Dispatcher(receive, [fast], lambda _: None, max_backlog=None)
+    assert unbounded.room() > 10**9
+    no_sinks = Dispatcher(receive, [], lambda _: None, max_backlog=0)
+    assert no_sinks.room() > 10**9
+
+
 async def test_running_stages_emit_freely_over_the_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

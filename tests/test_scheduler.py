@@ -60,6 +60,7 @@ class Driver:
         self.cancelled: list[str] = []
         self.cancel_running = 0
         self.lookups: list[str] = []  # cache lookups decided (issue 14)
+        self.held = 0  # decisions that ran out of backlog room
         self.now = 0.0
 
     def i(self, name: str) -> int:
@@ -73,6 +74,7 @@ class Driver:
         self.cancelled += [self.names[i] for i in out.cancel]
         self.cancel_running += out.cancel_running
         self.lookups += [self.names[i] for i in out.lookup]
+        self.held += out.held
         out.clear()
 
     def begin(self) -> Driver:
@@ -782,6 +784,32 @@ def test_pause_starts_nothing_until_resumed() -> None:
     assert d.started == ["a", "b"]
 
 
+def test_begin_starts_only_as_many_stages_as_max_backlog_allows() -> None:
+    d = Driver(pipeline(*[(f"s{j}", [], {}) for j in range(5)]), max_backlog=2).begin()
+    assert d.started == ["s0", "s1"]
+    assert d.held == 1  # the engine asks the dispatcher for room
+    assert d.sched.paused
+    d.ok("s0")  # held: a success starts nothing either
+    assert d.started == ["s0", "s1"]
+    d.sched.resume_starts(0.0, room=2)
+    d.drain()
+    assert d.started == ["s0", "s1", "s2", "s3"]
+    assert d.held == 2
+    d.sched.resume_starts(0.0, room=5)
+    d.drain()
+    assert d.started == [f"s{j}" for j in range(5)]
+    assert d.held == 2  # nothing left to start: no need for room
+    assert not d.sched.paused
+
+
+def test_no_room_at_all_starts_nothing_until_room_is_given() -> None:
+    d = Driver(pipeline(("a", [], {}), ("b", [], {})), max_backlog=0).begin()
+    assert (d.started, d.held) == ([], 1)
+    d.sched.resume_starts(0.0, room=1)
+    d.drain()
+    assert (d.started, d.held) == (["a"], 2)
+
+
 def test_a_cached_stage_counts_as_succeeded_downstream() -> None:
     d = Driver(pipeline(("a", [], {}), ("b", ["a"], {})), lookups=frozenset({0})).begin()
     assert d.lookups == ["a"]
@@ -872,13 +900,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.pools = dict(pools)
         self.max_parallel = data.draw(st.sampled_from([None, 1, 2]), label="max_parallel")
         self.keep_going = data.draw(st.booleans(), label="keep_going")
+        max_backlog = data.draw(st.sampled_from([None, None, 0, 1, 3]), label="max_backlog")
         self.d = Driver(
             pipe,
             max_parallel=self.max_parallel,
             keep_going=self.keep_going,
             pools=self.pools,
             teardown_timeout=data.draw(st.sampled_from([0.0, 10.0])),
+            max_backlog=max_backlog,
         )
+        # StageStarted events the scheduler may still emit: max_backlog, then each resume's room.
+        self.room = math.inf if max_backlog is None else max_backlog
+        self._held = 0
         self.seen_status: dict[str, tp.StageStatus] = {}
         self._checked = 0
         self.d.begin()
@@ -957,9 +990,14 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.s.pause_starts()
 
     @precondition(lambda self: self.s.paused)
-    @rule()
-    def resume(self) -> None:
-        self.s.resume_starts(self.d.now)
+    @rule(room=st.sampled_from([None, 1, 2]))
+    def resume(self, room: int | None) -> None:
+        if room is None:
+            self.room = math.inf
+            self.s.resume_starts(self.d.now)
+        else:
+            self.room = room
+            self.s.resume_starts(self.d.now, room)
         self.d.drain()
 
     @rule(data=st.data())
@@ -1015,10 +1053,17 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert stage.options.trigger in still_start, event
                     if event.attempt > 1:
                         assert stage.options.trigger is T.ALWAYS, event
-                assert not self.s.paused
+                assert not self.s.paused or self.d.held > self._held
+                self.room -= 1
+                assert self.room >= 0, "a start without room for its StageStarted"
             elif isinstance(event, tp.StageFinished):
                 self.seen_status[event.stage] = event.status
         self._checked = len(self.d.events)
+        if self.d.held > self._held:
+            # It held starts only for want of room, and then waits for resume_starts.
+            assert self.room == 0
+            assert self.s.paused
+        self._held = self.d.held
 
     def teardown(self) -> None:
         # Drive the run to its end: every stage becomes terminal.

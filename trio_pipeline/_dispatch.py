@@ -11,13 +11,15 @@ cut off, and the engine reads `deliveries` and `clean`.
 Backpressure: the engine sends through `emitter(send)`, which counts what the run
 emitted. When the backlog of the slowest open feed (events emitted and not yet
 handled by its sink) goes above `max_backlog`, the dispatcher calls
-``on_backlog(True)``; when it is back at or under it, ``on_backlog(False)``. The
-engine starts no new stage attempt in between.
+``on_backlog(True)``; when it is back at or under half of it, ``on_backlog(False)``.
+The engine starts no new stage attempt in between, and between pauses only as many
+as `room` says (so one scheduler decision cannot start more than that either).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 
 import trio
@@ -28,7 +30,7 @@ from ._events import Event
 from ._feeds import Feed
 from ._sinks import Sink
 
-DEFAULT_MAX_BACKLOG = 10_000
+DEFAULT_MAX_BACKLOG = 1_000
 """Default `max_backlog` of a run (see benchmarks/README.md for the measurement)."""
 
 _YIELD_EVERY = 64  # events dispatched between looks at the clock
@@ -157,6 +159,20 @@ class Dispatcher:
         return True
 
     # -- backlog (called by the emitter and the feeds) ------------------------------
+
+    def room(self) -> int:
+        """How many more stages may start now: 0 while paused (``on_backlog(False)`` follows).
+
+        Each start emits one event; starting this many keeps the slowest open feed's
+        backlog at or under `max_backlog` before each of them (at least 1 when not
+        paused, since the backlog is then at or under the limit).
+        """
+        if self.paused:
+            return 0
+        if not self._open or self.max_backlog == math.inf:
+            return sys.maxsize  # no sink can fall behind
+        self.floor = floor = min(feed.delivered for feed in self._open)
+        return max(1, int(self.max_backlog) + 1 - (self.emitted - floor))
 
     def backlog_rose(self) -> None:
         self._recompute_backlog()

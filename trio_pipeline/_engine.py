@@ -113,6 +113,7 @@ class _Run:
             teardown_timeout=teardown_timeout,
             params=params,
             lookups=frozenset() if cache is None else cache.lookups,
+            max_backlog=max_backlog,
         )
         self.drain_timeout = drain_timeout
         send, receive = trio.open_memory_channel[Event](math.inf)
@@ -135,6 +136,9 @@ class _Run:
         self.dispatcher.on_fatal = self._sink_crashed
         self._send = self.dispatcher.emitter(send)  # feeds get each event as it is sent
         self._chaos = _chaos.current()  # read once: the hook is scoped to the run
+        # Without cache or chaos hooks, a stage with no scope of its own (see `_apply`)
+        # runs in `_plain_attempt`.
+        self._plain = cache is None and self._chaos is None
         self.finished = trio.Event()
         self.result: RunResult | None = None
         self.fatal: BaseException | None = None  # re-raised by open_run
@@ -169,14 +173,17 @@ class _Run:
             sched = self.sched
             stages = self.plan.stages
             start_soon = self._start_soon
-            attempt = self._attempt
+            plain, attempt = self._plain, self._plain_attempt
             for i in starts:
-                if stages[i].items is not None:
+                stage = stages[i]
+                if stage.items is not None:
                     self._start_group(i)
-                elif stages[i].options.timeout is None and not (
-                    sched.shielded and i in sched.shielded
+                elif (
+                    plain
+                    and stage.options.timeout is None
+                    and not (sched.shielded and i in sched.shielded)
                 ):
-                    start_soon(attempt, i, None)  # the common case, inlined
+                    start_soon(attempt, i)  # the common case, inlined
                 else:
                     self._spawn(i, now)
             starts.clear()
@@ -191,7 +198,21 @@ class _Run:
                     self.cache.close()
                 self._stages_done.set()
                 self.dispatcher.set_deadline(now + self.drain_timeout)
+            held = out.held
             out.clear()
+            if held:
+                self._find_room(now)
+
+    def _find_room(self, now: float) -> None:
+        """The scheduler has no room left to start a ready stage: give it more.
+
+        At once if the sinks keep up; otherwise the dispatcher is paused and
+        `_on_backlog` resumes the scheduler once they have caught up.
+        """
+        room = self.dispatcher.room()
+        if room:
+            self.sched.resume_starts(now, room)
+            self._apply(now)
 
     def _look_up(self, lookups: list[int], now: float) -> None:
         """Look ready stages up in the cache; each answer is a fact (issue 14).
@@ -378,7 +399,7 @@ class _Run:
             self.sched.pause_starts()  # from inside _apply too: it only sets a flag
         else:
             now = self._now()
-            self.sched.resume_starts(now)
+            self.sched.resume_starts(now, self.dispatcher.room())
             self._apply(now)
 
     def _on_dispatcher_done(self, dispatcher: Dispatcher) -> None:
@@ -504,18 +525,45 @@ class _Run:
 
     # -- tasks ------------------------------------------------------------------------
 
+    def _context(self, i: int) -> StageContext:
+        sched = self.sched
+        return StageContext(
+            name=self.plan.stages[i].name,
+            inputs=sched.inputs_of(i),
+            attempt=sched.attempts[i],
+            run_id=self.run_id,
+            emit_log=self._emit_log,
+            params=self.params,
+        )
+
+    async def _plain_attempt(self, i: int) -> None:
+        """`_attempt` without the cache, the chaos hooks and a scope of its own.
+
+        The common case: a run without cache or chaos hooks, a stage without a
+        timeout and not shielded. Fewer checks, and a smaller coroutine for each
+        task waiting to run (on a wide graph every ready stage has one).
+        """
+        try:
+            ctx = self._context(i)
+            try:
+                value = await self.plan.stages[i].fn(ctx)
+            except BaseException as exc:
+                if self._attempt_raised(i, exc, None):
+                    raise
+            else:
+                now = self._now()
+                self.sched.attempt_succeeded(i, value, now)
+                self._apply(now)
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                self._engine_failed(exc)  # see _attempt
+            raise
+
     async def _attempt(self, i: int, scope: trio.CancelScope | None) -> None:
         try:
             sched = self.sched
             stage = self.plan.stages[i]
-            ctx = StageContext(
-                name=stage.name,
-                inputs=sched.inputs_of(i),
-                attempt=sched.attempts[i],
-                run_id=self.run_id,
-                emit_log=self._emit_log,
-                params=self.params,
-            )
+            ctx = self._context(i)
             value: Any = None
             cache = self.cache
             try:
@@ -554,25 +602,9 @@ class _Run:
                     # Shielded: once the function has returned, the attempt has succeeded.
                     with trio.CancelScope(shield=True):
                         await self._chaos("stage.end")
-            except Exception as exc:
-                if scope is not None:
-                    self._scopes.pop(i, None)
-                now = self._now()
-                sched.attempt_failed(i, exc, now)
-                self._apply(now)
             except BaseException as exc:
-                if scope is not None:
-                    self._scopes.pop(i, None)
-                now = self._now()
-                if _is_cancellation(exc):
-                    sched.attempt_cancelled(i, now)
-                    self._apply(now)
+                if self._attempt_raised(i, exc, scope):
                     raise
-                # KeyboardInterrupt, SystemExit, ...: kept for open_run to raise, so
-                # the run can still cancel the rest and deliver every event.
-                self._crashed(_unwrap(exc))
-                sched.attempt_crashed(i, exc, now)
-                self._apply(now)
             else:
                 now = self._now()
                 if scope is not None and scope.cancelled_caught:
@@ -586,6 +618,26 @@ class _Run:
             if not _is_cancellation(exc):
                 self._engine_failed(exc)
             raise
+
+    def _attempt_raised(self, i: int, exc: BaseException, scope: trio.CancelScope | None) -> bool:
+        """Report what an attempt raised as a fact; True if it must propagate (Cancelled)."""
+        if scope is not None:
+            self._scopes.pop(i, None)
+        now = self._now()
+        sched = self.sched
+        cancelled = False
+        if isinstance(exc, Exception):
+            sched.attempt_failed(i, exc, now)
+        elif _is_cancellation(exc):
+            sched.attempt_cancelled(i, now)
+            cancelled = True
+        else:
+            # KeyboardInterrupt, SystemExit, ...: kept for open_run to raise, so the
+            # run can still cancel the rest and deliver every event.
+            self._crashed(_unwrap(exc))
+            sched.attempt_crashed(i, exc, now)
+        self._apply(now)
+        return cancelled
 
     def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
         # A `RunCache.commit_soon` callback; `_settle` follows each group of them.
@@ -818,8 +870,10 @@ async def open_run(
             one item stage (math.inf: none).
         max_backlog: While the slowest sink (of those not disabled) has more than this
             many events emitted and not yet handled, no new stage attempt starts
-            (from the scheduler's next decision on; running ones go on, and emitting
-            never blocks), until it is back under half of it. None: unbounded.
+            (running ones go on, and emitting never blocks), until it is back under
+            half of it; and no more start at once than keep it at most this (so a
+            wide graph starts ``max_backlog`` stages, then more as the sinks keep
+            up). None: unbounded.
         cache: False: read and write no cache entry (``--no-cache``); the run is still
             recorded in the history when a store is used.
         cache_dir: The cache and history folder (default ``$TRIO_PIPELINE_CACHE_DIR``

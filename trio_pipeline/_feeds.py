@@ -110,6 +110,9 @@ class Feed:
         # The receive/checkpoint loop is written out here and in
         # `Dispatcher._dispatch_all` on purpose: it runs once per event, and a shared
         # helper would cost a call per event on both hot paths. Change them together.
+        # This one also skips `receive_nowait` when nothing can be buffered: its
+        # WouldBlock costs 0.33 us, about 2% of a chain stage, which empties the buffer
+        # once per stage.
         receive = self._receive
         sink = self.sink
         timeout = self.handle_timeout
@@ -120,17 +123,23 @@ class Feed:
         yielded_at = now()
         while True:
             # Take what is buffered without a scheduler round-trip; block only when empty.
-            try:
-                event = receive.receive_nowait()
-            except trio.WouldBlock:
+            # Every event is counted in `emitted` before it is put, so a feed that has
+            # handled that many has nothing buffered.
+            event: Event | None = None
+            if self.delivered < dispatcher.emitted:
+                try:
+                    event = receive.receive_nowait()
+                except trio.WouldBlock:
+                    pass
+                except trio.EndOfChannel:
+                    return
+            if event is None:
                 try:
                     event = await receive.receive()
                 except trio.EndOfChannel:
                     return
                 unyielded = 0
                 yielded_at = now()
-            except trio.EndOfChannel:
-                return
             unyielded += 1
             if unyielded == _YIELD_EVERY:
                 # A sink need not await, so a long backlog could otherwise be handled

@@ -454,6 +454,7 @@ class Pipeline:
         index = {stage.name: i for i, stage in enumerate(stages)}
         upstream: list[tuple[int, ...]] = []
         downstream: list[list[int]] = [[] for _ in stages]
+        backward = True  # every stage waits only for stages defined before it
         for i, stage in enumerate(stages):
             ups: list[int] = []
             for dep in stage.after:
@@ -463,10 +464,14 @@ class Pipeline:
                     others = [other for other in index if other != stage.name]
                     close = difflib.get_close_matches(dep, others, n=2)
                     raise UnknownStageError(dep, stage.name, close)
+                if j >= i:
+                    backward = False
                 ups.append(j)
                 downstream[j].append(i)
             upstream.append(tuple(ups))
-        cycle = _find_cycle(upstream)
+        # Definition order is then a topological order: no cycle to look for (the
+        # search costs about 1% of a run of no-op stages).
+        cycle = None if backward else _find_cycle(upstream)
         if cycle is not None:
             raise CycleError([stages[i].name for i in cycle])
         plan = Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))

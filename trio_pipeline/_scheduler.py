@@ -17,7 +17,8 @@ thing that happened by calling one method, passing the run clock's ``now``:
     retry_wait_cancelled    a retry wait was cut short
     request_close, cancel   the run is asked to stop (gracefully / now)
     teardown_expired        the teardown deadline passed
-    pause_starts, resume_starts   backpressure: start nothing new / start again
+    pause_starts, resume_starts   backpressure: start nothing new / start again,
+                            with room for so many more starts
     log                     a running stage logs a message
     drained                 the dispatcher finished (with or without overrunning)
 
@@ -43,11 +44,11 @@ Readiness: a stage's trigger rule (`TRIGGER_RULES`) reads a summary of its upstr
 stages' terminal statuses; the first row whose condition holds decides whether it
 waits, runs, ends BLOCKED (a failure is stronger than a skip: the "failed" rows come
 first), SKIPPED or CANCELLED. Ready stages start by priority (higher first), then
-definition order, while ``max_parallel`` allows; a stage that cannot take all its
-pool slots at once is parked on that pool without holding anything, and the stages
-behind it go ahead; an exclusive stage starts only when nothing runs, and nothing
-starts while it runs (while it waits, the stages behind it wait too: otherwise it
-could wait forever).
+definition order, while ``max_parallel`` and the backlog room (below) allow; a stage
+that cannot take all its pool slots at once is parked on that pool without holding
+anything, and the stages behind it go ahead; an exclusive stage starts only when
+nothing runs, and nothing starts while it runs (while it waits, the stages behind it
+wait too: otherwise it could wait forever).
 
 Stream groups (`_items`) are one unit in the ready heap, led by their first member:
 each member's rule is applied as above to its own dependencies, its stream input
@@ -64,6 +65,14 @@ cancellation they run shielded until the teardown deadline (``teardown_timeout``
 seconds after the cancellation). A stage waiting out a retry delay has started: a
 stop cancels it unless it is a teardown stage. Only a running run (or a teardown
 stage) retries.
+
+Backpressure: each start emits a `StageStarted` that the sinks have yet to handle, so
+starts are counted against a room: ``max_backlog`` at `begin` (after `RunStarted`),
+then what each `resume_starts` gives. A decision that would start a stage with no
+room left starts nothing more and sets `Outbox.held`; the engine answers with
+`resume_starts` (at once if the sinks keep up). So the backlog bound holds inside one
+decision too: `begin` of a wide graph starts ``max_backlog`` stages, not all of them.
+`pause_starts` (the sinks fell behind through other events) holds starts the same way.
 """
 
 from __future__ import annotations
@@ -201,9 +210,11 @@ class Outbox:
     scheduler's `teardown_deadline`; start the attempts in `start`; wait out each
     ``(stage, delay)`` in `wait`; if `timer`, report `Scheduler.teardown_expired`
     at the teardown deadline unless the run finished first; if `finished`, close
-    the event channel. `rare` says whether anything but `events`, `start` and `lookup`
-    is set. `lookup`: ready stages the engine looks up in the cache (no slot taken);
-    each answer comes back as `Scheduler.cache_hit` or `Scheduler.cache_miss`.
+    the event channel; if `held` (no room left to start a ready stage: see
+    `Scheduler.resume_starts`), report `resume_starts` once the sinks have room.
+    `rare` says whether anything but `events`, `start` and `lookup` is set.
+    `lookup`: ready stages the engine looks up in the cache (no slot taken); each
+    answer comes back as `Scheduler.cache_hit` or `Scheduler.cache_miss`.
     """
 
     __slots__ = (
@@ -213,6 +224,7 @@ class Outbox:
         "deadline",
         "events",
         "finished",
+        "held",
         "lookup",
         "rare",
         "slots_freed",
@@ -233,6 +245,7 @@ class Outbox:
         self.slots_freed = False  # pool slots came back: wake item calls waiting for some
         self.timer = False
         self.finished = False
+        self.held = False
         self.rare = False
 
     def clear(self) -> None:
@@ -247,6 +260,7 @@ class Outbox:
             self.close_streams = False
             self.slots_freed = False
             self.timer = False
+            self.held = False
             self.rare = False
 
 
@@ -261,6 +275,8 @@ class Scheduler:
         pools: ``{pool: slots}``, already checked against the stages' ``uses``.
         teardown_timeout: Seconds teardown stages get after a cancellation.
         params: The run's parameters (carried by `RunStarted`).
+        max_backlog: Starts `begin` may decide (each emits a `StageStarted` the sinks
+            have not handled yet); later ones as `resume_starts` allows. None: no bound.
     """
 
     def __init__(
@@ -274,6 +290,7 @@ class Scheduler:
         teardown_timeout: float = 30.0,
         params: Mapping[str, Any] = NO_PARAMS,
         lookups: frozenset[int] = frozenset(),
+        max_backlog: int | None = None,
     ) -> None:
         n = len(plan.stages)
         # Issue 14: stages looked up in the cache when they become ready, before
@@ -306,6 +323,7 @@ class Scheduler:
         self._running = 0
         self._limit = sys.maxsize if max_parallel is None else max_parallel
         self.paused = False
+        self._room = sys.maxsize if max_backlog is None else max_backlog  # see resume_starts
         self.stop: Stop | None = None
         self._still_start: frozenset[Trigger] | None = None  # None: anything may start
         self._group_cancelled = False
@@ -447,7 +465,11 @@ class Scheduler:
         )
 
     def counts(self) -> dict[StageStatus, int]:
-        return count_statuses(s for s in self.status if s.is_terminal)
+        status = self.status
+        # Mostly called once every stage is terminal: then the list itself, counted in C.
+        return count_statuses(
+            status if not self._unfinished else (s for s in status if s.is_terminal)
+        )
 
     # -- facts: the run ---------------------------------------------------------------
 
@@ -521,8 +543,15 @@ class Scheduler:
         """Decide no new attempt start until `resume_starts` (running ones go on)."""
         self.paused = True
 
-    def resume_starts(self, now: float) -> None:
+    def resume_starts(self, now: float, room: int = sys.maxsize) -> None:
+        """Start ready stages again, at most `room` of them until the next `resume_starts`.
+
+        The engine's answer to `pause_starts` and to `Outbox.held`: `room` is how many
+        more `StageStarted` events the slowest sink can take before it is over the run's
+        ``max_backlog``.
+        """
         self.paused = False
+        self._room = room
         self._pump(now)
 
     def drained(self, *, overran: bool) -> None:
@@ -974,6 +1003,12 @@ class Scheduler:
                 continue
             if self._alone >= 0:
                 return  # an exclusive stage runs alone
+            if self._room <= 0:
+                # No room for its StageStarted: wait for the engine's resume_starts.
+                self.paused = True
+                out = self.out
+                out.held = out.rare = True
+                return
             if i in special:
                 if i in self._exclusive and self._running:
                     return  # it waits for the running ones; so do the stages behind it
@@ -985,8 +1020,10 @@ class Scheduler:
                     continue
             heapq.heappop(ready)
             if i in self._members:
+                self._room -= len(self._members[i])  # a StageStarted per member
                 self._start_group(i, now)
             else:
+                self._room -= 1
                 self._start(i, now)
 
     def _take(self, i: int) -> bool:

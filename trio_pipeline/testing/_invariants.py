@@ -53,7 +53,8 @@ def check_run(
         max_parallel: The run's limit, checked against the stages running at each
             point of the event sequence; and no ready stage that fits may wait while
             time passes with a slot free (None: neither is checked; for an unlimited
-            run pass ``len(pipeline.stages)``; not with ``max_backlog`` pauses).
+            run pass ``len(pipeline.stages)``; not with ``max_backlog`` pauses: a
+            sink falling behind, or more than ``max_backlog`` stages ready at once).
         keep_going: The run's option; with False, a failure is a fail-fast stop:
             afterwards only ALWAYS, ALL_DONE and ONE_FAILED stages may start (None:
             a fail-fast stop is seen only through the cancelled stages' reasons).
