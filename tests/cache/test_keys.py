@@ -256,6 +256,7 @@ _ODD_PARTS = [
     {},
     {"stage": 'a "quoted" \\ stage', "version": "2"},
     {"inputs": {"b": "2", "a": "1", "\u00e9t\u00e9\n": "3"}, "params": {}, "deps": {}},
+    {"inputs": {"it's": "ab12", 'say "x"\\': "cd34", "a": "1"}},
     {"code": Fingerprint("", {}), "inputs": {}, "params": {"z": "1", "y": "2"}},
     {"deps": {"dir/\u2603.txt": "9", "a.txt": "8"}},
     {"code": Fingerprint("c3", {"b.py:g": "2", "a.py:\u00e9": "1"}), "version": "\u2603"},

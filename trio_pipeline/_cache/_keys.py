@@ -483,8 +483,14 @@ def key_head(stage: str, code: str, version: str | None) -> str:
 def key_from(
     head: str, inputs: Mapping[str, str], params_text: str, deps: Mapping[str, str]
 ) -> str:
-    """`key_of`, from `key_head` and ``repr(sorted(params.items()))``: the same key, cheaper."""
-    body = f"{head}{sorted(inputs.items())!r}|{params_text}|{sorted(deps.items())!r}"
+    """`key_of`, from `key_head` and ``repr(sorted(params.items()))``: the same key, cheaper.
+
+    `inputs`' values are hex digests (`digest_bytes`): their repr is the text quoted.
+    """
+    # ``repr(sorted(inputs.items()))`` without repr()ing the digests: 0.9 -> 0.4 us.
+    text = ", ".join([f"({name!r}, '{digest}')" for name, digest in sorted(inputs.items())])
+    deps_text = repr(sorted(deps.items())) if deps else "[]"
+    body = f"{head}[{text}]|{params_text}|{deps_text}"
     return digest_bytes(body.encode())
 
 
