@@ -34,6 +34,7 @@ from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes, kid_of
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
+_NO_OUTS: dict[str, str] = {}  # never written to: `_commit` only fills a fresh dict
 
 IN_MEMORY_LOAD_BYTES = 64 << 10
 """A hit whose pickled value is at most this big may be loaded on the event loop."""
@@ -152,7 +153,20 @@ class RunJobs:
         )
 
     def lookup_in_memory(self, spec: StageSpec) -> LookupResult | None:
-        """`lookup`, when it can be answered from memory alone; None when it cannot.
+        """`lookup`, when it can be answered from memory alone; None when it cannot."""
+        found = self.probe_memory(spec)
+        if isinstance(found, tuple):
+            key, parts = found
+            return LookupResult(
+                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
+            )
+        return found
+
+    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str, dict[str, Any]] | None:
+        """`lookup_in_memory`, with a plain miss answered as ``(key, parts)``.
+
+        (A cold run is all plain misses: a Decision and a LookupResult less per stage,
+        two objects fewer for the garbage collector to count.)
 
         The inputs are not needed: the hashes of the upstream values are.
 
@@ -201,9 +215,7 @@ class RunJobs:
         if key not in known:
             if self.explain:
                 return None  # the explanation reads the latest entry from the store
-            return LookupResult(
-                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
-            )
+            return key, parts
         entry = known[key]
         if entry is None or entry.outs or len(entry.value) > IN_MEMORY_LOAD_BYTES:
             return None
@@ -312,13 +324,13 @@ class RunJobs:
             return f"not cached: its value cannot be pickled ({_describe(exc)})"
         digest = digest_bytes(data)
         self.value_digests[spec.name] = digest
-        outs: dict[str, str] = {}
+        outs: dict[str, str] = {} if spec.outs else _NO_OUTS  # (one dict less a commit)
         for path in spec.outs:
             found = path_digests(path, self.store)
             if any(d == MISSING for d in found.values()):
                 return f"not cached: declared out {path!r} does not exist"
             outs.update(found)
-        if spec.policy.restore_outs and self.objects is not None:
+        if outs and spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
         code = parts["code"]
@@ -345,6 +357,7 @@ class RunJobs:
             )
             store.put_encoded(row, code, functions)
         else:
+            outs = outs if outs else {}  # the store's own (never the shared empty one)
             store.put(
                 CacheEntry(
                     key, self.pipeline, spec.name, data, digest, parts, outs, created, self.run_id

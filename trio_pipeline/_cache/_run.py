@@ -60,6 +60,10 @@ pipeline_file: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 """The pipeline file a run comes from, for the history (the CLI sets it)."""
 
 
+MISSED = LookupResult(Decision("", DecisionKind.NO_ENTRY, "cache miss"))
+"""`RunCache.lookup`'s answer for a plain miss from memory (one object for every stage)."""
+
+
 def stage_cache_options(stage: Stage) -> CacheOptions | None:
     return getattr(stage, "cache", None)
 
@@ -201,8 +205,12 @@ class RunCache:
         """
         spec = self.specs[i]
         assert spec is not None
-        found = self.jobs.lookup_in_memory(spec)
+        found = self.jobs.probe_memory(spec)
         if found is not None:
+            if isinstance(found, tuple):  # a plain miss, the common case of a cold run
+                self._keys[i], self._parts[i] = found
+                self.reasons[spec.name] = "cache miss"
+                return MISSED
             self._found(i, spec, found)
             return found
         # `inputs_of(i)`: stage i's inputs (read only here: memory needs just their hashes).
