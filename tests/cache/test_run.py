@@ -86,6 +86,28 @@ async def test_value_based_an_equal_upstream_value_keeps_downstream_hits(tmp_pat
     assert len(runs) == 1
 
 
+async def test_every_upstream_value_enters_the_key(tmp_path: Path) -> None:
+    values = {"first": 1, "second": 2, "third": 3}
+    pipe = tp.Pipeline("v")
+
+    async def source(ctx: tp.StageContext) -> int:
+        return values[ctx.name]
+
+    for name in values:
+        pipe.add_stage(name, source, cache=False)
+
+    @pipe.stage(after=list(values), cache=True)
+    async def total(ctx: tp.StageContext) -> int:
+        return sum(ctx.inputs.values())
+
+    for changed in ["first", "second", "third"]:
+        await run(pipe, tmp_path)
+        values[changed] += 10  # each upstream in turn: the next run must see it
+        again, _ = await run(pipe, tmp_path)
+        assert again.stages["total"].value == sum(values.values())
+        assert statuses(again)["total"] is S.SUCCEEDED, changed
+
+
 async def test_the_entry_is_committed_before_stage_finished(tmp_path: Path) -> None:
     seen: list[int] = []
 

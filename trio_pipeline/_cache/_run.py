@@ -113,37 +113,42 @@ def build_specs(
     """Each stage's `StageSpec`, or None for a stage that is not cached. Pure CPU work."""
     forced = forced_stages(plan, force)
     printer = CodeFingerprinter()
+    fingerprint = printer.fingerprint
     specs: list[StageSpec | None] = []
-    name_of = [stage.name for stage in plan.stages].__getitem__
+    append = specs.append
+    names = [stage.name for stage in plan.stages]
+    upstream = plan.upstream
+    always = Trigger.ALWAYS
     for i, stage in enumerate(plan.stages):
-        options = stage_cache_options(stage)
+        options = stage.cache
         setting = None if options is None else options.cache
         if setting is None and options is not None and (options.deps or options.outs):
             setting = True if pipeline_cache is None else None  # declaring files asks for it
         policy = resolve_policy(setting, pipeline_cache)
-        if policy is None or _is_teardown(stage) or stage.items is not None:
+        if policy is None or stage.options.trigger is always or stage.items is not None:
             # A teardown stage (trigger ALWAYS) always runs: it is there for its effect.
             # An item stage's items flow while it runs: there is no one value to store.
-            specs.append(None)
+            append(None)
             continue
         fn = getattr(stage.fn, "__wrapped__", None) or stage.fn
-        specs.append(
+        # `Pipeline.compile` lists `after`'s stages in order: the same names, no new tuple
+        # (10,000 fewer objects for the garbage collector in a 10,000-stage run).
+        ups = upstream[i]
+        after = stage.after
+        names_up = after if len(after) == len(ups) else tuple([names[j] for j in ups])
+        append(
             StageSpec(
-                name=stage.name,
-                policy=policy,
-                fingerprint=printer.fingerprint(fn),
-                version=None if options is None else options.version,
-                deps=() if options is None else options.deps,
-                outs=() if options is None else options.outs,
-                forced=i in forced,
-                upstream=tuple(map(name_of, plan.upstream[i])),
+                stage.name,
+                policy,
+                fingerprint(fn),
+                None if options is None else options.version,
+                () if options is None else options.deps,
+                () if options is None else options.outs,
+                i in forced,
+                names_up,
             )
         )
     return specs
-
-
-def _is_teardown(stage: Stage) -> bool:
-    return stage.options.trigger is Trigger.ALWAYS
 
 
 def _nothing() -> None:
