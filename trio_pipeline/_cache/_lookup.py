@@ -208,7 +208,7 @@ class RunJobs:
             "version": spec.version,
             "inputs": inputs_digests,
             "params": params,
-            "deps": {},
+            "deps": _EMPTY_DEPS,
         }
         if spec.forced:
             return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
@@ -261,7 +261,7 @@ class RunJobs:
         if expire is not None and now - entry.created > expire:
             reason = f"expired: stored {format_age(now - entry.created)} ago, expire={expire:g}s"
             return LookupResult(Decision(spec.name, DecisionKind.EXPIRED, reason, key), parts)
-        problem = self._check_outs(spec, entry)
+        problem = self._check_outs(spec, entry) if entry.outs else None
         if problem is not None:
             return LookupResult(Decision(spec.name, DecisionKind.OUTS, problem, key), parts)
         value: Any = None

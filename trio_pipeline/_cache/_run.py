@@ -286,13 +286,14 @@ class RunCache:
         group, self._group = self._group, []
 
         def deliver(result: outcome.Outcome[list[str | None]]) -> None:
+            # `entry[4]` is the callback (unpacking ``*_, done`` builds a list per stage).
             if isinstance(result, outcome.Error):
                 failed = f"not cached: the store failed ({result.error})"
-                for *_, done in group:
-                    done(failed)
+                for entry in group:
+                    entry[4](failed)
             else:
-                for (*_, done), message in zip(group, result.unwrap(), strict=True):
-                    done(message)
+                for entry, message in zip(group, result.unwrap(), strict=True):
+                    entry[4](message)
             self.settled()
 
         try:
