@@ -443,7 +443,7 @@ def _flat_json(mapping: Mapping[str, str]) -> str:
     if not mapping:
         return "{}"
     quote = _quote
-    return "{" + ",".join([f"{quote(k)}:{quote(v)}" for k, v in sorted(mapping.items())]) + "}"
+    return "{" + ",".join([f"{quote(k)}:{quote(mapping[k])}" for k in sorted(mapping)]) + "}"
 
 
 def parts_json(parts: Mapping[str, Any]) -> str:
@@ -488,7 +488,8 @@ def key_from(
     `inputs`' values are hex digests (`digest_bytes`): their repr is the text quoted.
     """
     # ``repr(sorted(inputs.items()))`` without repr()ing the digests: 0.9 -> 0.4 us.
-    text = ", ".join([f"({name!r}, '{digest}')" for name, digest in sorted(inputs.items())])
+    # Sorted names, not items: no tuple per input for the garbage collector to count.
+    text = ", ".join([f"({name!r}, '{inputs[name]}')" for name in sorted(inputs)])
     deps_text = repr(sorted(deps.items())) if deps else "[]"
     body = f"{head}[{text}]|{params_text}|{deps_text}"
     return digest_bytes(body.encode())
