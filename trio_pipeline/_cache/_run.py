@@ -176,12 +176,13 @@ class RunCache:
         self.lookups: frozenset[int] = frozenset(
             i for i, spec in enumerate(specs) if spec is not None and enabled
         )
-        self._parts: dict[int, dict[str, Any]] = {}  # key parts, until the commit
+        # Key parts until the commit (None: `RunJobs.memory_parts`, made by the commit).
+        self._parts: dict[int, dict[str, Any] | None] = {}
         self._keys: dict[int, str | None] = {}  # the key of those parts
         self.reasons: dict[str, str] = {}  # each looked-up stage's `Decision.reason`
         self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
         self._group: list[
-            tuple[StageSpec, dict[str, Any], str | None, Any, Callable[[str | None], None]]
+            tuple[StageSpec, dict[str, Any] | None, str | None, Any, Callable[[str | None], None]]
         ] = []
         self._token: trio.lowlevel.TrioToken | None = None
         # Called in Trio after each group of `commit_soon` callbacks (the engine
