@@ -58,7 +58,10 @@ class StageSpec:
 
 @dataclass(slots=True)
 class LookupResult:
-    """A lookup's answer. On a hit `value` is the stored value, loaded."""
+    """A lookup's answer. On a hit `value` is the stored value, loaded.
+
+    `parts` is None on a hit answered by `RunJobs.probe_memory` (nothing to commit).
+    """
 
     decision: Decision
     parts: dict[str, Any] | None = None  # the key's components, for the commit
