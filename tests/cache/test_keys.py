@@ -17,6 +17,7 @@ from trio_pipeline._cache._keys import (
     functions_json,
     hash_params,
     hash_value,
+    input_piece,
     key_from,
     key_head,
     key_of,
@@ -256,6 +257,7 @@ _ODD_PARTS = [
     {},
     {"stage": 'a "quoted" \\ stage', "version": "2"},
     {"inputs": {"b": "2", "a": "1", "\u00e9t\u00e9\n": "3"}, "params": {}, "deps": {}},
+    {"inputs": {"it's": "ab12", 'say "x"\\': "cd34", "a": "1"}},
     {"code": Fingerprint("", {}), "inputs": {}, "params": {"z": "1", "y": "2"}},
     {"deps": {"dir/\u2603.txt": "9", "a.txt": "8"}},
     {"code": Fingerprint("c3", {"b.py:g": "2", "a.py:\u00e9": "1"}), "version": "\u2603"},
@@ -267,7 +269,9 @@ def test_the_fast_key_is_key_of(change: dict[str, Any]) -> None:
     parts = _parts(**change)
     head = key_head(parts["stage"], parts["code"], parts["version"])
     params_text = repr(sorted(parts["params"].items()))
-    assert key_from(head, parts["inputs"], params_text, parts["deps"]) == key_of(parts)
+    inputs = parts["inputs"]
+    pieces = [input_piece(name, inputs[name]) for name in sorted(inputs)]
+    assert key_from(head, pieces, params_text, parts["deps"]) == key_of(parts)
 
 
 @pytest.mark.parametrize("change", _ODD_PARTS)

@@ -86,6 +86,28 @@ async def test_value_based_an_equal_upstream_value_keeps_downstream_hits(tmp_pat
     assert len(runs) == 1
 
 
+async def test_every_upstream_value_enters_the_key(tmp_path: Path) -> None:
+    values = {"first": 1, "second": 2, "third": 3}
+    pipe = tp.Pipeline("v")
+
+    async def source(ctx: tp.StageContext) -> int:
+        return values[ctx.name]
+
+    for name in values:
+        pipe.add_stage(name, source, cache=False)
+
+    @pipe.stage(after=list(values), cache=True)
+    async def total(ctx: tp.StageContext) -> int:
+        return sum(ctx.inputs.values())
+
+    for changed in ["first", "second", "third"]:
+        await run(pipe, tmp_path)
+        values[changed] += 10  # each upstream in turn: the next run must see it
+        again, _ = await run(pipe, tmp_path)
+        assert again.stages["total"].value == sum(values.values())
+        assert statuses(again)["total"] is S.SUCCEEDED, changed
+
+
 async def test_the_entry_is_committed_before_stage_finished(tmp_path: Path) -> None:
     seen: list[int] = []
 
@@ -354,6 +376,59 @@ async def test_explain_says_what_changed(tmp_path: Path) -> None:
     version[0] = "2"
     _, sink = await run(build(), tmp_path, explain=True)
     assert finished(sink)["a"].reason == "cache miss: version changed: '1' -> '2'"
+
+
+async def test_a_stage_answered_from_memory_stores_its_key_parts(tmp_path: Path) -> None:
+    # `b` is looked up from memory (its upstream's hash and the parameters' are known):
+    # its entry's parts are made at the commit, and must be the real ones.
+    version = ["1"]
+
+    def build() -> tp.Pipeline:
+        pipe = tp.Pipeline("m", cache=True)
+
+        @pipe.stage
+        async def a(ctx: tp.StageContext) -> int:
+            return 1
+
+        @pipe.stage(after=[a], version=version[0])
+        async def b(ctx: tp.StageContext) -> int:
+            return 2
+
+        return pipe
+
+    await run(build(), tmp_path)
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        a_entry, b_entry = store.latest("m", "a"), store.latest("m", "b")
+    assert a_entry is not None
+    assert b_entry is not None
+    assert b_entry.parts["inputs"] == {"a": a_entry.value_digest}
+    version[0] = "2"
+    _, sink = await run(build(), tmp_path, explain=True)
+    assert finished(sink)["b"].reason == "cache miss: version changed: '1' -> '2'"
+
+
+async def test_an_expired_entry_found_in_memory_is_stored_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    pipe = tp.Pipeline("x", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[a], cache=tp.CachePolicy(expire=60.0))
+    async def b(ctx: tp.StageContext) -> int:
+        return 2
+
+    await run(pipe, tmp_path)
+    now = time.time() + 3600.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    second, _ = await run(pipe, tmp_path)
+    assert statuses(second)["b"] is S.SUCCEEDED  # expired: it ran, and was stored again
+    third, _ = await run(pipe, tmp_path)
+    assert statuses(third)["b"] is S.CACHED
 
 
 def write(path: str, text: str) -> None:

@@ -25,7 +25,7 @@ import site
 import sys
 import sysconfig
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
@@ -443,7 +443,7 @@ def _flat_json(mapping: Mapping[str, str]) -> str:
     if not mapping:
         return "{}"
     quote = _quote
-    return "{" + ",".join([f"{quote(k)}:{quote(v)}" for k, v in sorted(mapping.items())]) + "}"
+    return "{" + ",".join([f"{quote(k)}:{quote(mapping[k])}" for k in sorted(mapping)]) + "}"
 
 
 def parts_json(parts: Mapping[str, Any]) -> str:
@@ -480,12 +480,20 @@ def key_head(stage: str, code: str, version: str | None) -> str:
     return f"{KEY_FORMAT}|{stage!r}|{code}|{version!r}|"
 
 
-def key_from(
-    head: str, inputs: Mapping[str, str], params_text: str, deps: Mapping[str, str]
-) -> str:
-    """`key_of`, from `key_head` and ``repr(sorted(params.items()))``: the same key, cheaper."""
-    body = f"{head}{sorted(inputs.items())!r}|{params_text}|{sorted(deps.items())!r}"
-    return digest_bytes(body.encode())
+def input_piece(name: str, digest: str) -> str:
+    """One upstream's entry in `key_from`'s inputs (`digest` is hex, as `digest_bytes`)."""
+    # ``repr((name, digest))`` without repr()ing the digest: memoise it per upstream.
+    return f"({name!r}, '{digest}')"
+
+
+def key_from(head: str, pieces: Sequence[str], params_text: str, deps: Mapping[str, str]) -> str:
+    """`key_of`'s key, cheaper: from the parts that can be memoised.
+
+    `head` is `key_head`; `pieces` are the inputs' `input_piece` in name order;
+    `params_text` is ``repr(sorted(params.items()))``.
+    """
+    deps_text = repr(sorted(deps.items())) if deps else "[]"
+    return digest_bytes(f"{head}[{', '.join(pieces)}]|{params_text}|{deps_text}".encode())
 
 
 def hash_params(params: Mapping[str, Any], only: Iterable[str] | None = None) -> dict[str, str]:

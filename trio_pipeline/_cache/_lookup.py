@@ -22,6 +22,7 @@ from ._keys import (
     Fingerprint,
     functions_json,
     hash_params,
+    input_piece,
     key_from,
     key_head,
     key_of,
@@ -34,6 +35,7 @@ from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes, kid_of
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
+_NO_OUTS: dict[str, str] = {}  # never written to: `_commit` only fills a fresh dict
 
 IN_MEMORY_LOAD_BYTES = 64 << 10
 """A hit whose pickled value is at most this big may be loaded on the event loop."""
@@ -56,7 +58,10 @@ class StageSpec:
 
 @dataclass(slots=True)
 class LookupResult:
-    """A lookup's answer. On a hit `value` is the stored value, loaded."""
+    """A lookup's answer. On a hit `value` is the stored value, loaded.
+
+    `parts` is None on a hit answered by `RunJobs.probe_memory` (nothing to commit).
+    """
 
     decision: Decision
     parts: dict[str, Any] | None = None  # the key's components, for the commit
@@ -97,6 +102,9 @@ class RunJobs:
     )
     # The code digest -> `functions_json` of its items (one per stage function, not per stage).
     _functions_json: dict[str, str] = field(default_factory=dict[str, str])
+    # An upstream's entry in the key text, ``('name', 'digest')``: made once per producing
+    # stage (by its first consumer's lookup), not once per consumer.
+    _pieces: dict[str, str] = field(default_factory=dict[str, str])
 
     def note_value(self, stage: str, value: Any) -> str | None:
         """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
@@ -152,7 +160,43 @@ class RunJobs:
         )
 
     def lookup_in_memory(self, spec: StageSpec) -> LookupResult | None:
-        """`lookup`, when it can be answered from memory alone; None when it cannot.
+        """`lookup`, when it can be answered from memory alone; None when it cannot."""
+        found = self.probe_memory(spec)
+        if isinstance(found, tuple):
+            key = found[0]
+            return LookupResult(
+                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key),
+                self.memory_parts(spec),
+            )
+        if found is not None and found.parts is None:
+            found.parts = self.memory_parts(spec)
+        return found
+
+    def memory_parts(self, spec: StageSpec) -> dict[str, Any]:
+        """The key's components of a stage `probe_memory` answered (its hashes are known).
+
+        Built when needed (on the worker thread, for the commit), not on the event loop.
+        """
+        code = spec.fingerprint if spec.policy.code else _NO_CODE
+        digests = self.value_digests
+        # `key_parts`, without its copies: these mappings are fresh or never mutated.
+        return {
+            "format": KEY_FORMAT,
+            "stage": spec.name,
+            "code": code.digest,
+            "functions": code.items,
+            "version": spec.version,
+            "inputs": {name: digests[name] for name in spec.upstream},
+            "params": self._param_digests[spec.policy.params],
+            "deps": _EMPTY_DEPS,
+        }
+
+    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str, None] | None:
+        """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts.
+
+        The key's components (`memory_parts`) are left to whoever needs them: a
+        commit builds them on the worker thread, a hit needs none. (A cold run is all
+        plain misses: no Decision, LookupResult or parts made on the event loop.)
 
         The inputs are not needed: the hashes of the upstream values are.
 
@@ -166,48 +210,43 @@ class RunJobs:
         known = self.known
         if known is None or spec.deps:
             return None
-        digests = self.value_digests
-        inputs_digests: dict[str, str] = {}
-        for name in spec.upstream:
-            digest = digests.get(name)
-            if digest is None:
-                return None
-            inputs_digests[name] = digest
+        digests, pieces = self.value_digests, self._pieces
+        names = spec.upstream
+        texts: list[str] = []
+        for name in sorted(names) if len(names) > 1 else names:  # as `key_from` orders them
+            piece = pieces.get(name)
+            if piece is None:
+                digest = digests.get(name)
+                if digest is None:
+                    return None
+                piece = pieces[name] = input_piece(name, digest)
+            texts.append(piece)
         only = spec.policy.params
         params = self._param_digests.get(only)
         if params is None or isinstance(params, str):
             return None
-        code = spec.fingerprint if spec.policy.code else _NO_CODE
         head = spec.key_head
         if not head:
-            head = spec.key_head = key_head(spec.name, code.digest, spec.version)
+            code = spec.fingerprint.digest if spec.policy.code else ""
+            head = spec.key_head = key_head(spec.name, code, spec.version)
         params_text = self._param_texts.get(only)
         if params_text is None:
             params_text = self._param_texts[only] = repr(sorted(params.items()))
-        key = key_from(head, inputs_digests, params_text, _EMPTY_DEPS)
-        # `key_parts`, without its copies: these mappings are fresh or never mutated.
-        parts: dict[str, Any] = {
-            "format": KEY_FORMAT,
-            "stage": spec.name,
-            "code": code.digest,
-            "functions": code.items,
-            "version": spec.version,
-            "inputs": inputs_digests,
-            "params": params,
-            "deps": {},
-        }
+        key = key_from(head, texts, params_text, _EMPTY_DEPS)
         if spec.forced:
-            return LookupResult(Decision(spec.name, DecisionKind.FORCED, "forced", key), parts)
+            decision = Decision(spec.name, DecisionKind.FORCED, "forced", key)
+            return LookupResult(decision, self.memory_parts(spec))
         if key not in known:
             if self.explain:
                 return None  # the explanation reads the latest entry from the store
-            return LookupResult(
-                Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key), parts
-            )
+            return key, None
         entry = known[key]
         if entry is None or entry.outs or len(entry.value) > IN_MEMORY_LOAD_BYTES:
             return None
-        return self._hit(spec, entry, parts, key, load=True)
+        found = self._hit(spec, entry, None, key, load=True)
+        if not found.decision.hit:
+            found.parts = self.memory_parts(spec)  # it runs (expired, does not load): a commit
+        return found
 
     def lookup(
         self,
@@ -242,14 +281,20 @@ class RunJobs:
         return self._hit(spec, entry, parts, key, load=load)
 
     def _hit(
-        self, spec: StageSpec, entry: CacheEntry, parts: dict[str, Any], key: str, *, load: bool
+        self,
+        spec: StageSpec,
+        entry: CacheEntry,
+        parts: dict[str, Any] | None,
+        key: str,
+        *,
+        load: bool,
     ) -> LookupResult:
         now = time.time()
         expire = spec.policy.expire
         if expire is not None and now - entry.created > expire:
             reason = f"expired: stored {format_age(now - entry.created)} ago, expire={expire:g}s"
             return LookupResult(Decision(spec.name, DecisionKind.EXPIRED, reason, key), parts)
-        problem = self._check_outs(spec, entry)
+        problem = self._check_outs(spec, entry) if entry.outs else None
         if problem is not None:
             return LookupResult(Decision(spec.name, DecisionKind.OUTS, problem, key), parts)
         value: Any = None
@@ -287,38 +332,43 @@ class RunJobs:
     def commit(
         self,
         spec: StageSpec,
-        parts: Mapping[str, Any],
+        parts: Mapping[str, Any] | None,
         value: Any,
         *,
         created: float | None = None,
         key: str | None = None,
     ) -> CommitResult:
-        """Store `value` under the key of `parts`; durable when this returns (outside a batch)."""
+        """Store `value` under the key of `parts`; durable when this returns (outside a batch).
+
+        `parts` None: the stage was answered by `probe_memory` (`memory_parts`, and `key`).
+        """
         problem = self._commit(spec, parts, value, created, key)
         return CommitResult(problem is None, problem)
 
     def _commit(
         self,
         spec: StageSpec,
-        parts: Mapping[str, Any],
+        parts: Mapping[str, Any] | None,
         value: Any,
         created: float | None,
         key: str | None,
     ) -> str | None:
         # `commit`, returning why the value was not stored (None: stored).
+        if parts is None:
+            parts = self.memory_parts(spec)
         try:
             data = pickle_value(value)
         except Exception as exc:
             return f"not cached: its value cannot be pickled ({_describe(exc)})"
         digest = digest_bytes(data)
         self.value_digests[spec.name] = digest
-        outs: dict[str, str] = {}
+        outs: dict[str, str] = {} if spec.outs else _NO_OUTS  # (one dict less a commit)
         for path in spec.outs:
             found = path_digests(path, self.store)
             if any(d == MISSING for d in found.values()):
                 return f"not cached: declared out {path!r} does not exist"
             outs.update(found)
-        if spec.policy.restore_outs and self.objects is not None:
+        if outs and spec.policy.restore_outs and self.objects is not None:
             for path, file_digest in outs.items():
                 self.objects.save(path, file_digest)
         code = parts["code"]
@@ -345,6 +395,7 @@ class RunJobs:
             )
             store.put_encoded(row, code, functions)
         else:
+            outs = outs if outs else {}  # the store's own (never the shared empty one)
             store.put(
                 CacheEntry(
                     key, self.pipeline, spec.name, data, digest, parts, outs, created, self.run_id
@@ -353,7 +404,8 @@ class RunJobs:
         return None
 
     def commit_many(
-        self, commits: Sequence[tuple[StageSpec, Mapping[str, Any], str | None, Any, object]]
+        self,
+        commits: Sequence[tuple[StageSpec, Mapping[str, Any] | None, str | None, Any, object]],
     ) -> list[str | None]:
         """`commit` each ``(spec, parts, key, value, _)``: why each was not stored (None: it was).
 
