@@ -66,6 +66,32 @@ async def test_results_pass_to_direct_downstream() -> None:
     result.raise_for_failures()  # nothing failed: returns
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+async def test_a_stage_error_whose_str_raises_fails_only_that_stage() -> None:
+    # Regression: describing the error raised inside the scheduler, so the whole run
+    # ended as PipelineInternalError instead of one FAILED stage.
+    pipe = tp.Pipeline("p")
+    sink = RecordingSink()
+
+    @pipe.stage
+    async def bad(ctx: tp.StageContext) -> None:
+        raise _Unprintable
+
+    @pipe.stage
+    async def good(ctx: tp.StageContext) -> int:
+        return 1
+
+    result = await tp.run(pipe, sinks=[sink], keep_going=True)
+    assert result.stages["bad"].status is S.FAILED
+    assert isinstance(result.stages["bad"].error, _Unprintable)
+    assert result.stages["good"].status is S.SUCCEEDED
+    check_run([sink], pipe, result)
+
+
 async def test_empty_pipeline_still_reports() -> None:
     sink = RecordingSink()
     result = await tp.run(tp.Pipeline("empty"), sinks=[sink])

@@ -695,7 +695,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run and args.explain:
         plan = _compile(pipeline, args.target)
         order = pipeline.start_order()
-        return _cache_commands.print_dry_run_explain(plan, pipeline.cache, order, args, params)
+        skipped = pipeline.skipped_stages()
+        return _cache_commands.print_dry_run_explain(
+            plan, pipeline.cache, order, args, params, skipped
+        )
     if args.dry_run:
         plan = _compile(pipeline, args.target)
         order, pools = pipeline.start_order(), pipeline.pools

@@ -202,7 +202,14 @@ def _jsonable(value: object) -> object:
 
 
 def describe_error(error: BaseException) -> str:
-    """``"Type: message"``, or just ``"Type"`` when the message is empty."""
-    text = str(error)
+    """``"Type: message"``, or just ``"Type"`` when the message is empty.
+
+    Never raises: an exception whose ``__str__`` raises is described as the
+    standard library's `traceback` does, so a stage's odd error cannot break the run.
+    """
+    try:
+        text = str(error)
+    except Exception:
+        text = "<exception str() failed>"
     name = type(error).__name__
     return f"{name}: {text}" if text else name

@@ -37,6 +37,7 @@ import trio
 
 from ._context import StageContext
 from ._errors import StageDefinitionError, StageDefinitionTypeError
+from ._events import describe_error
 from ._graph import edge, is_async_callable
 from ._options import check_int, check_seconds
 from ._params import NO_PARAMS
@@ -350,15 +351,15 @@ def _pack_call(fn: SyncStageFunction, ctx: StageContext) -> bytes:
     try:
         fn_bytes = _dumps(fn)
     except Exception as exc:
-        raise SerializationError(ctx.name, "function", _describe(exc)) from exc
+        raise SerializationError(ctx.name, "function", describe_error(exc)) from exc
     try:
         inputs_bytes = _dumps(dict(ctx.inputs))
     except Exception as exc:
-        raise SerializationError(ctx.name, "inputs", _describe(exc)) from exc
+        raise SerializationError(ctx.name, "inputs", describe_error(exc)) from exc
     try:
         params_bytes = _dumps(ctx.params)
     except Exception as exc:
-        raise SerializationError(ctx.name, "params", _describe(exc)) from exc
+        raise SerializationError(ctx.name, "params", describe_error(exc)) from exc
     return pickle.dumps(
         (fn_bytes, inputs_bytes, params_bytes, ctx.name, ctx.attempt, ctx.run_id),
         protocol=pickle.HIGHEST_PROTOCOL,
@@ -382,12 +383,12 @@ def _call_packed(payload: bytes) -> bytes:
         try:
             return _dumps((logs, False, exc))
         except Exception as pickle_exc:
-            error = SerializationError(name, "exception", f"{_describe(exc)}; {pickle_exc}")
+            error = SerializationError(name, "exception", f"{describe_error(exc)}; {pickle_exc}")
             return _dumps((logs, False, error))
     try:
         return _dumps((logs, True, value))
     except Exception as exc:
-        return _dumps((logs, False, SerializationError(name, "result", _describe(exc))))
+        return _dumps((logs, False, SerializationError(name, "result", describe_error(exc))))
 
 
 def _unpack_outcome(envelope: bytes, ctx: StageContext) -> Any:
@@ -400,10 +401,6 @@ def _unpack_outcome(envelope: bytes, ctx: StageContext) -> Any:
     if not ok:
         raise value
     return value
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 class ProcessExecutor:

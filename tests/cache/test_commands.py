@@ -453,3 +453,53 @@ def test_watch_reruns_only_what_changed(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
         proc.communicate()  # reaps it and closes the pipes
+
+
+EXPLAINED = textwrap.dedent(
+    """\
+    import trio_pipeline as tp
+
+    pipe = tp.Pipeline("x", cache=True)
+
+    @pipe.stage
+    async def load(ctx):
+        return [1, 2]
+
+    @pipe.stage(each=load)
+    async def sq(ctx, item):
+        return item * item
+
+    @pipe.stage(after=[load], cache=False)
+    async def plain(ctx):
+        pass
+
+    @pipe.stage(after=[load], trigger="one_failed")
+    async def alert(ctx):
+        pass
+
+    @pipe.stage(after=[alert])
+    async def page(ctx):
+        pass
+
+    @pipe.stage(after=[load], trigger="always")
+    async def cleanup(ctx):
+        pass
+    """
+)
+
+
+def test_dry_run_explain_says_why_a_stage_is_not_cached_and_lists_skipped_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipe.py").write_text(EXPLAINED)
+    assert main(["run", "pipe.py", "--dry-run", "--explain", "--cache-dir", "c"]) == 0
+    rows = {line.split()[0]: line.split(None, 2) for line in capsys.readouterr().out.splitlines()}
+    assert rows["load"][1:] == ["run", "no entry"]
+    assert rows["sq"][2] == "not cached: an item stage (its items flow while it runs)"
+    assert rows["plain"][2] == "not cached: no cache policy (cache= on the stage or the pipeline)"
+    assert rows["cleanup"][2] == "not cached: a teardown stage (trigger always) always runs"
+    # As in a failure-free run: the alert is skipped, and so is what waits for it.
+    assert rows["alert"][1:] == ["skipped", "trigger one_failed not met: no upstream failed"]
+    assert rows["page"][1] == "skipped"
+    assert set(rows) == {"STAGE", "load", "sq", "plain", "alert", "page", "cleanup"}

@@ -296,6 +296,27 @@ async def test_history_is_recorded(tmp_path: Path) -> None:
     assert result.run_id in hit.reason  # "stored by run ..."
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+async def test_history_records_an_error_whose_str_raises(tmp_path: Path) -> None:
+    # Regression: str() of the error raised while building the record, so the run
+    # was missing from the history.
+    pipe = tp.Pipeline("h", cache=True)
+
+    @pipe.stage(cache=False)
+    async def bad(ctx: tp.StageContext) -> None:
+        raise _Unprintable
+
+    result, _ = await run(pipe, tmp_path, keep_going=True)
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        record = store.run(result.run_id)
+    assert record is not None
+    assert record.stages[0].error == "_Unprintable: <exception str() failed>"
+
+
 class MemoryStore:
     """Another `CacheStore`: proves `store=` takes any implementation."""
 

@@ -333,8 +333,13 @@ def print_dry_run_explain(
     order: Sequence[str],
     args: argparse.Namespace,
     params: Mapping[str, Any] | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> int:
-    """``--dry-run --explain``: each stage, whether it would run or hit, and why."""
+    """``--dry-run --explain``: each stage, whether it would run, hit or be skipped, and why.
+
+    `skipped` is `Pipeline.skipped_stages()`: the stages a failure-free run skips,
+    listed after the others as the plain dry run does.
+    """
     from ._run import dry_run_decisions
 
     check_run_options(plan, args)
@@ -354,6 +359,7 @@ def print_dry_run_explain(
         rows.extend([name, "run", "--no-cache"] for name in order)
     else:
         rows.extend([d.stage, d.verb, d.reason] for d in decisions)
+    rows.extend([name, "skipped", reason] for name, reason in (skipped or {}).items())
     sys.stdout.write(_table(rows))
     sys.stdout.flush()
     return EXIT_OK

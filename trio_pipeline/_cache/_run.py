@@ -29,6 +29,7 @@ import outcome
 import trio
 
 from .._errors import UnknownStageError
+from .._events import describe_error
 from .._options import Trigger
 from ._explain import Decision, DecisionKind
 from ._files import ObjectCache
@@ -313,10 +314,7 @@ class RunCache:
             reason = reasons.get(name)
             if out.blocked_by is not None:
                 reason = f"upstream {out.blocked_by!r} failed"
-            error = None
-            if out.error is not None:
-                text = str(out.error)
-                error = f"{type(out.error).__name__}: {text}" if text else type(out.error).__name__
+            error = None if out.error is None else describe_error(out.error)
             stages.append(
                 StageRecord(name, out.status.value, out.attempts, out.duration, reason, error)
             )
@@ -421,4 +419,19 @@ def dry_run_decisions(
     index = {stage.name: i for i, stage in enumerate(plan.stages)}
     with SQLiteStore(default_cache_dir() if cache_dir is None else cache_dir) as store:
         jobs = RunJobs(store, plan.name, "dry-run", dict(params or {}), None, explain=True)
-        return simulate(jobs, [specs[index[name]] for name in order], list(order))
+        decisions = simulate(jobs, [specs[index[name]] for name in order], list(order))
+    return [
+        Decision(d.stage, d.kind, uncached_reason(plan.stages[index[d.stage]]))
+        if d.kind is DecisionKind.DISABLED
+        else d
+        for d in decisions
+    ]
+
+
+def uncached_reason(stage: Any) -> str:
+    """Why `build_specs` gave `stage` no spec, as ``--dry-run --explain`` prints it."""
+    if stage.items is not None:
+        return "not cached: an item stage (its items flow while it runs)"
+    if stage.options.trigger is Trigger.ALWAYS:
+        return "not cached: a teardown stage (trigger always) always runs"
+    return "not cached: no cache policy (cache= on the stage or the pipeline)"
