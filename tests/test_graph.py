@@ -242,9 +242,7 @@ def test_the_plan_lists_every_edge_both_ways_in_order(
         pipe.add_stage(f"s{i}", noop, after=[f"s{j}" for j in after[i]])
     plan = pipe.compile()
     assert plan.upstream == tuple(map(tuple, after))
-    assert plan.downstream == tuple(
-        tuple(i for i in range(n) if j in after[i]) for j in range(n)
-    )
+    assert plan.downstream == tuple(tuple(i for i in range(n) if j in after[i]) for j in range(n))
     assert all(type(down) is tuple for down in plan.downstream)
 
 
