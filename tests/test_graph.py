@@ -214,6 +214,38 @@ def test_deep_chain_validates_without_recursion() -> None:
         pipe.validate()
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 60).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=4 * n),
+            st.integers(0, n - 1),
+            st.booleans(),
+        )
+    )
+)
+def test_the_plan_lists_every_edge_both_ways_in_order(
+    graph: tuple[int, list[tuple[int, int]], int, bool],
+) -> None:
+    n, edges, hub, forward = graph
+    after: list[list[int]] = [[] for _ in range(n)]
+    # Every stage is linked to `hub` (a wide fan-out or fan-in), plus random edges;
+    # all point the same way (acyclic): to later stages (forward references) or earlier.
+    for a, b in [*edges, *((i, hub) for i in range(n))]:
+        if a != b:
+            waits, dep = (min(a, b), max(a, b)) if forward else (max(a, b), min(a, b))
+            if dep not in after[waits]:
+                after[waits].append(dep)
+    pipe = tp.Pipeline("edges")
+    for i in range(n):
+        pipe.add_stage(f"s{i}", noop, after=[f"s{j}" for j in after[i]])
+    plan = pipe.compile()
+    assert plan.upstream == tuple(map(tuple, after))
+    assert plan.downstream == tuple(tuple(i for i in range(n) if j in after[i]) for j in range(n))
+    assert all(type(down) is tuple for down in plan.downstream)
+
+
 def test_start_order_is_definition_order_among_ready_stages() -> None:
     pipe = tp.Pipeline("p")
     pipe.add_stage("late", noop, after=["root"])

@@ -452,29 +452,51 @@ class Pipeline:
         """Validate and return the `Plan` the engine runs."""
         stages = tuple(self._stages.values())
         index = {stage.name: i for i, stage in enumerate(stages)}
+        find = index.__getitem__
         upstream: list[tuple[int, ...]] = []
-        downstream: list[list[int]] = [[] for _ in stages]
+        # Each stage's downstream grows as a tuple, a new one per edge, up to
+        # _SMALL_FAN_OUT (then the rest goes to a list in `wide`). A list per stage
+        # stayed GC-tracked, and at 300,000 stages those lists triggered full
+        # collections over every Stage during compile; a tuple of ints is untracked by
+        # the first collection it meets. Measured: layered compile 1.8 -> 1.25 us/stage
+        # at 300,000 (chain 1.3 -> 0.8, wide 0.6 -> 0.25), unchanged at 1,000.
+        downstream: list[tuple[int, ...]] = [()] * len(stages)
+        wide: dict[int, list[int]] = {}  # downstream past the first _SMALL_FAN_OUT
         backward = True  # every stage waits only for stages defined before it
         for i, stage in enumerate(stages):
-            ups: list[int] = []
-            for dep in stage.after:
-                j = index.get(dep)
-                if j is None:
-                    # Never the referencing stage itself: "did you mean" must be another.
-                    others = [other for other in index if other != stage.name]
-                    close = difflib.get_close_matches(dep, others, n=2)
-                    raise UnknownStageError(dep, stage.name, close)
+            after = stage.after
+            if not after:
+                upstream.append(())
+                continue
+            try:
+                ups = tuple(map(find, after))
+            except KeyError:
+                ups = None
+            if ups is None:  # raised outside the handler: no KeyError as its context
+                dep = next(dep for dep in after if dep not in index)
+                # Never the referencing stage itself: "did you mean" must be another.
+                others = [other for other in index if other != stage.name]
+                close = difflib.get_close_matches(dep, others, n=2)
+                raise UnknownStageError(dep, stage.name, close)
+            upstream.append(ups)
+            for j in ups:
                 if j >= i:
                     backward = False
-                ups.append(j)
-                downstream[j].append(i)
-            upstream.append(tuple(ups))
+                down = downstream[j]
+                if len(down) < _SMALL_FAN_OUT:
+                    downstream[j] = (*down, i)
+                elif j in wide:
+                    wide[j].append(i)
+                else:
+                    wide[j] = [i]
+        for j, rest in wide.items():
+            downstream[j] += tuple(rest)
         # Definition order is then a topological order: no cycle to look for (the
         # search costs about 1% of a run of no-op stages).
         cycle = None if backward else _find_cycle(upstream)
         if cycle is not None:
             raise CycleError([stages[i].name for i in cycle])
-        plan = Plan(self.name, stages, tuple(upstream), tuple(map(tuple, downstream)))
+        plan = Plan(self.name, stages, tuple(upstream), tuple(downstream))
         check_streams(plan)
         return plan
 
@@ -567,6 +589,9 @@ def is_async_callable(fn: object) -> bool:
     call = getattr(fn, "__call__", None)  # noqa: B004 - an instance with an async __call__
     return not inspect.isroutine(fn) and inspect.iscoroutinefunction(call)
 
+
+# Appending to a tuple copies it: past this many downstream stages, a list takes the rest.
+_SMALL_FAN_OUT = 16
 
 _B = TypeVar("_B")
 
