@@ -54,7 +54,7 @@ from ._engine import RunHandle, open_run
 from ._errors import PipelineError, UnknownStageError
 from ._events import Event, RunFinished, StageFinished
 from ._executors import DaskExecutor, MissingExtraError, kill_worker_processes
-from ._graph import Pipeline, Plan
+from ._graph import Pipeline, Plan, failure_free_run_of
 from ._live import LiveSink, RunTracker, open_live_sink
 from ._options import Trigger
 from ._params import load_params_file, parse_param
@@ -654,10 +654,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
         if not pipelines:
             raise UsageError(f"{path} defines no trio_pipeline.Pipeline at module level")
     # Validate all before printing any, so an invalid pipeline prints only the error.
-    texts = [
-        render_order(_compile(p, args.target), p.start_order(), p.skipped_stages())
-        for p in pipelines
-    ]
+    texts: list[str] = []
+    for p in pipelines:
+        plan = _compile(p, args.target)
+        free = failure_free_run_of(p)
+        texts.append(render_order(plan, free.started, free.skipped))
     sys.stdout.write("\n".join(texts))
     return EXIT_OK
 
@@ -692,17 +693,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # The run is of the selection only: as `run(..., targets=)` does, and the dry
         # run shows the same.
         pipeline = subpipeline(pipeline, _select(pipeline, args.stages, only=args.only))
-    if args.dry_run and args.explain:
-        plan = _compile(pipeline, args.target)
-        order = pipeline.start_order()
-        skipped = pipeline.skipped_stages()
-        return _cache_commands.print_dry_run_explain(
-            plan, pipeline.cache, order, args, params, skipped
-        )
     if args.dry_run:
         plan = _compile(pipeline, args.target)
-        order, pools = pipeline.start_order(), pipeline.pools
-        skipped = pipeline.skipped_stages()
+        free = failure_free_run_of(pipeline)
+        order, skipped, pools = free.started, free.skipped, pipeline.pools
+        if args.explain:
+            return _cache_commands.print_dry_run_explain(
+                plan, pipeline.cache, order, args, params, skipped
+            )
         if args.json:
             text = dry_run_json(plan, order, params=params, pools=pools, skipped=skipped)
             sys.stdout.write(text + "\n")

@@ -46,6 +46,7 @@ from ._signature import check_stage_callable
 if TYPE_CHECKING:
     # Types only: the edge modules import trio, so the core never imports them.
     from ._executors import Executor, SyncStageFunction
+    from ._scheduler import FailureFreeRun
 
 StageFunction: TypeAlias = Callable[[StageContext], Awaitable[Any]]
 """An ``async def f(ctx: StageContext) -> value``."""
@@ -508,13 +509,7 @@ class Pipeline:
         run skips (a ``one_failed`` stage) is not listed: see `skipped_stages`.
         Raises the same errors as `validate`.
         """
-        from ._options import check_pools
-        from ._scheduler import start_order  # pure, like this module
-
-        plan = self.compile()
-        pools = check_pools(plan, self.pools)
-        check_group_pools(plan, pools)
-        return start_order(plan, pools)
+        return failure_free_run_of(self).started
 
     def skipped_stages(self) -> dict[str, str]:
         """The stages an unlimited, failure-free run skips, each with its reason.
@@ -523,11 +518,7 @@ class Pipeline:
         one_failed not met: no upstream failed"``), in the order it decides them;
         with `start_order` they are every stage. Raises the same errors as `validate`.
         """
-        from ._options import check_pools
-        from ._scheduler import failure_free_run
-
-        plan = self.compile()
-        return failure_free_run(plan, check_pools(plan, self.pools)).skipped
+        return failure_free_run_of(self).skipped
 
     def _resolve_one(self, name: str, keyword: str, ref: StageRef) -> str:
         if not (isinstance(ref, str | Stage) or callable(ref)):
@@ -633,3 +624,14 @@ def _find_cycle(upstream: list[tuple[int, ...]]) -> list[int] | None:
                 path.append(nxt)
                 iters.append(iter(upstream[nxt]))
     return None
+
+
+def failure_free_run_of(pipeline: Pipeline) -> FailureFreeRun:
+    """`Pipeline.start_order` and `Pipeline.skipped_stages` at once: one scheduler run."""
+    from ._options import check_pools
+    from ._scheduler import failure_free_run  # pure, like this module
+
+    plan = pipeline.compile()
+    pools = check_pools(plan, pipeline.pools)
+    check_group_pools(plan, pools)
+    return failure_free_run(plan, pools)

@@ -607,15 +607,22 @@ class Scheduler:
         self.out.lookup.append(i)
         return True
 
+    def _lookup_answered(self, i: int, to: StageStatus) -> bool:
+        """Stage `i`'s lookup is back; False if a stop ended the stage meanwhile.
+
+        Raises TransitionError (changing nothing) if no lookup of `i` was out.
+        """
+        if i not in self._looking:
+            raise TransitionError(f"stage {self.plan.stages[i].name!r}", self.status[i], to)
+        self._looking.discard(i)
+        return self.status[i] is _PENDING
+
     def cache_hit(self, i: int, value: Any, reason: str, now: float) -> None:
         """Stage `i`'s lookup found its value: it ends CACHED (no attempt, no slot).
 
         A no-op when a stop ended the stage while its lookup was out.
         """
-        if i not in self._looking:
-            raise TransitionError(f"stage {self.plan.stages[i].name!r}", self.status[i], _CACHED)
-        self._looking.discard(i)
-        if self.status[i] is not _PENDING:
+        if not self._lookup_answered(i, _CACHED):
             return
         self.values[i] = value
         self._finish(i, _CACHED, now, reason=reason)
@@ -629,10 +636,7 @@ class Scheduler:
 
         A no-op when a stop ended the stage while its lookup was out.
         """
-        if i not in self._looking:
-            raise TransitionError(f"stage {self.plan.stages[i].name!r}", self.status[i], _RUNNING)
-        self._looking.discard(i)
-        if self.status[i] is not _PENDING:
+        if not self._lookup_answered(i, _RUNNING):
             return
         if reason is not None:
             self._miss_reasons[i] = reason  # its StageFinished says why it ran

@@ -22,7 +22,13 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import trio_pipeline as tp
-from tests.support.scenarios import FAIL_AFTER, LONG_HANG, TALLY, ScenarioFailure
+from tests.support.scenarios import (
+    FAIL_AFTER,
+    LONG_HANG,
+    TALLY,
+    ScenarioFailure,
+    apply_control,
+)
 from trio_pipeline.testing import ChaosTape, PoolTracker, RecordingSink, TaskTracker, check_run
 from trio_pipeline.testing._items import stream_units
 
@@ -258,12 +264,7 @@ def run_item_scenario(sc: ItemScenario) -> None:
                     progress_interval=PROGRESS,
                 ) as handle:
                     handles.append(handle)
-                    if sc.control in ("close", "cancel"):
-                        await trio.sleep(sc.control_at)
-                        if sc.control == "close":
-                            handle.request_close()
-                        else:
-                            handle.cancel()
+                    await apply_control(handle, sc.control, sc.control_at)
         tracker.check_all_exited()
 
     try:

@@ -342,6 +342,19 @@ class Tally:
 TALLY = Tally()
 
 
+async def apply_control(handle: tp.RunHandle, control: str, at: float) -> None:
+    """Close or cancel the run `at` seconds in, as a scenario's `control` says.
+
+    ``"outer"`` (a deadline around the run) and ``"none"`` do nothing here.
+    """
+    if control in ("close", "cancel"):
+        await trio.sleep(at)
+        if control == "close":
+            handle.request_close()
+        else:
+            handle.cancel()
+
+
 def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
     """Run `sc` in its own `trio.run` on a MockClock and assert every invariant."""
     TALLY.examples += 1
@@ -374,12 +387,7 @@ def run_scenario(sc: Scenario, open_run: OpenRun = tp.open_run) -> None:
                         teardown_timeout=sc.teardown_timeout,
                     ) as handle:
                         handles.append(handle)
-                        if sc.control in ("close", "cancel"):
-                            await trio.sleep(sc.control_at)
-                            if sc.control == "close":
-                                handle.request_close()
-                            else:
-                                handle.cancel()
+                        await apply_control(handle, sc.control, sc.control_at)
             tracker.check_all_exited()
 
     fatal: StageFatal | None = None

@@ -119,16 +119,13 @@ def build_specs(
     append = specs.append
     names = [stage.name for stage in plan.stages]
     upstream = plan.upstream
-    always = Trigger.ALWAYS
     for i, stage in enumerate(plan.stages):
         options = stage.cache
         setting = None if options is None else options.cache
         if setting is None and options is not None and (options.deps or options.outs):
             setting = True if pipeline_cache is None else None  # declaring files asks for it
         policy = resolve_policy(setting, pipeline_cache)
-        if policy is None or stage.options.trigger is always or stage.items is not None:
-            # A teardown stage (trigger ALWAYS) always runs: it is there for its effect.
-            # An item stage's items flow while it runs: there is no one value to store.
+        if policy is None or never_cached(stage) is not None:
             append(None)
             continue
         fn = getattr(stage.fn, "__wrapped__", None) or stage.fn
@@ -428,10 +425,16 @@ def dry_run_decisions(
     ]
 
 
+def never_cached(stage: Any) -> str | None:
+    """Why `stage` is not cached whatever its policy, or None if a policy applies."""
+    if stage.items is not None:
+        return "an item stage (its items flow while it runs)"  # no one value to store
+    if stage.options.trigger is Trigger.ALWAYS:
+        return "a teardown stage (trigger always) always runs"  # it is there for its effect
+    return None
+
+
 def uncached_reason(stage: Any) -> str:
     """Why `build_specs` gave `stage` no spec, as ``--dry-run --explain`` prints it."""
-    if stage.items is not None:
-        return "not cached: an item stage (its items flow while it runs)"
-    if stage.options.trigger is Trigger.ALWAYS:
-        return "not cached: a teardown stage (trigger always) always runs"
-    return "not cached: no cache policy (cache= on the stage or the pipeline)"
+    why = never_cached(stage) or "no cache policy (cache= on the stage or the pipeline)"
+    return f"not cached: {why}"
