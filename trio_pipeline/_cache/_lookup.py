@@ -7,7 +7,6 @@ pickling) and are only called from that thread, or directly by ``--dry-run``.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import time
@@ -27,11 +26,10 @@ from ._keys import (
     key_head,
     key_of,
     key_parts,
-    parts_json,
     pickle_value,
 )
 from ._policy import CachePolicy
-from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes, kid_of
+from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
@@ -379,21 +377,24 @@ class RunJobs:
         created = time.time() if created is None else created
         store = self.store
         if isinstance(store, SQLiteStore):
-            # The built-in store: its row, without a `CacheEntry` in between.
-            outs_text = json.dumps(outs, sort_keys=True, separators=(",", ":")) if outs else "{}"
-            row = (
-                kid_of(key),
-                key,
-                self.pipeline,
-                spec.name,
-                data,
-                digest,
-                parts_json(parts),
-                outs_text,
-                created,
-                self.run_id,
+            # The built-in store: its packed row, without a `CacheEntry` in between.
+            stored = dict(parts)
+            del stored["functions"]  # stored once per fingerprint
+            store.put_encoded(
+                (
+                    self.pipeline,
+                    self.run_id,
+                    key,
+                    spec.name,
+                    created,
+                    digest,
+                    outs or None,
+                    data,
+                    stored,
+                ),
+                code,
+                functions,
             )
-            store.put_encoded(row, code, functions)
         else:
             outs = outs if outs else {}  # the store's own (never the shared empty one)
             store.put(
