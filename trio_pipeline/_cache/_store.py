@@ -425,7 +425,7 @@ def _decode(blob: bytes, digest: str) -> list[Any] | None:
         return None
     if not isinstance(items, list):
         return None
-    found: list[Any] = items  # (a list of plain values: what `_encode` wrote)
+    found: list[Any] = items  # pyright: ignore[reportUnknownVariableType]
     return found
 
 
