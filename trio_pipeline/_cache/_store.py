@@ -298,7 +298,8 @@ _PACKS_INDEX = "CREATE INDEX packs_by_pipeline ON packs (pipeline)"
 # A pack's three lists, position by position (None: the entry there is dead):
 #   meta:  (key, stage, created, value_digest, outs or None, len(value))
 #   data:  value (the pickled bytes)
-#   parts: the key's components without the fingerprint's items (in `functions`)
+#   parts: the JSON text of the key's components without the fingerprint's items (which
+#          are in `functions`): a text, not a dict, is one object, untracked by the GC
 # `digests` is the hash of meta, data and parts, in that order (40 hex digits each).
 # AUTOINCREMENT: ids are never reused, so "packs after the last one read" is exact.
 _SCHEMA = """
@@ -385,7 +386,7 @@ def _migrate_2(db: sqlite3.Connection) -> None:
                 value_digest,
                 json.loads(outs) or None,
                 value,
-                json.loads(parts),
+                parts,
             )
         )
         size += len(value)
@@ -405,9 +406,10 @@ PACK_BYTES = 1 << 20
 """A pack takes entries until their values reach this many bytes (so reading one entry
 reads at most about this much); a bigger value is a pack of its own."""
 
-PackRow = tuple[str, str, str, str, float, str, "Mapping[str, str] | None", bytes, Any]
+PackRow = tuple[str, str, str, str, float, str, "Mapping[str, str] | None", bytes, str]
 """An entry on its way into a pack: ``(pipeline, run_id, key, stage, created,
-value_digest, outs or None, value, parts)`` (`parts` without the fingerprint's items)."""
+value_digest, outs or None, value, parts)``; `parts` is the JSON text of the key's
+components without the fingerprint's items."""
 
 
 def _encode(items: list[Any]) -> tuple[bytes, str]:
@@ -435,13 +437,17 @@ _INSERT_PACK = (
 )
 
 
-def _insert_packs(db: sqlite3.Connection, rows: Sequence[PackRow]) -> list[tuple[int, int]]:
+_POSITION = (1 << 32) - 1
+
+
+def _insert_packs(db: sqlite3.Connection, rows: Sequence[PackRow]) -> list[int]:
     """Write `rows` as packs (one per pipeline and run, up to `PACK_BYTES` each).
 
-    Returns where each row went, ``(pack id, position)``, in order. A key twice in
-    one pack keeps its last entry (the earlier is written dead).
+    Returns where each row went, in order: ``pack id << 32 | position`` (an int, not a
+    tuple: the garbage collector does not track it, and a cold run notes 10,000 of them).
+    A key twice in one pack keeps its last entry (the earlier is written dead).
     """
-    placed: list[tuple[int, int]] = []
+    placed: list[int] = []
     start, n = 0, len(rows)
     while start < n:
         pipeline, run_id = rows[start][0], rows[start][1]
@@ -488,7 +494,8 @@ def _insert_packs(db: sqlite3.Connection, rows: Sequence[PackRow]) -> list[tuple
             ),
         ).lastrowid
         assert pack is not None
-        placed.extend((pack, pos) for pos in range(end - start))
+        first = pack << 32
+        placed.extend(range(first, first + end - start))
         start = end
     return placed
 
@@ -555,10 +562,10 @@ class SQLiteStore:
         self._pending: list[PackRow] = []  # entries put inside batch(), not yet written
         self._pending_functions: dict[str, str] = {}  # their fingerprints' items (JSON)
         self._in_tx = False  # batch() has begun its transaction
-        # Where entries live, as far as this store has read: key -> (pack, position),
+        # Where entries live, as far as this store has read (`_loc`): key -> its entry's,
         # (pipeline, stage) -> the latest one's; complete up to pack `_seen`.
-        self._where: dict[str, tuple[int, int]] = {}
-        self._latest: dict[tuple[str, str], tuple[int, int]] = {}
+        self._where: dict[str, int] = {}
+        self._latest: dict[tuple[str, str], int] = {}
         self._seen = 0
         self._parts_memo: tuple[int, list[Any]] | None = None  # one pack's decoded parts
         try:
@@ -770,7 +777,7 @@ class SQLiteStore:
             self._forget()
         return None
 
-    def _locate(self, key: str) -> tuple[int, int] | None:
+    def _locate(self, key: str) -> int | None:
         if self._pending:
             self._flush()
         loc = self._where.get(key)
@@ -779,9 +786,9 @@ class SQLiteStore:
             loc = self._where.get(key)
         return loc
 
-    def _load(self, loc: tuple[int, int], key: str) -> object:
+    def _load(self, loc: int, key: str) -> object:
         """The entry at `loc` if it is `key`'s (None if damaged); `_STALE` if it is not."""
-        pack, pos = loc
+        pack, pos = loc >> 32, loc & _POSITION
         rows = self._read(
             "SELECT pipeline, run_id, meta, data, digests FROM packs WHERE id = ?", (pack,)
         )
@@ -812,7 +819,7 @@ class SQLiteStore:
             self._seen = pack
             for pos, item in enumerate(_decode(meta_blob, digests[:40]) or ()):
                 if item is not None:
-                    where[item[0]] = latest[pipeline, item[1]] = (pack, pos)
+                    where[item[0]] = latest[pipeline, item[1]] = pack << 32 | pos
 
     def _forget(self) -> None:
         """Drop what this store noted of where entries are (read again when needed)."""
@@ -840,8 +847,8 @@ class SQLiteStore:
             self._forget()
         return None
 
-    def _load_latest(self, loc: tuple[int, int], pipeline: str, stage: str) -> object:
-        pack, pos = loc
+    def _load_latest(self, loc: int, pipeline: str, stage: str) -> object:
+        pack, pos = loc >> 32, loc & _POSITION
         rows = self._read(
             "SELECT pipeline, run_id, meta, data, parts, digests FROM packs WHERE id = ?",
             (pack,),
@@ -864,7 +871,7 @@ class SQLiteStore:
         if item is None or item[1] != stage:
             return _STALE
         key, _, created, value_digest, outs, _ = item
-        entry_parts: dict[str, Any] = parts[pos] or {}
+        entry_parts: dict[str, Any] = json.loads(parts[pos]) if parts[pos] else {}
         if "functions" not in entry_parts:  # (schema 1 kept them in the entry)
             code = entry_parts.get("code")
             found = self._read("SELECT items FROM functions WHERE code = ?", (code,))
@@ -883,11 +890,10 @@ class SQLiteStore:
         )
 
     def put(self, entry: CacheEntry) -> None:
-        # Through JSON: the `parts` come back as JSON would give them, and marshal
-        # takes plain types only.
-        parts: dict[str, Any] = json.loads(_json(dict(entry.parts))) if entry.parts else {}
+        parts = dict(entry.parts)
         functions = parts.pop("functions", None)
         code = parts.get("code")
+        text = _json(parts)
         self.put_encoded(
             (
                 entry.pipeline,
@@ -898,7 +904,7 @@ class SQLiteStore:
                 entry.value_digest,
                 {str(k): str(v) for k, v in entry.outs.items()} if entry.outs else None,
                 bytes(entry.value),
-                parts,
+                text,
             ),
             code if isinstance(code, str) and functions is not None else None,
             _json(_plain(functions)) if functions is not None else "{}",
@@ -938,25 +944,23 @@ class SQLiteStore:
         if functions:
             db.executemany(_INSERT_FUNCTIONS, functions.items())
         where = self._where
-        replaced: list[tuple[int, int]] = []
+        replaced: list[int] = []
         for row, loc in zip(rows, _insert_packs(db, rows), strict=True):
             old = where.get(row[2])
-            if old is not None and old[0] != loc[0]:
+            if old is not None and old >> 32 != loc >> 32:
                 replaced.append(old)
             where[row[2]] = loc
         if replaced:
             self._kill(db, replaced, rows[0][0])
 
-    def _kill(
-        self, db: sqlite3.Connection, locs: Sequence[tuple[int, int]], pipeline: str | None
-    ) -> int:
+    def _kill(self, db: sqlite3.Connection, locs: Sequence[int], pipeline: str | None) -> int:
         """Mark the entries at `locs` dead (in `pipeline`'s packs only, unless None).
 
         A pack left with no entry is deleted. Returns how many entries died.
         """
         by_pack: dict[int, list[int]] = {}
-        for pack, pos in locs:
-            by_pack.setdefault(pack, []).append(pos)
+        for loc in locs:
+            by_pack.setdefault(loc >> 32, []).append(loc & _POSITION)
         died = 0
         for pack, positions in by_pack.items():
             rows = db.execute(
@@ -1031,7 +1035,7 @@ class SQLiteStore:
                 for pos, item in enumerate(meta):
                     if item is not None:
                         keys[item[0]] = None
-                        where[item[0]] = (pack, pos)
+                        where[item[0]] = pack << 32 | pos
             return keys
         found: dict[str, CacheEntry | None] = {}
         rows = self._read(
@@ -1056,13 +1060,13 @@ class SQLiteStore:
                         created,
                         run_id,
                     )
-                    where[key] = (pack, pos)
+                    where[key] = pack << 32 | pos
         return found
 
     def delete(self, key: str) -> None:
         def work(db: sqlite3.Connection) -> None:
             doomed = [
-                (pack, pos)
+                pack << 32 | pos
                 for pack, _, meta in self._all_meta()
                 for pos, item in enumerate(meta)
                 if item is not None and item[0] == key
@@ -1172,7 +1176,7 @@ class SQLiteStore:
 
         def work(db: sqlite3.Connection) -> int:
             doomed = [
-                (pack, pos)
+                pack << 32 | pos
                 for pack, _, meta in self._all_meta(" WHERE oldest < ?", (cutoff,))
                 for pos, item in enumerate(meta)
                 if item is not None and item[2] < cutoff
@@ -1186,8 +1190,8 @@ class SQLiteStore:
                 used: set[Any] = set()
                 for parts_blob, digests in db.execute("SELECT parts, digests FROM packs"):
                     for parts in _decode(parts_blob, digests[80:]) or ():
-                        if parts is not None:
-                            used.add(parts.get("code"))
+                        if parts:
+                            used.add(json.loads(parts).get("code"))
                 stale = [
                     (code,)
                     for (code,) in db.execute("SELECT code FROM functions").fetchall()
