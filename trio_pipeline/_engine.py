@@ -223,13 +223,24 @@ class _Run:
         """
         cache, inputs_of, answer = self.cache, self.sched.inputs_of, self._answer
         assert cache is not None
+        explain = cache.jobs.explain
         while lookups:
             batch = lookups[:]
             lookups.clear()
+            missed: list[int] = []
+            reasons: list[str] | None = [] if explain else None
             for i in batch:
                 found = cache.lookup(i, inputs_of, self._looked_up)
-                if found is not None:
+                if found is None:
+                    continue
+                if found.decision.hit:
                     answer(i, found, now)
+                else:
+                    missed.append(i)  # told together, below: one pass of the ready queue
+                    if reasons is not None:
+                        reasons.append(f"cache miss: {found.decision.reason}")
+            if missed:
+                self.sched.cache_misses(missed, now, reasons)
 
     def _answer(self, i: int, result: LookupResult, now: float) -> None:
         decision = result.decision
