@@ -798,3 +798,29 @@ def test_a_rolled_back_batch_leaves_no_trace_in_what_the_store_knows(tmp_path: P
         store.put(entry("next", b"n"))  # may take the rolled-back pack's id
         assert store.get("gone") is None
         assert store.get("next").value == b"n"  # type: ignore[union-attr]
+
+
+def test_entries_stored_again_die_per_pipeline(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+
+    def put(store: SQLiteStore, pipeline: str, key: str, value: bytes) -> None:
+        store.put(CacheEntry(key, pipeline, "a", value, digest_bytes(value)))
+
+    with SQLiteStore(folder) as store:
+        put(store, "p", "a", b"p1")
+        put(store, "q", "b", b"q1")
+        put(store, "p", "shared", b"p-shared")
+        with store.batch():  # one batch, two pipelines: each old entry dies
+            put(store, "p", "a", b"p2")
+            put(store, "q", "b", b"q2")
+        put(store, "q", "shared", b"q-shared")  # the same key in another pipeline: both stay
+        assert {k: e.value for k, e in store.snapshot("p", 1 << 20).items() if e} == {
+            "a": b"p2",
+            "shared": b"p-shared",
+        }
+        assert {k: e.value for k, e in store.snapshot("q", 1 << 20).items() if e} == {
+            "b": b"q2",
+            "shared": b"q-shared",
+        }
+    live = sorted(item[0] for _, meta in _packs(folder) for item in meta if item)  # type: ignore[index]
+    assert live == ["a", "b", "shared", "shared"]

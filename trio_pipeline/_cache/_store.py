@@ -944,17 +944,23 @@ class SQLiteStore:
         if functions:
             db.executemany(_INSERT_FUNCTIONS, functions.items())
         where = self._where
-        replaced: list[int] = []
+        replaced: dict[int, tuple[str, str]] = {}
         for row, loc in zip(rows, _insert_packs(db, rows), strict=True):
             old = where.get(row[2])
             if old is not None and old >> 32 != loc >> 32:
-                replaced.append(old)
+                replaced[old] = (row[0], row[2])  # only if it is this pipeline's entry
             where[row[2]] = loc
         if replaced:
-            self._kill(db, replaced, rows[0][0])
+            self._kill(db, list(replaced), replaced)
 
-    def _kill(self, db: sqlite3.Connection, locs: Sequence[int], pipeline: str | None) -> int:
-        """Mark the entries at `locs` dead (in `pipeline`'s packs only, unless None).
+    def _kill(
+        self,
+        db: sqlite3.Connection,
+        locs: Sequence[int],
+        expect: Mapping[int, tuple[str, str]] | None = None,
+    ) -> int:
+        """Mark the entries at `locs` dead; with `expect`, only where the entry at a
+        location is still that ``(pipeline, key)``'s.
 
         A pack left with no entry is deleted. Returns how many entries died.
         """
@@ -966,9 +972,9 @@ class SQLiteStore:
             rows = db.execute(
                 "SELECT pipeline, meta, data, parts, digests FROM packs WHERE id = ?", (pack,)
             ).fetchall()
-            if not rows or (pipeline is not None and rows[0][0] != pipeline):
+            if not rows:
                 continue
-            _, meta_blob, data_blob, parts_blob, digests = rows[0]
+            pipeline, meta_blob, data_blob, parts_blob, digests = rows[0]
             meta = _decode(meta_blob, digests[:40])
             data = _decode(data_blob, digests[40:80])
             parts = _decode(parts_blob, digests[80:])
@@ -976,9 +982,13 @@ class SQLiteStore:
                 db.execute("DELETE FROM packs WHERE id = ?", (pack,))
                 continue
             for pos in positions:
-                if pos < len(meta) and meta[pos] is not None:
-                    meta[pos] = data[pos] = parts[pos] = None
-                    died += 1
+                item = meta[pos] if pos < len(meta) else None
+                if item is None:
+                    continue
+                if expect is not None and expect[pack << 32 | pos] != (pipeline, item[0]):
+                    continue  # another pipeline's entry under the same key: it stays
+                meta[pos] = data[pos] = parts[pos] = None
+                died += 1
             alive = [item for item in meta if item is not None]
             if not alive:
                 db.execute("DELETE FROM packs WHERE id = ?", (pack,))
@@ -1072,7 +1082,7 @@ class SQLiteStore:
                 if item is not None and item[0] == key
             ]
             if doomed:
-                self._kill(db, doomed, None)
+                self._kill(db, doomed)
             self._forget()
 
         self._write(work)
@@ -1181,7 +1191,7 @@ class SQLiteStore:
                 for pos, item in enumerate(meta)
                 if item is not None and item[2] < cutoff
             ]
-            removed = self._kill(db, doomed, None) if doomed else 0
+            removed = self._kill(db, doomed) if doomed else 0
             old_runs = "SELECT run_id FROM runs WHERE started < ?"
             db.execute(f"DELETE FROM run_stages WHERE run_id IN ({old_runs})", (cutoff,))
             db.execute("DELETE FROM runs WHERE started < ?", (cutoff,))
