@@ -81,7 +81,7 @@ import heapq
 import math
 import sys
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -463,6 +463,19 @@ class Scheduler:
             self._reasons.get(i),
             *_item_counts(self._counts.get(i)),
         )
+
+    def outcome_columns(self) -> OutcomeColumns:
+        """Every stage's outcome field by field (see `OutcomeColumns`), building no
+        `StageOutcome`: ~0.01 us a stage, against ~1 us for each outcome."""
+        status, times = self.status, self._times
+        if self._unfinished:  # a running stage's entry is its start time, not a duration
+            times = array("d", times)
+            for i, s in enumerate(status):
+                if not s.is_terminal:
+                    times[i] = 0.0
+        errors = {i: e for i, e in self._errors.items() if status[i] is _FAILED}
+        names = [stage.name for stage in self.plan.stages]
+        return OutcomeColumns(names, status, self.attempts, times, errors, self._blocked_by)
 
     def counts(self) -> dict[StageStatus, int]:
         status = self.status
@@ -1378,6 +1391,22 @@ def _item_counts(counts: Any) -> tuple[int | None, ...]:
     )
 
 
+class OutcomeColumns(NamedTuple):
+    """Every stage's outcome in definition order, a sequence per field (as `StageOutcome`'s).
+
+    Some are the scheduler's own tables: read them, never change them.
+    """
+
+    names: Sequence[str]
+    statuses: Sequence[StageStatus]
+    attempts: Sequence[int]
+    durations: Sequence[float]
+    errors: Mapping[int, BaseException]
+    """The error of each FAILED stage, by index."""
+    blocked_by: Mapping[int, str]
+    """By index, the failed stage that blocked a stage (as `StageOutcome.blocked_by`)."""
+
+
 class Outcomes(Mapping[str, StageOutcome]):
     """A read-only view of a scheduler's outcomes: `RunResult.stages`."""
 
@@ -1410,6 +1439,10 @@ class Outcomes(Mapping[str, StageOutcome]):
 
     def _outcome(self, i: int) -> StageOutcome:
         return self._sched.outcome_of(i)
+
+    def columns(self) -> OutcomeColumns:
+        """The outcomes as columns, without building them (the run history reads these)."""
+        return self._sched.outcome_columns()
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))
