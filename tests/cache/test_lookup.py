@@ -308,3 +308,35 @@ def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
     assert j.lookup_in_memory(spec()) is None
     j.known = None  # no snapshot at all
     assert j.lookup_in_memory(spec()) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "ups", "version", "code"),
+    [
+        ("s", (), None, True),
+        ('odd "name" \\ é', ('up "1"', "up\n2"), "v'2\"", True),
+        ("nocode", ("a",), None, False),
+    ],
+)
+def test_a_commit_answered_from_memory_stores_the_same_parts(
+    store: SQLiteStore, name: str, ups: tuple[str, ...], version: str | None, code: bool
+) -> None:
+    """The cold run's commit builds the stored parts as text: they read back as the
+    parts the slow path stores (what explanations compare)."""
+    policy = CachePolicy(code=code, params=("lr",) if code else None)
+    j = jobs(store, lr=0.5, other=[1])
+    for up in ups:
+        j.note_value(up, up * 2)
+    j.known = {}
+    j.explain = False
+    s = spec(name, upstream=ups, version=version, policy=policy)
+    slow = j.lookup(s, {up: up * 2 for up in ups})
+    assert slow.parts is not None
+    fast = j.probe_memory(s)
+    assert isinstance(fast, tuple)
+    assert fast[0] == slow.decision.key
+    assert j.commit(s, None, "value", key=fast[0]).stored
+    latest = store.latest("pipe", name)
+    assert latest is not None
+    assert latest.key == slow.decision.key
+    assert latest.parts == slow.parts

@@ -35,6 +35,8 @@ from trio_pipeline._cache._store import (
     SQLiteStore,
     StageColumns,
     StageRecord,
+    _decode,
+    _encode,
     _little_endian,
     decode_stages,
     digest_bytes,
@@ -186,15 +188,49 @@ def test_clear_removes_even_a_corrupt_store(tmp_path: Path) -> None:
     SQLiteStore(folder).close()  # usable again
 
 
-def test_a_value_that_does_not_match_its_hash_is_never_returned(tmp_path: Path) -> None:
+def _damage(folder: Path, column: str, key: str) -> None:
+    """Flip one byte of `column` in the pack holding `key` (its hash left as it was)."""
+    db = sqlite3.connect(folder / "cache.sqlite")
+    for pack, meta, digests, blob in db.execute(f"SELECT id, meta, digests, {column} FROM packs"):
+        if any(item and item[0] == key for item in _decode(meta, digests[:40]) or ()):
+            flipped = bytearray(blob)
+            flipped[len(flipped) // 2] ^= 0xFF
+            db.execute(f"UPDATE packs SET {column} = ? WHERE id = ?", (bytes(flipped), pack))
+    db.commit()
+    db.close()
+
+
+def _packs(folder: Path) -> list[tuple[int, list[object]]]:
+    db = sqlite3.connect(folder / "cache.sqlite")
+    try:
+        rows = db.execute("SELECT id, meta, digests FROM packs ORDER BY id").fetchall()
+    finally:
+        db.close()
+    return [(pack, _decode(meta, digests[:40]) or []) for pack, meta, digests in rows]
+
+
+@pytest.mark.parametrize("column", ["data", "meta"])
+def test_a_damaged_pack_is_never_decoded_or_returned(tmp_path: Path, column: str) -> None:
     with SQLiteStore(tmp_path / "c") as store:
         store.put(entry("k", b"the real value"))
-        db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
-        db.execute("UPDATE entries SET value = ? WHERE key = 'k'", (b"the real val",))
-        db.commit()
-        db.close()
+        store.put(entry("other", b"kept"))
+        _damage(tmp_path / "c", column, "k")
         assert store.get("k") is None
-        assert store.stats().entries == 0  # and it was dropped
+        assert store.stats().entries == 1  # its pack was dropped; the other is intact
+        got = store.get("other")
+        assert got is not None
+        assert got.value == b"kept"
+    with SQLiteStore(tmp_path / "c") as fresh:  # a store that never saw it
+        assert fresh.get("k") is None
+
+
+def test_a_pack_that_is_not_a_list_is_never_used(tmp_path: Path) -> None:
+    blob, digest = _encode([])
+    assert _decode(blob, digest) == []
+    assert _decode(blob, "0" * 40) is None  # not its hash: never decoded
+    not_a_list = b"\xe9"  # marshal of True
+    assert _decode(not_a_list, digest_bytes(not_a_list)) is None
+    assert _decode(b"\xff", digest_bytes(b"\xff")) is None  # not marshal data at all
 
 
 def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
@@ -452,14 +488,19 @@ def _check_store(folder: Path, committed: list[str], after_rowid: int) -> int:
     db = sqlite3.connect(folder / "cache.sqlite")
     try:
         rows = db.execute(
-            "SELECT rowid, key, value, value_digest FROM entries WHERE rowid > ?", (after_rowid,)
-        )
-        for rowid, key, value, digest in rows:
-            assert digest_bytes(value) == digest, f"torn row {key}"
-            assert value == _value_for(key)
-            after_rowid = max(after_rowid, rowid)
+            "SELECT id, meta, data, digests FROM packs WHERE id > ?", (after_rowid,)
+        ).fetchall()
     finally:
         db.close()
+    for pack, meta_blob, data_blob, digests in rows:
+        meta, data = _decode(meta_blob, digests[:40]), _decode(data_blob, digests[40:80])
+        assert meta is not None, f"torn pack {pack}"
+        assert data is not None, f"torn pack {pack}"
+        for item, value in zip(meta, data, strict=True):
+            if item is not None:
+                assert digest_bytes(value) == item[3], f"torn value {item[0]}"
+                assert value == _value_for(item[0])
+        after_rowid = max(after_rowid, pack)
     return after_rowid
 
 
@@ -576,10 +617,7 @@ def test_snapshot_reads_a_pipelines_entries_once(tmp_path: Path) -> None:
         assert one.value == b"one"
         assert one.outs == {"out.txt": "abc"}
         assert store.snapshot("p", 0) == {"k1": None, "k2": None}  # too big: keys only
-        db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
-        db.execute("UPDATE entries SET value = ? WHERE key = 'k2'", (b"tw",))
-        db.commit()
-        db.close()
+        _damage(tmp_path / "c", "data", "k2")
         assert set(store.snapshot("p", 1 << 20)) == {"k1"}  # a torn value is left out
 
 
@@ -643,10 +681,10 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_entries_and_history(tmp_path
         assert [s.name for s in store.run("run1").stages] == ["a", "b"]  # type: ignore[union-attr]
         assert store.prune(-60) == 2  # everything
     db = sqlite3.connect(folder / "cache.sqlite")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
-    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert "entries_by_age" not in indexes
-    assert {"entries_by_stage", "entries_by_key"} <= indexes
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "entries" not in tables
+    assert {"packs", "packs_by_pipeline", "functions"} <= tables
     db.close()
     SQLiteStore(folder).close()  # opening a migrated store again changes nothing
 
@@ -675,8 +713,14 @@ def test_a_fingerprints_items_are_stored_once_not_per_entry(tmp_path: Path) -> N
         assert latest.parts["code"] == "c1"
     db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
     assert db.execute("SELECT count(*) FROM functions").fetchone()[0] == 1
-    assert all("functions" not in parts for (parts,) in db.execute("SELECT parts FROM entries"))
+    stored = [
+        parts
+        for blob, digests in db.execute("SELECT parts, digests FROM packs")
+        for parts in _decode(blob, digests[80:]) or ()
+    ]
     db.close()
+    assert len(stored) == 3
+    assert all(parts is not None and "functions" not in parts for parts in stored)
 
 
 def test_prune_drops_the_items_of_fingerprints_no_entry_uses(tmp_path: Path) -> None:
@@ -701,22 +745,20 @@ def test_prune_drops_the_items_of_fingerprints_no_entry_uses(tmp_path: Path) -> 
     db.close()
 
 
-def test_two_keys_sharing_an_index_integer_cost_an_entry_never_a_wrong_value(
-    tmp_path: Path,
-) -> None:
+def test_schema_2s_index_integer_of_a_key(tmp_path: Path) -> None:
+    # (Still used by the migration from schema 1, whose entries go through schema 2.)
     first, second = "ab" * 8 + "0" * 24, "ab" * 8 + "1" * 24
     assert kid_of(first) == kid_of(second)
     assert kid_of("k1") != kid_of("k2")  # keys that are not hex are hashed
     for odd in ("-" + "f" * 39, " " * 40, "g" * 40):
         assert -(1 << 63) <= kid_of(odd) < 1 << 63  # an integer SQLite can store
-    with SQLiteStore(tmp_path / "c") as store:
+    with SQLiteStore(tmp_path / "c") as store:  # packs find entries by the whole key
         store.put(entry(first, b"one"))
         store.put(entry(second, b"two"))
-        assert store.get(first) is None  # replaced: a miss
-        got = store.get(second)
-        assert got is not None
-        assert got.value == b"two"
-        store.delete(first)  # another key: leaves the entry alone
+        assert store.get(first).value == b"one"  # type: ignore[union-attr]
+        assert store.get(second).value == b"two"  # type: ignore[union-attr]
+        store.delete(first)
+        assert store.get(first) is None
         assert store.get(second) is not None
 
 
@@ -746,5 +788,172 @@ def test_two_openers_of_a_schema_1_store_migrate_it_once(tmp_path: Path) -> None
     assert errors == []
     db = sqlite3.connect(folder / "cache.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
     db.close()
+    assert [len(meta) for _, meta in _packs(folder)] == [1]
+
+
+# Schema 2, as the store made it before packs (kept verbatim to test the migration).
+_SCHEMA_2 = """
+CREATE TABLE entries (kid INTEGER NOT NULL, key TEXT NOT NULL, pipeline TEXT NOT NULL,
+    stage TEXT NOT NULL, value BLOB NOT NULL, value_digest TEXT NOT NULL, parts TEXT NOT NULL,
+    outs TEXT NOT NULL, created REAL NOT NULL, run_id TEXT NOT NULL);
+CREATE UNIQUE INDEX entries_by_key ON entries (kid);
+CREATE INDEX entries_by_stage ON entries (pipeline, stage, created);
+CREATE TABLE functions (code TEXT PRIMARY KEY, items TEXT NOT NULL);
+CREATE TABLE file_memo (path TEXT PRIMARY KEY, mtime_ns INTEGER NOT NULL, size INTEGER NOT NULL,
+    inode INTEGER NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, file TEXT,
+    started REAL NOT NULL, duration REAL NOT NULL, state TEXT NOT NULL, ok INTEGER NOT NULL,
+    counts TEXT NOT NULL, params TEXT NOT NULL, stages TEXT);
+CREATE INDEX runs_by_start ON runs (started);
+CREATE TABLE run_stages (run_id TEXT NOT NULL, position INTEGER NOT NULL, name TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL, duration REAL NOT NULL, reason TEXT,
+    error TEXT, PRIMARY KEY (run_id, position));
+"""
+
+
+def test_a_schema_2_store_is_migrated_into_packs(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o700)
+    db = sqlite3.connect(folder / "cache.sqlite")
+    db.executescript(_SCHEMA_2)
+    rows = [
+        ("k-a1", "p", "a", b"a1", 10.0, '{"code":"c1","stage":"a"}', '{"o.txt":"d"}'),
+        ("k-a2", "p", "a", b"a2", 20.0, '{"code":"c1","stage":"a","inputs":{"x":"2"}}', "{}"),
+        ("k-b", "q", "b", b"b", 15.0, '{"code":"c2"}', "{}"),
+        ("k-torn", "p", "c", b"torn", 30.0, "{}", "{}"),
+    ]
+    for key, pipeline, stage, value, created, parts, outs in rows:
+        digest = digest_bytes(b"not it" if key == "k-torn" else value)
+        db.execute(
+            "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (kid_of(key), key, pipeline, stage, value, digest, parts, outs, created, "r0"),
+        )
+    db.execute("INSERT INTO functions VALUES ('c1', '{\"p.py:f\":\"d1\"}')")
+    db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    with SQLiteStore(folder) as store:
+        assert store.get("k-torn") is None  # a value that did not match its hash is left behind
+        a1 = store.get("k-a1")
+        assert a1 is not None
+        assert (a1.value, a1.outs, a1.created, a1.run_id) == (b"a1", {"o.txt": "d"}, 10.0, "r0")
+        latest = store.latest("p", "a")
+        assert latest is not None
+        assert latest.key == "k-a2"
+        assert latest.parts == {
+            "code": "c1",
+            "stage": "a",
+            "inputs": {"x": "2"},
+            "functions": {"p.py:f": "d1"},
+        }
+        assert set(store.snapshot("q", 1 << 20)) == {"k-b"}
+        assert store.stats().entries == 3
+    db = sqlite3.connect(folder / "cache.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert "entries" not in {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
+    db.close()
+
+
+def test_a_schema_2_stores_runs_read_back_as_they_were_recorded(tmp_path: Path) -> None:
+    # Schema 2 stored a run's stages as a JSON list of one list per stage.
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    rows = [encode([s.name, s.status, s.attempts, s.duration, s.reason, s.error]) for s in STAGES]
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o700)
+    db = sqlite3.connect(folder / "cache.sqlite")
+    db.executescript(_SCHEMA_2)
+    db.execute(
+        "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("r2", "p", "/p.py", 2.0, 1.5, "closed", 0, '{"succeeded": 1}', "{}",
+         "[" + ",".join(rows) + "]"),
+    )  # fmt: skip
+    db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    with SQLiteStore(folder) as store:
+        run = store.run("r2")
+        assert run is not None
+        assert run.stages == STAGES
+        store.record_run(dataclasses.replace(record("r3", 3.0), stages=STAGES))  # as columns
+        assert store.run("r3").stages == STAGES  # type: ignore[union-attr]
+        assert [r.run_id for r in store.runs()] == ["r3", "r2"]
+
+
+def test_a_key_stored_again_replaces_its_entry_and_the_old_one_is_dropped(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    with SQLiteStore(folder) as store:
+        store.put(entry("k", b"one"))
+        store.put(entry("k", b"two"))
+        with store.batch():
+            store.put(entry("j", b"x"))
+            store.put(entry("j", b"y"))  # twice in one pack: the later wins there too
+        assert store.get("k").value == b"two"  # type: ignore[union-attr]
+        assert store.get("j").value == b"y"  # type: ignore[union-attr]
+        assert store.stats().entries == 2
+    packs = _packs(folder)
+    live = [item for _, meta in packs for item in meta if item is not None]
+    assert sorted(item[0] for item in live) == ["j", "k"]  # type: ignore[index]
+    assert len(packs) == 2  # the pack holding only the old "k" was deleted
+
+
+def test_a_store_another_process_changed_never_answers_from_stale_knowledge(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "c"
+    with SQLiteStore(folder) as mine, SQLiteStore(folder) as other:
+        mine.put(entry("k", b"one", created=time.time()))
+        assert mine.get("k") is not None  # `mine` knows where "k" is
+        other.delete("k")
+        assert mine.get("k") is None
+        other.put(entry("k", b"two", created=time.time()))
+        assert mine.get("k").value == b"two"  # type: ignore[union-attr]
+        assert mine.latest("p", "a").value == b"two"  # type: ignore[union-attr]
+        assert other.prune(-60) == 1
+        assert mine.get("k") is None
+        assert mine.latest("p", "a") is None
+
+
+def test_a_batch_bigger_than_a_pack_is_split(tmp_path: Path) -> None:
+    from trio_pipeline._cache._store import PACK_BYTES
+
+    folder = tmp_path / "c"
+    big = b"x" * (PACK_BYTES // 2 + 1)
+    with SQLiteStore(folder) as store:
+        with store.batch():
+            for key in ("a", "b", "c"):
+                store.put(entry(key, big + key.encode()))
+            store.put(entry("small", b"s"))
+            store.put(CacheEntry("elsewhere", "q", "a", b"q", digest_bytes(b"q")))
+        for key in ("a", "b", "c"):
+            assert store.get(key).value == big + key.encode()  # type: ignore[union-attr]
+    assert [len(meta) for _, meta in _packs(folder)] == [1, 1, 2, 1]
+
+
+def test_what_a_store_forgets_it_reads_again(tmp_path: Path) -> None:
+    folder = tmp_path / "c"
+    with SQLiteStore(folder) as mine, SQLiteStore(folder) as other:
+        mine.put(entry("k1", b"one"))
+        mine.put(entry("k2", b"two"))
+        assert mine.latest("p", "a") is not None  # it has read every pack
+        other.delete("k2")
+        assert mine.get("k2") is None  # what it knew was stale: forgotten
+        assert mine.get("k1") is not None  # and read again, all of it
+
+
+def test_a_rolled_back_batch_leaves_no_trace_in_what_the_store_knows(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+
+        def failing_batch() -> None:
+            with store.batch():
+                store.put(entry("gone", b"g"))
+                assert store.get("gone") is not None  # written (not committed) before the read
+                raise ZeroDivisionError
+
+        with pytest.raises(ZeroDivisionError):
+            failing_batch()
+        store.put(entry("next", b"n"))  # may take the rolled-back pack's id
+        assert store.get("gone") is None
+        assert store.get("next").value == b"n"  # type: ignore[union-attr]

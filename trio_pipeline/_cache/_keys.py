@@ -27,7 +27,6 @@ import sysconfig
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
 from typing import Any, cast
 
@@ -437,42 +436,6 @@ def key_of(parts: Mapping[str, Any]) -> str:
 def functions_json(functions: Mapping[str, str]) -> str:
     """The JSON of a fingerprint's items, as the store keeps them (memoise it per fingerprint)."""
     return json.dumps(functions, sort_keys=True, separators=(",", ":"))
-
-
-def _flat_json(mapping: Mapping[str, str]) -> str:
-    if not mapping:
-        return "{}"
-    quote = _quote
-    return "{" + ",".join([f"{quote(k)}:{quote(mapping[k])}" for k in sorted(mapping)]) + "}"
-
-
-def parts_json(parts: Mapping[str, Any]) -> str:
-    """The store's JSON of `key_parts`' output, without ``"functions"`` (stored apart).
-
-    ``json.dumps`` of the rest with ``sort_keys=True, separators=(",", ":")``: exactly
-    the same text, about a third of the cost (no encoder is built per call); this runs
-    once per commit.
-    """
-    version = parts["version"]
-    return "".join(
-        (
-            '{"code":',
-            _quote(parts["code"]),
-            ',"deps":',
-            _flat_json(parts["deps"]),
-            ',"format":',
-            str(int(parts["format"])),
-            ',"inputs":',
-            _flat_json(parts["inputs"]),
-            ',"params":',
-            _flat_json(parts["params"]),
-            ',"stage":',
-            _quote(parts["stage"]),
-            ',"version":',
-            "null" if version is None else _quote(version),
-            "}",
-        )
-    )
 
 
 def key_head(stage: str, code: str, version: str | None) -> str:

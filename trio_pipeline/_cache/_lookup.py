@@ -13,6 +13,7 @@ import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
@@ -27,11 +28,10 @@ from ._keys import (
     key_head,
     key_of,
     key_parts,
-    parts_json,
     pickle_value,
 )
 from ._policy import CachePolicy
-from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes, kid_of
+from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
@@ -105,6 +105,12 @@ class RunJobs:
     # An upstream's entry in the key text, ``('name', 'digest')``: made once per producing
     # stage (by its first consumer's lookup), not once per consumer.
     _pieces: dict[str, str] = field(default_factory=dict[str, str])
+    # The same in the stored parts' JSON (``"name":"digest"``), made by the commits.
+    _json_pieces: dict[str, str] = field(default_factory=dict[str, str])
+    # The start of that JSON, per (code, version, params named): shared by many stages.
+    _parts_heads: dict[tuple[str, str | None, tuple[str, ...] | None], str] = field(
+        default_factory=dict[tuple[str, str | None, tuple[str, ...] | None], str]
+    )
 
     def note_value(self, stage: str, value: Any) -> str | None:
         """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
@@ -190,6 +196,26 @@ class RunJobs:
             "params": self._param_digests[spec.policy.params],
             "deps": _EMPTY_DEPS,
         }
+
+    def _parts_text(self, spec: StageSpec, code: str) -> str:
+        """`memory_parts` without the fingerprint's items, as the store's JSON text."""
+        only = spec.policy.params
+        shared = (code, spec.version, only)
+        head = self._parts_heads.get(shared)
+        if head is None:
+            params = json.dumps(self._param_digests[only], sort_keys=True, separators=(",", ":"))
+            head = self._parts_heads[shared] = (
+                f'{{"format":{KEY_FORMAT},"code":{_quote(code)},'
+                f'"version":{json.dumps(spec.version)},"params":{params},"deps":{{}},"stage":'
+            )
+        pieces, digests = self._json_pieces, self.value_digests
+        texts: list[str] = []
+        for name in spec.upstream:
+            piece = pieces.get(name)
+            if piece is None:
+                piece = pieces[name] = f"{_quote(name)}:{_quote(digests[name])}"
+            texts.append(piece)
+        return f'{head}{_quote(spec.name)},"inputs":{{{",".join(texts)}}}}}'
 
     def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str, None] | None:
         """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts.
@@ -354,14 +380,39 @@ class RunJobs:
         key: str | None,
     ) -> str | None:
         # `commit`, returning why the value was not stored (None: stored).
-        if parts is None:
-            parts = self.memory_parts(spec)
         try:
             data = pickle_value(value)
         except Exception as exc:
             return f"not cached: its value cannot be pickled ({_describe(exc)})"
         digest = digest_bytes(data)
         self.value_digests[spec.name] = digest
+        store = self.store
+        if parts is None and not spec.outs and isinstance(store, SQLiteStore):
+            # A miss `probe_memory` answered, the common case of a cold run: the stored
+            # parts are one text made of memoised pieces, not dicts (fewer objects for
+            # the garbage collector while the batch is pending).
+            code = spec.fingerprint if spec.policy.code else _NO_CODE
+            functions = self._functions_json.get(code.digest)
+            if functions is None:
+                functions = self._functions_json[code.digest] = functions_json(code.items)
+            store.put_encoded(
+                (
+                    self.pipeline,
+                    self.run_id,
+                    key_of(self.memory_parts(spec)) if key is None else key,
+                    spec.name,
+                    time.time() if created is None else created,
+                    digest,
+                    None,
+                    data,
+                    self._parts_text(spec, code.digest),
+                ),
+                code.digest,
+                functions,
+            )
+            return None
+        if parts is None:
+            parts = self.memory_parts(spec)
         outs: dict[str, str] = {} if spec.outs else _NO_OUTS  # (one dict less a commit)
         for path in spec.outs:
             found = path_digests(path, self.store)
@@ -377,23 +428,25 @@ class RunJobs:
             functions = self._functions_json[code] = functions_json(parts["functions"])
         key = key_of(parts) if key is None else key
         created = time.time() if created is None else created
-        store = self.store
         if isinstance(store, SQLiteStore):
-            # The built-in store: its row, without a `CacheEntry` in between.
-            outs_text = json.dumps(outs, sort_keys=True, separators=(",", ":")) if outs else "{}"
-            row = (
-                kid_of(key),
-                key,
-                self.pipeline,
-                spec.name,
-                data,
-                digest,
-                parts_json(parts),
-                outs_text,
-                created,
-                self.run_id,
+            # The built-in store: its packed row, without a `CacheEntry` in between.
+            stored = dict(parts)
+            del stored["functions"]  # stored once per fingerprint
+            store.put_encoded(
+                (
+                    self.pipeline,
+                    self.run_id,
+                    key,
+                    spec.name,
+                    created,
+                    digest,
+                    outs or None,
+                    data,
+                    json.dumps(stored, sort_keys=True, separators=(",", ":")),
+                ),
+                code,
+                functions,
             )
-            store.put_encoded(row, code, functions)
         else:
             outs = outs if outs else {}  # the store's own (never the shared empty one)
             store.put(

@@ -7,9 +7,18 @@ One file, ``<cache_dir>/cache.sqlite``, in WAL mode, holds three things: cache e
 ``(mtime_ns, size, inode)``, and the run history. Every write is one transaction that
 is committed before the method returns, so a caller that goes on (say, to emit
 `StageFinished`) knows the write is durable against a crash of the process. SQLite's
-journal makes each transaction all or nothing; on top of that every value is stored
-with its hash, and a value whose bytes do not match its hash is never returned (it is
-deleted and reported as a miss), so even a damaged page cannot yield a torn value.
+journal makes each transaction all or nothing.
+
+Entries are stored in *packs*: one row holds the entries one transaction wrote (up to
+`PACK_BYTES` of values), as three marshalled lists (what finds an entry, the values,
+the key parts for explanations), each with its hash. A cold run commits one entry per
+stage, and a row per entry with an index on its key cost ~5 us of SQLite a stage (the
+index pages each commit dirties); a pack costs a fraction of that. Each list is
+checked against its hash before it is decoded: a damaged pack is dropped whole (its
+entries become misses), never decoded, never handed out. The store keeps, in memory,
+where each key it has seen lives (refreshed from packs it has not read yet); a later
+pack's entry replaces an earlier one's of the same key, and the earlier one is marked
+dead in its pack when the store knows of it.
 
 The file is marked with an ``application_id`` and a schema ``user_version``: a SQLite
 file that is not a trio_pipeline store is refused, never adopted, and so is one made
@@ -26,9 +35,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hashlib
 import json
+import marshal
 import os
 import sqlite3
 import stat
@@ -39,15 +48,15 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 from .._errors import PipelineError
 
 _T = TypeVar("_T")
 
 APPLICATION_ID = 0x54504331  # "TPC1"
-SCHEMA_VERSION = 2
-"""Schema 1 (a store made before) is migrated when opened: see `_MIGRATIONS`."""
+SCHEMA_VERSION = 3
+"""Schemas 1 and 2 (stores made before) are migrated when opened: see `_MIGRATIONS`."""
 STORE_FILENAME = "cache.sqlite"
 OBJECTS_DIRNAME = "objects"
 DEFAULT_CACHE_DIR = ".trio-pipeline"
@@ -305,7 +314,7 @@ class CacheStore(Protocol):
         ...
 
 
-_ENTRIES = """
+_ENTRIES_2 = """
 CREATE TABLE {name} (
     kid INTEGER NOT NULL,
     key TEXT NOT NULL,
@@ -319,10 +328,32 @@ CREATE TABLE {name} (
     run_id TEXT NOT NULL
 )
 """
-_ENTRIES_INDEXES = (
+_ENTRIES_2_INDEXES = (
     "CREATE UNIQUE INDEX entries_by_key ON entries (kid)",
     "CREATE INDEX entries_by_stage ON entries (pipeline, stage, created)",
 )
+_PACKS = """
+CREATE TABLE packs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    oldest REAL NOT NULL,
+    newest REAL NOT NULL,
+    value_bytes INTEGER NOT NULL,
+    meta BLOB NOT NULL,
+    data BLOB NOT NULL,
+    parts BLOB NOT NULL,
+    digests TEXT NOT NULL
+)
+"""
+_PACKS_INDEX = "CREATE INDEX packs_by_pipeline ON packs (pipeline)"
+# A pack's three lists, position by position (None: the entry there is dead):
+#   meta:  (key, stage, created, value_digest, outs or None, len(value))
+#   data:  value (the pickled bytes)
+#   parts: the JSON text of the key's components without the fingerprint's items (which
+#          are in `functions`): a text, not a dict, is one object, untracked by the GC
+# `digests` is the hash of meta, data and parts, in that order (40 hex digits each).
+# AUTOINCREMENT: ids are never reused, so "packs after the last one read" is exact.
 _SCHEMA = """
 CREATE TABLE functions (
     code TEXT PRIMARY KEY,
@@ -360,34 +391,165 @@ CREATE TABLE run_stages (
     PRIMARY KEY (run_id, position)
 );
 """
-# Schema 2, for a cheaper commit (a cold run writes one entry per stage, and SQLite's
-# cost is mostly the index pages each commit dirties): entries are found by `kid`, 64
-# bits of their key, in a unique index of 8-byte integers (a third of the pages of an
-# index of 40-character keys); no index on `created` (only `prune` needs it, and it can
-# scan); an entry's `parts` leave out the code fingerprint's items (``"functions"``),
-# stored once per fingerprint in `functions`; a run's stages are one JSON list in
-# `runs.stages`, not a row each in `run_stages` (schema 1's runs stay there, with
-# `stages` NULL). Two keys with one `kid` (a 2**-64 chance per pair) cost an entry (the
-# later replaces the earlier), never a wrong value: every read also matches `key`.
+# Schema 2 (kept above for the migration from 1): a row per entry found by `kid`, 64 bits
+# of its key; an entry's `parts` leave out the code fingerprint's items
+# (``"functions"``), stored once per fingerprint in `functions`; a run's stages are one
+# JSON list in `runs.stages`, not a row each in `run_stages` (schema 1's runs stay there,
+# with `stages` NULL). Schema 3 keeps all of that but the entries, which are in packs.
 
 
 def _migrate_1(db: sqlite3.Connection) -> None:
     db.create_function("trio_pipeline_kid", 1, kid_of, deterministic=True)
-    db.execute(_ENTRIES.format(name="entries_2"))
+    db.execute(_ENTRIES_2.format(name="entries_2"))
     db.execute(
         "INSERT OR REPLACE INTO entries_2 SELECT trio_pipeline_kid(key), key, pipeline, stage,"
         " value, value_digest, parts, outs, created, run_id FROM entries ORDER BY created"
     )
     db.execute("DROP TABLE entries")  # and its indexes
     db.execute("ALTER TABLE entries_2 RENAME TO entries")
-    for statement in _ENTRIES_INDEXES:
+    for statement in _ENTRIES_2_INDEXES:
         db.execute(statement)
     db.execute("CREATE TABLE functions (code TEXT PRIMARY KEY, items TEXT NOT NULL)")
     db.execute("ALTER TABLE runs ADD COLUMN stages TEXT")
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
+def _migrate_2(db: sqlite3.Connection) -> None:
+    # Schema 2 kept a row per entry: they go into packs, oldest first (so the newest of
+    # a stage is still the latest), a value that does not match its hash left behind.
+    db.execute(_PACKS)
+    db.execute(_PACKS_INDEX)
+    rows = db.execute(
+        "SELECT key, pipeline, stage, value, value_digest, parts, outs, created, run_id"
+        " FROM entries ORDER BY created, rowid"
+    )
+    pending: list[PackRow] = []
+    size = 0
+    for key, pipeline, stage, value, value_digest, parts, outs, created, run_id in rows:
+        value = bytes(value)
+        if digest_bytes(value) != value_digest:
+            continue
+        pending.append(
+            (
+                pipeline,
+                run_id,
+                key,
+                stage,
+                created,
+                value_digest,
+                json.loads(outs) or None,
+                value,
+                parts,
+            )
+        )
+        size += len(value)
+        if size >= PACK_BYTES:
+            _insert_packs(db, pending)
+            pending, size = [], 0
+    if pending:
+        _insert_packs(db, pending)
+    db.execute("DROP TABLE entries")  # and its indexes
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
 """Version -> what takes a store of that version to the next (in one transaction)."""
+
+
+PACK_BYTES = 1 << 20
+"""A pack takes entries until their values reach this many bytes (so reading one entry
+reads at most about this much); a bigger value is a pack of its own."""
+
+PackRow = tuple[str, str, str, str, float, str, "Mapping[str, str] | None", bytes, str]
+"""An entry on its way into a pack: ``(pipeline, run_id, key, stage, created,
+value_digest, outs or None, value, parts)``; `parts` is the JSON text of the key's
+components without the fingerprint's items."""
+
+
+def _encode(items: list[Any]) -> tuple[bytes, str]:
+    blob = marshal.dumps(items, 4)
+    return blob, digest_bytes(blob)
+
+
+def _decode(blob: bytes, digest: str) -> list[Any] | None:
+    """A pack's list, or None if its bytes do not match their hash (never decoded then)."""
+    if digest_bytes(blob) != digest:
+        return None
+    try:
+        items: object = marshal.loads(blob)
+    except (ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(items, list):
+        return None
+    found: list[Any] = items  # pyright: ignore[reportUnknownVariableType]
+    return found
+
+
+_INSERT_PACK = (
+    "INSERT INTO packs (pipeline, run_id, oldest, newest, value_bytes, meta, data, parts,"
+    " digests) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+_POSITION = (1 << 32) - 1
+
+
+def _insert_packs(db: sqlite3.Connection, rows: Sequence[PackRow]) -> list[int]:
+    """Write `rows` as packs (one per pipeline and run, up to `PACK_BYTES` each).
+
+    Returns where each row went, in order: ``pack id << 32 | position`` (an int, not a
+    tuple: the garbage collector does not track it, and a cold run notes 10,000 of them).
+    A key twice in one pack keeps its last entry (the earlier is written dead).
+    """
+    placed: list[int] = []
+    start, n = 0, len(rows)
+    while start < n:
+        pipeline, run_id = rows[start][0], rows[start][1]
+        meta: list[Any] = []
+        data: list[Any] = []
+        parts: list[Any] = []
+        seen: dict[str, int] = {}
+        size = 0
+        oldest = newest = rows[start][4]
+        end = start
+        while end < n:
+            row = rows[end]
+            if end > start and (
+                row[0] != pipeline or row[1] != run_id or size + len(row[7]) > PACK_BYTES
+            ):
+                break
+            _, _, key, stage, created, value_digest, outs, value, row_parts = row
+            earlier = seen.get(key)
+            if earlier is not None:
+                meta[earlier] = data[earlier] = parts[earlier] = None
+                size -= len(rows[start + earlier][7])
+            seen[key] = len(meta)
+            meta.append((key, stage, created, value_digest, outs, len(value)))
+            data.append(value)
+            parts.append(row_parts)
+            size += len(value)
+            oldest, newest = min(oldest, created), max(newest, created)
+            end += 1
+        meta_blob, meta_digest = _encode(meta)
+        data_blob, data_digest = _encode(data)
+        parts_blob, parts_digest = _encode(parts)
+        pack = db.execute(
+            _INSERT_PACK,
+            (
+                pipeline,
+                run_id,
+                oldest,
+                newest,
+                size,
+                meta_blob,
+                data_blob,
+                parts_blob,
+                meta_digest + data_digest + parts_digest,
+            ),
+        ).lastrowid
+        assert pack is not None
+        first = pack << 32
+        placed.extend(range(first, first + end - start))
+        start = end
+    return placed
 
 
 def kid_of(key: str) -> int:
@@ -449,9 +611,15 @@ class SQLiteStore:
         self.objects_dir = self.cache_dir / OBJECTS_DIRNAME
         self._db: sqlite3.Connection | None = None
         self._depth = 0
-        self._pending: list[tuple[Any, ...]] = []  # entries put inside batch(), not yet written
+        self._pending: list[PackRow] = []  # entries put inside batch(), not yet written
         self._pending_functions: dict[str, str] = {}  # their fingerprints' items (JSON)
         self._in_tx = False  # batch() has begun its transaction
+        # Where entries live, as far as this store has read (`_loc`): key -> its entry's,
+        # (pipeline, stage) -> the latest one's; complete up to pack `_seen`.
+        self._where: dict[str, int] = {}
+        self._latest: dict[tuple[str, str], int] = {}
+        self._seen = 0
+        self._parts_memo: tuple[int, list[Any]] | None = None  # one pack's decoded parts
         try:
             ensure_private_dir(self.cache_dir)
         except OSError as exc:
@@ -542,9 +710,8 @@ class SQLiteStore:
         # Another process may have created it meanwhile: re-check under the write lock.
         if db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
             return
-        db.execute(_ENTRIES.format(name="entries"))
-        for statement in _ENTRIES_INDEXES:
-            db.execute(statement)
+        db.execute(_PACKS)
+        db.execute(_PACKS_INDEX)
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
@@ -567,6 +734,7 @@ class SQLiteStore:
             try:
                 result = work(db)
             except BaseException:
+                self._forget()  # it may have noted where rolled-back entries were
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
@@ -629,6 +797,7 @@ class SQLiteStore:
             self._depth = 0
             self._pending.clear()
             self._pending_functions.clear()
+            self._forget()
             if self._in_tx:
                 self._in_tx = False
                 self._conn.execute("ROLLBACK")
@@ -643,141 +812,322 @@ class SQLiteStore:
         except sqlite3.OperationalError:
             # COMMIT of an IMMEDIATE transaction can be busy only while readers
             # hold the WAL; SQLite waits for them with the busy timeout already.
+            self._forget()
             db.execute("ROLLBACK")
             raise
 
     # -- entries ----------------------------------------------------------------------
 
     def get(self, key: str) -> CacheEntry | None:
+        for _ in range(2):  # a second time after re-reading where entries are
+            loc = self._locate(key)
+            if loc is None:
+                return None
+            found = self._load(loc, key)
+            if found is not _STALE:
+                return cast(CacheEntry | None, found)
+            self._forget()
+        return None
+
+    def _locate(self, key: str) -> int | None:
+        if self._pending:
+            self._flush()
+        loc = self._where.get(key)
+        if loc is None:
+            self._refresh()
+            loc = self._where.get(key)
+        return loc
+
+    def _load(self, loc: int, key: str) -> object:
+        """The entry at `loc` if it is `key`'s (None if damaged); `_STALE` if it is not."""
+        pack, pos = loc >> 32, loc & _POSITION
         rows = self._read(
-            "SELECT value, value_digest, outs, created, run_id, pipeline, stage"
-            " FROM entries WHERE kid = ? AND key = ?",
-            (kid_of(key), key),
+            "SELECT pipeline, run_id, meta, data, digests FROM packs WHERE id = ?", (pack,)
         )
         if not rows:
+            return _STALE
+        pipeline, run_id, meta_blob, data_blob, digests = rows[0]
+        meta = _decode(meta_blob, digests[:40])
+        data = _decode(data_blob, digests[40:80])
+        if meta is None or data is None:
+            self._drop_pack(pack)
             return None
-        value, value_digest, outs, created, run_id, pipeline, stage = rows[0]
-        if digest_bytes(value) != value_digest:
-            # Bytes that do not match their hash: never hand them out.
-            self.delete(key)
-            return None
+        item = meta[pos] if pos < len(meta) else None
+        if item is None or item[0] != key:
+            return _STALE
+        _, stage, created, value_digest, outs, _ = item
+        return CacheEntry(
+            key, pipeline, stage, data[pos], value_digest, _EMPTY, outs or _EMPTY, created, run_id
+        )
+
+    def _refresh(self) -> None:
+        """Note where the entries of the packs not read yet are (in order: later wins)."""
+        where, latest = self._where, self._latest
+        rows = self._read(
+            "SELECT id, pipeline, meta, digests FROM packs WHERE id > ? ORDER BY id",
+            (self._seen,),
+        )
+        for pack, pipeline, meta_blob, digests in rows:
+            self._seen = pack
+            for pos, item in enumerate(_decode(meta_blob, digests[:40]) or ()):
+                if item is not None:
+                    where[item[0]] = latest[pipeline, item[1]] = pack << 32 | pos
+
+    def _forget(self) -> None:
+        """Drop what this store noted of where entries are (read again when needed)."""
+        self._where.clear()
+        self._latest.clear()
+        self._seen = 0
+        self._parts_memo = None
+
+    def _drop_pack(self, pack: int) -> None:
+        # A pack whose bytes do not match their hash: its entries are misses from now on.
+        self._write(lambda db: db.execute("DELETE FROM packs WHERE id = ?", (pack,)))
+        self._forget()
+
+    def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
+        for _ in range(2):
+            if self._pending:
+                self._flush()
+            self._refresh()
+            loc = self._latest.get((pipeline, stage))
+            if loc is None:
+                return None
+            found = self._load_latest(loc, pipeline, stage)
+            if found is not _STALE:
+                return cast(CacheEntry, found)
+            self._forget()
+        return None
+
+    def _load_latest(self, loc: int, pipeline: str, stage: str) -> object:
+        pack, pos = loc >> 32, loc & _POSITION
+        rows = self._read(
+            "SELECT pipeline, run_id, meta, data, parts, digests FROM packs WHERE id = ?",
+            (pack,),
+        )
+        if not rows or rows[0][0] != pipeline:
+            return _STALE
+        _, run_id, meta_blob, data_blob, parts_blob, digests = rows[0]
+        memo = self._parts_memo
+        if memo is not None and memo[0] == pack:
+            parts: list[Any] | None = memo[1]  # a run's misses explained in a row share packs
+        else:
+            parts = _decode(parts_blob, digests[80:])
+        meta = _decode(meta_blob, digests[:40])
+        data = _decode(data_blob, digests[40:80])
+        if meta is None or data is None or parts is None:
+            self._drop_pack(pack)
+            return _STALE  # the entry before it may be the latest now
+        self._parts_memo = (pack, parts)
+        item = meta[pos] if pos < len(meta) else None
+        if item is None or item[1] != stage:
+            return _STALE
+        key, _, created, value_digest, outs, _ = item
+        entry_parts: dict[str, Any] = json.loads(parts[pos]) if parts[pos] else {}
+        if "functions" not in entry_parts:  # (schema 1 kept them in the entry)
+            code = entry_parts.get("code")
+            found = self._read("SELECT items FROM functions WHERE code = ?", (code,))
+            if found:
+                entry_parts = dict(entry_parts, functions=json.loads(found[0][0]))
         return CacheEntry(
             key,
             pipeline,
             stage,
-            value,
+            data[pos],
             value_digest,
-            _EMPTY,  # the parts are for explanations: `latest` reads them
-            json.loads(outs) if outs != "{}" else _EMPTY,
+            entry_parts,
+            outs or _EMPTY,
             created,
             run_id,
-        )
-
-    def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
-        rows = self._read(
-            "SELECT key, pipeline, stage, value, value_digest, parts, outs, created, run_id"
-            " FROM entries WHERE pipeline = ? AND stage = ? ORDER BY created DESC LIMIT 1",
-            (pipeline, stage),
-        )
-        entry = _entry_from_row(rows[0]) if rows else None
-        if entry is None or "functions" in entry.parts:  # schema 1 kept them in the entry
-            return entry
-        code = entry.parts.get("code")
-        found = self._read("SELECT items FROM functions WHERE code = ?", (code,))
-        if not found:
-            return entry
-        return dataclasses.replace(
-            entry, parts=dict(entry.parts, functions=json.loads(found[0][0]))
         )
 
     def put(self, entry: CacheEntry) -> None:
         parts = dict(entry.parts)
         functions = parts.pop("functions", None)
         code = parts.get("code")
+        text = _json(parts)
         self.put_encoded(
             (
-                kid_of(entry.key),
-                entry.key,
                 entry.pipeline,
-                entry.stage,
-                entry.value,
-                entry.value_digest,
-                _json(parts),
-                _json(_plain(entry.outs)) if entry.outs else "{}",
-                entry.created,
                 entry.run_id,
+                entry.key,
+                entry.stage,
+                float(entry.created),
+                entry.value_digest,
+                {str(k): str(v) for k, v in entry.outs.items()} if entry.outs else None,
+                bytes(entry.value),
+                text,
             ),
             code if isinstance(code, str) and functions is not None else None,
             _json(_plain(functions)) if functions is not None else "{}",
         )
 
-    def put_encoded(self, row: tuple[Any, ...], code: str | None, functions: str) -> None:
-        """`put`, from the entry's row as stored (a cheaper commit; not in `CacheStore`).
+    def put_encoded(self, row: PackRow, code: str | None, functions: str) -> None:
+        """`put`, from the entry as packed (a cheaper commit; not in `CacheStore`).
 
-        `row` holds the columns of ``entries`` in order (``kid`` is `kid_of` the key),
-        its ``parts`` JSON without the fingerprint's items; `functions` is those items'
-        JSON, stored once per `code` (the fingerprint's digest; None: nothing to store).
+        `row` is a `PackRow` of plain values only (dict, str, float, bytes, None), its
+        ``parts`` without the fingerprint's items; `functions` is those items' JSON,
+        stored once per `code` (the fingerprint's digest; None: nothing to store).
         """
-        if self._depth:
-            # Written together when the batch ends (or before a read): one executemany
-            # for a batch of commits costs a fraction of one execute each.
-            self._pending.append(row)
-            if code is not None:
-                self._pending_functions[code] = functions
-            return
-
-        def work(db: sqlite3.Connection) -> None:
-            if code is not None:
-                db.execute(_INSERT_FUNCTIONS, (code, functions))
-            db.execute(_INSERT_ENTRY, row)
-
-        self._write(work)
+        self._pending.append(row)
+        if code is not None:
+            self._pending_functions[code] = functions
+        if not self._depth:
+            rows, self._pending = self._pending, []
+            items, self._pending_functions = self._pending_functions, {}
+            self._write(lambda db: self._write_rows(db, rows, items))
+        # Inside a batch, written together when it ends (or before a read): one pack
+        # for a batch of commits costs a fraction of a row each.
 
     def _flush(self) -> None:
         rows, self._pending = self._pending, []
         functions, self._pending_functions = self._pending_functions, {}
         try:
             self._begin()
-            if functions:
-                self._conn.executemany(_INSERT_FUNCTIONS, functions.items())
-            self._conn.executemany(_INSERT_ENTRY, rows)
+            self._write_rows(self._conn, rows, functions)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and not _corrupt(exc):
                 raise
             raise CacheStoreError(self.path, f"corrupt ({exc})") from None
 
+    def _write_rows(
+        self, db: sqlite3.Connection, rows: list[PackRow], functions: dict[str, str]
+    ) -> None:
+        if functions:
+            db.executemany(_INSERT_FUNCTIONS, functions.items())
+        where = self._where
+        replaced: list[int] = []
+        for row, loc in zip(rows, _insert_packs(db, rows), strict=True):
+            old = where.get(row[2])
+            if old is not None and old >> 32 != loc >> 32:
+                replaced.append(old)
+            where[row[2]] = loc
+        if replaced:
+            self._kill(db, replaced, rows[0][0])
+
+    def _kill(self, db: sqlite3.Connection, locs: Sequence[int], pipeline: str | None) -> int:
+        """Mark the entries at `locs` dead (in `pipeline`'s packs only, unless None).
+
+        A pack left with no entry is deleted. Returns how many entries died.
+        """
+        by_pack: dict[int, list[int]] = {}
+        for loc in locs:
+            by_pack.setdefault(loc >> 32, []).append(loc & _POSITION)
+        died = 0
+        for pack, positions in by_pack.items():
+            rows = db.execute(
+                "SELECT pipeline, meta, data, parts, digests FROM packs WHERE id = ?", (pack,)
+            ).fetchall()
+            if not rows or (pipeline is not None and rows[0][0] != pipeline):
+                continue
+            _, meta_blob, data_blob, parts_blob, digests = rows[0]
+            meta = _decode(meta_blob, digests[:40])
+            data = _decode(data_blob, digests[40:80])
+            parts = _decode(parts_blob, digests[80:])
+            if meta is None or data is None or parts is None:
+                db.execute("DELETE FROM packs WHERE id = ?", (pack,))
+                continue
+            for pos in positions:
+                if pos < len(meta) and meta[pos] is not None:
+                    meta[pos] = data[pos] = parts[pos] = None
+                    died += 1
+            alive = [item for item in meta if item is not None]
+            if not alive:
+                db.execute("DELETE FROM packs WHERE id = ?", (pack,))
+                continue
+            meta_blob, meta_digest = _encode(meta)
+            data_blob, data_digest = _encode(data)
+            parts_blob, parts_digest = _encode(parts)
+            db.execute(
+                "UPDATE packs SET oldest = ?, newest = ?, value_bytes = ?, meta = ?, data = ?,"
+                " parts = ?, digests = ? WHERE id = ?",
+                (
+                    min(item[2] for item in alive),
+                    max(item[2] for item in alive),
+                    sum(item[5] for item in alive),
+                    meta_blob,
+                    data_blob,
+                    parts_blob,
+                    meta_digest + data_digest + parts_digest,
+                    pack,
+                ),
+            )
+        self._parts_memo = None
+        return died
+
+    def _all_meta(
+        self, where: str = "", args: Sequence[Any] = ()
+    ) -> list[tuple[int, str, list[Any]]]:
+        """``(pack, pipeline, meta)`` of every readable pack (matching `where`), in order."""
+        rows = self._read(f"SELECT id, pipeline, meta, digests FROM packs{where} ORDER BY id", args)
+        found: list[tuple[int, str, list[Any]]] = []
+        for pack, pipeline, meta_blob, digests in rows:
+            meta = _decode(meta_blob, digests[:40])
+            if meta is not None:
+                found.append((pack, pipeline, meta))
+        return found
+
+    def _live(self) -> dict[tuple[str, str], Any]:
+        """Every entry by (pipeline, key), the latest of each: its meta item."""
+        live: dict[tuple[str, str], Any] = {}
+        for _, pipeline, meta in self._all_meta():
+            for item in meta:
+                if item is not None:
+                    live[pipeline, item[0]] = item
+        return live
+
     def snapshot(self, pipeline: str, max_bytes: int) -> dict[str, CacheEntry | None]:
         (total,) = self._read(
-            "SELECT coalesce(sum(length(value)), 0) FROM entries WHERE pipeline = ?", (pipeline,)
+            "SELECT coalesce(sum(value_bytes), 0) FROM packs WHERE pipeline = ?", (pipeline,)
         )[0]
+        where = self._where
         if total > max_bytes:
-            rows = self._read("SELECT key FROM entries WHERE pipeline = ?", (pipeline,))
-            return dict.fromkeys((key for (key,) in rows), None)
+            keys: dict[str, CacheEntry | None] = {}
+            for pack, _, meta in self._all_meta(" WHERE pipeline = ?", (pipeline,)):
+                for pos, item in enumerate(meta):
+                    if item is not None:
+                        keys[item[0]] = None
+                        where[item[0]] = pack << 32 | pos
+            return keys
         found: dict[str, CacheEntry | None] = {}
         rows = self._read(
-            "SELECT key, value, value_digest, outs, created, run_id, stage FROM entries"
-            " WHERE pipeline = ?",
+            "SELECT id, run_id, meta, data, digests FROM packs WHERE pipeline = ? ORDER BY id",
             (pipeline,),
         )
-        for key, value, value_digest, outs, created, run_id, stage in rows:
-            if digest_bytes(value) != value_digest:
-                continue  # never handed out; `get` deletes it if it is ever asked for
-            found[key] = CacheEntry(
-                key,
-                pipeline,
-                stage,
-                value,
-                value_digest,
-                _EMPTY,
-                json.loads(outs) if outs != "{}" else _EMPTY,
-                created,
-                run_id,
-            )
+        for pack, run_id, meta_blob, data_blob, digests in rows:
+            listed, data = _decode(meta_blob, digests[:40]), _decode(data_blob, digests[40:80])
+            if listed is None or data is None:
+                continue  # never handed out; `get` drops the pack if it is ever asked for
+            for pos, item in enumerate(listed):
+                if item is not None:
+                    key, stage, created, value_digest, outs, _ = item
+                    found[key] = CacheEntry(
+                        key,
+                        pipeline,
+                        stage,
+                        data[pos],
+                        value_digest,
+                        _EMPTY,
+                        outs or _EMPTY,
+                        created,
+                        run_id,
+                    )
+                    where[key] = pack << 32 | pos
         return found
 
     def delete(self, key: str) -> None:
-        args = (kid_of(key), key)
-        self._write(lambda db: db.execute("DELETE FROM entries WHERE kid = ? AND key = ?", args))
+        def work(db: sqlite3.Connection) -> None:
+            doomed = [
+                pack << 32 | pos
+                for pack, _, meta in self._all_meta()
+                for pos, item in enumerate(meta)
+                if item is not None and item[0] == key
+            ]
+            if doomed:
+                self._kill(db, doomed, None)
+            self._forget()
+
+        self._write(work)
 
     # -- file memo --------------------------------------------------------------------
 
@@ -857,47 +1207,61 @@ class SQLiteStore:
     # -- maintenance ------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
-        entries, value_bytes, oldest, newest, stages = self._read(
-            "SELECT count(*), coalesce(sum(length(value)), 0), min(created), max(created),"
-            " (SELECT count(*) FROM (SELECT DISTINCT pipeline, stage FROM entries))"
-            " FROM entries"
-        )[0]
+        live = self._live()
+        created = [item[2] for item in live.values()]
         runs = self._read("SELECT count(*) FROM runs")[0][0]
         file_bytes = 0
         for suffix in ("", "-wal"):
             with contextlib.suppress(OSError):
                 file_bytes += os.stat(f"{self.path}{suffix}").st_size
-        return CacheStats(entries, value_bytes, runs, oldest, newest, file_bytes, stages)
+        return CacheStats(
+            len(live),
+            sum(item[5] for item in live.values()),
+            runs,
+            min(created, default=None),
+            max(created, default=None),
+            file_bytes,
+            len({(pipeline, item[1]) for (pipeline, _), item in live.items()}),
+        )
 
     def prune(self, older_than: float) -> int:
         cutoff = time.time() - older_than
 
         def work(db: sqlite3.Connection) -> int:
-            removed = db.execute("DELETE FROM entries WHERE created < ?", (cutoff,)).rowcount
+            doomed = [
+                pack << 32 | pos
+                for pack, _, meta in self._all_meta(" WHERE oldest < ?", (cutoff,))
+                for pos, item in enumerate(meta)
+                if item is not None and item[2] < cutoff
+            ]
+            removed = self._kill(db, doomed, None) if doomed else 0
             old_runs = "SELECT run_id FROM runs WHERE started < ?"
             db.execute(f"DELETE FROM run_stages WHERE run_id IN ({old_runs})", (cutoff,))
             db.execute("DELETE FROM runs WHERE started < ?", (cutoff,))
             if removed:
                 # The fingerprints' items no entry refers to any more.
-                used = {
-                    json.loads(parts).get("code")
-                    for (parts,) in db.execute("SELECT parts FROM entries")
-                }
+                used: set[Any] = set()
+                for parts_blob, digests in db.execute("SELECT parts, digests FROM packs"):
+                    for parts in _decode(parts_blob, digests[80:]) or ():
+                        if parts:
+                            used.add(json.loads(parts).get("code"))
                 stale = [
                     (code,)
                     for (code,) in db.execute("SELECT code FROM functions").fetchall()
                     if code not in used
                 ]
                 db.executemany("DELETE FROM functions WHERE code = ?", stale)
-            return int(removed)
+            self._forget()
+            return removed
 
         return int(self._write(work))
 
     def referenced_objects(self) -> set[str]:
         """Digests of restorable outputs still referenced by an entry."""
         found: set[str] = set()
-        for (outs,) in self._read("SELECT outs FROM entries WHERE outs != '{}'"):
-            found.update(json.loads(outs).values())
+        for item in self._live().values():
+            if item[4]:
+                found.update(item[4].values())
         return found
 
     def close(self) -> None:
@@ -915,7 +1279,7 @@ class SQLiteStore:
         return f"SQLiteStore({os.fspath(self.cache_dir)!r})"
 
 
-_INSERT_ENTRY = "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_STALE = object()  # a pack is not what the store noted: read again where entries are
 _INSERT_FUNCTIONS = "INSERT OR IGNORE INTO functions VALUES (?, ?)"
 
 
@@ -937,24 +1301,6 @@ def _like_prefix(prefix: str) -> str:
     return escaped + "%"
 
 
-def _entry_from_row(row: Sequence[Any]) -> CacheEntry | None:
-    key, pipeline, stage, value, value_digest, parts, outs, created, run_id = row
-    value = bytes(value)
-    if digest_bytes(value) != value_digest:
-        return None
-    return CacheEntry(
-        key=key,
-        pipeline=pipeline,
-        stage=stage,
-        value=value,
-        value_digest=value_digest,
-        parts=json.loads(parts),
-        outs=json.loads(outs) if outs != "{}" else _EMPTY,
-        created=created,
-        run_id=run_id,
-    )
-
-
 def _run_from_row(row: Sequence[Any], stages: tuple[StageRecord, ...]) -> RunRecord:
     run_id, pipeline, file, started, duration, state, ok, counts, params = row
     return RunRecord(
@@ -973,7 +1319,7 @@ def _run_from_row(row: Sequence[Any], stages: tuple[StageRecord, ...]) -> RunRec
 
 # A run's stages in ``runs.stages`` come in two forms, told apart by their text (no
 # schema change): a JSON object of columns (`encode_stages`, written now) or a JSON
-# list of one list per stage (as schema 2 first wrote them; still read). Columns cost
+# list of one list per stage (the former form, schema 2's; still read). Columns cost
 # a tenth: the C encoder turns a list of 10,000 strings into text in ~0.04 us a stage,
 # where a list per stage cost ~1.5 us; durations, as float64 bytes (little-endian,
 # base64), skip ~0.35 us a stage of float repr and come back exact; errors are by
@@ -1034,13 +1380,13 @@ def _encode_column(values: Sequence[Any]) -> str:
 
 
 def decode_stages(text: str) -> tuple[StageRecord, ...]:
-    """A run's stages from `encode_stages`' text, or from schema 2's first form.
+    """A run's stages from `encode_stages`' text, or from the former list per stage.
 
     Raises:
         ValueError, KeyError, TypeError, AttributeError: the text is neither.
     """
     data: Any = json.loads(text)
-    if text.startswith("["):  # schema 2's first form: a list per stage
+    if text.startswith("["):  # the former form: a list per stage
         return tuple(StageRecord(*row) for row in data)
     durations = array("d")
     durations.frombytes(base64.b64decode(data["durations"], validate=True))
