@@ -19,6 +19,7 @@ import time
 from array import array
 from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -319,17 +320,46 @@ def test_a_runs_stages_are_stored_as_columns_and_read_back_exactly(tmp_path: Pat
         run = store.run("r")
     assert run is not None
     assert run.stages == STAGES
-    db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
-    (text,) = db.execute("SELECT stages FROM runs").fetchone()
-    db.close()
-    stored = json.loads(text)
+    stored = stored_stages(tmp_path / "c", "r")
     assert list(stored) == ["names", "statuses", "attempts", "durations", "reasons", "errors"]
     assert stored["names"] == [s.name for s in STAGES]
+    assert stored["statuses"] == [s.status for s in STAGES]
     assert stored["reasons"] == [s.reason for s in STAGES]
     assert stored["errors"] == {"1": STAGES[1].error}  # only the stages with one
     # float64, little-endian whatever the machine, so a store can move between them.
     durations = struct.unpack(f"<{len(STAGES)}d", base64.b64decode(stored["durations"]))
     assert durations == tuple(s.duration for s in STAGES)
+
+
+def stored_stages(folder: Path, run_id: str) -> dict[str, Any]:
+    db = sqlite3.connect(folder / "cache.sqlite")
+    (text,) = db.execute("SELECT stages FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    db.close()
+    stored: dict[str, Any] = json.loads(text)
+    return stored
+
+
+def test_a_column_with_one_value_for_every_stage_is_stored_once(tmp_path: Path) -> None:
+    cold = tuple(StageRecord(f"s{i}", "succeeded", 1, i / 7, "cache miss") for i in range(3))
+    cached = tuple(StageRecord(f"s{i}", "cached", 0, 0.0, None) for i in range(3))
+    one = (StageRecord("only", "failed", 2, 0.5, None, "ValueError: x"),)
+    with SQLiteStore(tmp_path / "c") as store:
+        for run_id, stages in [("cold", cold), ("cached", cached), ("one", one), ("none", ())]:
+            store.record_run(dataclasses.replace(record(run_id, 1.0), stages=stages))
+            run = store.run(run_id)
+            assert run is not None
+            assert run.stages == stages
+    stored = stored_stages(tmp_path / "c", "cold")
+    assert (stored["statuses"], stored["attempts"], stored["reasons"]) == (
+        "succeeded",
+        1,
+        "cache miss",
+    )
+    stored = stored_stages(tmp_path / "c", "cached")
+    assert (stored["statuses"], stored["attempts"], stored["reasons"]) == ("cached", 0, None)
+    assert stored["names"] == ["s0", "s1", "s2"]  # names are always a list
+    assert stored_stages(tmp_path / "c", "one")["names"] == ["only"]
+    assert stored_stages(tmp_path / "c", "none")["statuses"] == []
 
 
 def test_a_run_recorded_as_a_list_per_stage_reads_back_the_same(tmp_path: Path) -> None:
