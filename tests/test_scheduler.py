@@ -854,6 +854,39 @@ def test_a_stop_ends_a_stage_whose_lookup_is_out_and_the_late_answer_is_ignored(
         d.sched.cache_hit(d.i("a"), 1, "cache hit", 0.0)  # never looked up
 
 
+def test_misses_told_together_start_in_order_as_the_limits_allow() -> None:
+    d = Driver(
+        pipeline(("a", [], {}), ("b", [], {}), ("c", [], {}), ("d", [], {})),
+        max_parallel=2,
+        lookups=frozenset({0, 1, 2, 3}),
+    ).begin()
+    assert d.lookups == ["a", "b", "c", "d"]
+    d.sched.cache_misses([d.i("c"), d.i("a"), d.i("d")], 0.0, ["r-c", "r-a", "r-d"])
+    d.drain()
+    assert d.started == ["a", "c"]  # definition order, two slots
+    d.ok("a")
+    assert d.started == ["a", "c", "d"]
+    assert d.finished("a").reason == "r-a"
+    d.sched.cache_misses([d.i("b")], 0.0)
+    d.ok("c")
+    assert d.started == ["a", "c", "d", "b"]
+    assert d.finished("c").reason == "r-c"
+
+
+def test_misses_told_together_with_one_not_looked_up_change_nothing() -> None:
+    d = Driver(pipeline(("a", [], {}), ("b", [], {})), lookups=frozenset({0})).begin()
+    assert d.lookups == ["a"]
+    with pytest.raises(tp.TransitionError):
+        d.sched.cache_misses([d.i("a"), d.i("b")], 0.0)  # b was never looked up
+    with pytest.raises(tp.TransitionError):
+        d.sched.cache_misses([d.i("a"), d.i("a")], 0.0)  # twice
+    d.drain()
+    assert d.started == ["b"]  # b runs (not cached); a still waits for its answer
+    d.sched.cache_misses([d.i("a")], 0.0)
+    d.drain()
+    assert d.started == ["b", "a"]
+
+
 def test_log_refuses_a_finished_stage() -> None:
     d = Driver(pipeline(("a", [], {}))).begin()
     assert d.sched.log("a", "hi", 0.0).seq == 2
@@ -945,6 +978,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.max_parallel = data.draw(st.sampled_from([None, 1, 2]), label="max_parallel")
         self.keep_going = data.draw(st.booleans(), label="keep_going")
         max_backlog = data.draw(st.sampled_from([None, None, 0, 1, 3]), label="max_backlog")
+        lookups = data.draw(st.frozensets(st.sampled_from(range(n))), label="cached stages")
         self.d = Driver(
             pipe,
             max_parallel=self.max_parallel,
@@ -952,6 +986,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             pools=self.pools,
             teardown_timeout=data.draw(st.sampled_from([0.0, 10.0])),
             max_backlog=max_backlog,
+            lookups=lookups,
         )
         # StageStarted events the scheduler may still emit: max_backlog, then each resume's room.
         self.room = math.inf if max_backlog is None else max_backlog
@@ -1044,6 +1079,30 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.s.resume_starts(self.d.now, room)
         self.d.drain()
 
+    @rule(data=st.data(), how=st.sampled_from(["hit", "miss", "misses"]))
+    def answer_lookups(self, data: st.DataObject, how: str) -> None:
+        looking = sorted(self.s._looking)
+        if not looking:
+            return
+        now = self.d.now
+        if how == "hit":
+            i = data.draw(st.sampled_from(looking))
+            self.s.cache_hit(i, f"cached{i}", "cache hit", now)
+        elif how == "miss":
+            self.s.cache_miss(data.draw(st.sampled_from(looking)), now, "cache miss")
+        else:
+            told = data.draw(st.lists(st.sampled_from(looking), min_size=1, unique=True))
+            if data.draw(st.booleans(), label="one not looked up"):
+                others = [i for i in range(len(self.d.names)) if i not in self.s._looking]
+                if others:
+                    bad = [*told, data.draw(st.sampled_from(others))]
+                    before = _snapshot(self.s)
+                    with pytest.raises(tp.TransitionError):
+                        self.s.cache_misses(bad, now)
+                    assert _snapshot(self.s) == before
+            self.s.cache_misses(told, now, [f"miss{i}" for i in told])
+        self.d.drain()
+
     @rule(data=st.data())
     def illegal_fact(self, data: st.DataObject) -> None:
         candidates = [i for i, st_ in enumerate(self.s.status) if st_ is not S.RUNNING]
@@ -1096,7 +1155,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                     and any(u in (S.FAILED, S.BLOCKED) for u in ups)
                 ), (event, ups)
                 if stage.options.trigger is T.ALL_SUCCESS:
-                    assert all(u is S.SUCCEEDED for u in ups)
+                    assert all(u in (S.SUCCEEDED, S.CACHED) for u in ups)
+                assert self.d.i(event.stage) not in self.s._looking, "started mid-lookup"
                 if still_start is not None:
                     assert stage.options.trigger in still_start, event
                     if event.attempt > 1:
@@ -1120,6 +1180,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 break
             if self.s.paused:
                 self.s.resume_starts(self.d.now)
+            elif self.s._looking:
+                self.s.cache_misses(sorted(self.s._looking), self.d.now)
             elif self._running():
                 self.s.attempt_succeeded(self._running()[0], None, self.d.now)
             elif self._waiting():

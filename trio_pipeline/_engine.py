@@ -37,7 +37,6 @@ or not.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -103,7 +102,7 @@ class _Run:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.cache = cache  # the result cache's side of the run (issue 14), if any
         if cache is not None:
-            cache.settled = self._settle
+            cache.committed, cache.settled = self._committed, self._settle
         self.sched = Scheduler(
             plan,
             run_id=self.run_id,
@@ -136,9 +135,10 @@ class _Run:
         self.dispatcher.on_fatal = self._sink_crashed
         self._send = self.dispatcher.emitter(send)  # feeds get each event as it is sent
         self._chaos = _chaos.current()  # read once: the hook is scoped to the run
-        # Without cache or chaos hooks, a stage with no scope of its own (see `_apply`)
-        # runs in `_plain_attempt`.
-        self._plain = cache is None and self._chaos is None
+        # Without chaos hooks, a stage with no scope of its own (see `_apply`) runs in
+        # `_plain_attempt`, or `_cached_attempt` in a run with a cache.
+        self._plain = self._chaos is None
+        self._plain_attempt_fn = self._plain_attempt if cache is None else self._cached_attempt
         self.finished = trio.Event()
         self.result: RunResult | None = None
         self.fatal: BaseException | None = None  # re-raised by open_run
@@ -173,7 +173,7 @@ class _Run:
             sched = self.sched
             stages = self.plan.stages
             start_soon = self._start_soon
-            plain, attempt = self._plain, self._plain_attempt
+            plain, attempt = self._plain, self._plain_attempt_fn
             for i in starts:
                 stage = stages[i]
                 if stage.items is not None:
@@ -223,13 +223,24 @@ class _Run:
         """
         cache, inputs_of, answer = self.cache, self.sched.inputs_of, self._answer
         assert cache is not None
+        explain = cache.jobs.explain
         while lookups:
             batch = lookups[:]
             lookups.clear()
+            missed: list[int] = []
+            reasons: list[str] | None = [] if explain else None
             for i in batch:
                 found = cache.lookup(i, inputs_of, self._looked_up)
-                if found is not None:
+                if found is None:
+                    continue
+                if found.decision.hit:
                     answer(i, found, now)
+                else:
+                    missed.append(i)  # told together, below: one pass of the ready queue
+                    if reasons is not None:
+                        reasons.append(f"cache miss: {found.decision.reason}")
+            if missed:
+                self.sched.cache_misses(missed, now, reasons)
 
     def _answer(self, i: int, result: LookupResult, now: float) -> None:
         decision = result.decision
@@ -286,8 +297,8 @@ class _Run:
         scope = self._scopes[i] = trio.CancelScope(deadline=deadline, shield=shielded)
         self._start_soon(self._retry_after, i, scope, delay)
 
-    def _log(self, stage: str, message: str) -> None:
-        event = self.sched.log(stage, message, self._now())
+    def _log(self, stage: str, message: str, now: float | None = None) -> None:
+        event = self.sched.log(stage, message, self._now() if now is None else now)
         with contextlib.suppress(trio.BrokenResourceError):  # the dispatcher is gone
             self._send.send_nowait(event)
 
@@ -558,6 +569,30 @@ class _Run:
                 self._engine_failed(exc)  # see _attempt
             raise
 
+    async def _cached_attempt(self, i: int) -> None:
+        """`_plain_attempt` in a run with a cache: a looked-up stage's value goes to the
+        cache, whose callback (`_committed`) reports the success once it is durable."""
+        try:
+            cache = self.cache
+            assert cache is not None
+            try:
+                ctx = self._context(i)
+                if i in cache.logs and self.sched.attempts[i] == 1:
+                    ctx.log(cache.logs[i])  # why this stage is not cached
+                value = await self.plan.stages[i].fn(ctx)
+            except BaseException as exc:
+                if self._attempt_raised(i, exc, None):
+                    raise
+            else:
+                if cache.wants_commit(i):
+                    cache.commit_soon(i, value)
+                else:
+                    self._attempt_returned(i, value)
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                self._engine_failed(exc)  # see _attempt
+            raise
+
     async def _attempt(self, i: int, scope: trio.CancelScope | None) -> None:
         try:
             sched = self.sched
@@ -578,16 +613,6 @@ class _Run:
                             await self._chaos("stage.start")
                         value = await stage.fn(ctx)
                     del self._scopes[i]
-                if (
-                    cache is not None
-                    and scope is None
-                    and self._chaos is None
-                    and cache.wants_commit(i)
-                ):
-                    # The common case: the commit's callback reports the success, once the
-                    # entry is durable (before StageFinished); this task is done.
-                    cache.commit_soon(i, value, functools.partial(self._committed, i, value, ctx))
-                    return
                 if (
                     cache is not None
                     and cache.wants_commit(i)
@@ -643,14 +668,14 @@ class _Run:
         self._apply(now)
         return cancelled
 
-    def _committed(self, i: int, value: Any, ctx: StageContext, message: str | None) -> None:
-        # A `RunCache.commit_soon` callback; `_settle` follows each group of them.
+    def _committed(self, i: int, value: Any, message: str | None, now: float) -> None:
+        # `RunCache.committed`: stage i's commit is durable; `_settle` follows each group.
         if message is not None:
-            ctx.log(message)
-        self.sched.attempt_succeeded(i, value, self._now())
+            self._log(self.plan.stages[i].name, message, now)
+        self.sched.attempt_succeeded(i, value, now)
 
-    def _settle(self) -> None:
-        self._apply(self._now())
+    def _settle(self, now: float) -> None:
+        self._apply(now)
 
     async def _retry_after(self, i: int, scope: trio.CancelScope, delay: float) -> None:
         try:

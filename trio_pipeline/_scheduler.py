@@ -649,11 +649,34 @@ class Scheduler:
 
         A no-op when a stop ended the stage while its lookup was out.
         """
-        if not self._lookup_answered(i, _RUNNING):
-            return
-        if reason is not None:
-            self._miss_reasons[i] = reason  # its StageFinished says why it ran
-        self._push(i)
+        self.cache_misses((i,), now, None if reason is None else (reason,))
+
+    def cache_misses(
+        self, stages: Sequence[int], now: float, reasons: Sequence[str] | None = None
+    ) -> None:
+        """`cache_miss` of each of `stages` (with `reasons[k]` for `stages[k]`), at once.
+
+        The ready ones start in order as the limits allow once all are queued (a cold
+        run's layer of misses is one pass over the ready queue, not one per stage).
+
+        Raises TransitionError, changing nothing, if a stage's lookup was not out (or
+        a stage is named twice).
+        """
+        looking = self._looking
+        if len(stages) > 1 and len(set(stages)) < len(stages):
+            first = next(i for k, i in enumerate(stages) if i in stages[:k])
+            raise TransitionError(
+                f"stage {self.plan.stages[first].name!r}", self.status[first], _RUNNING
+            )
+        for i in stages:
+            if i not in looking:
+                self._lookup_answered(i, _RUNNING)  # raises: nothing was changed yet
+        for k, i in enumerate(stages):
+            if not self._lookup_answered(i, _RUNNING):
+                continue
+            if reasons is not None:
+                self._miss_reasons[i] = reasons[k]  # its StageFinished says why it ran
+            self._push(i)
         self._pump(now)
 
     def attempt_failed(self, i: int, error: BaseException, now: float) -> None:

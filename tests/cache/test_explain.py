@@ -42,3 +42,13 @@ def test_format_age() -> None:
     assert format_age(600) == "10.0 min"
     assert format_age(7200) == "2.0 h"
     assert format_age(86400 * 3) == "3.0 days"
+
+
+def test_a_changed_command_is_named_as_such() -> None:
+    def parts(argv: str, digest: str) -> dict[str, object]:
+        return {"format": 1, "code": digest, "functions": {f"command {argv}": digest}}
+
+    old, new = parts("('echo', 'a')", "1"), parts("('echo', 'b')", "2")
+    assert explain_changes(old, new) == ["code changed: the command, now ('echo', 'b')"]
+    same_argv = parts("('echo', 'a')", "3")  # its cwd or env changed
+    assert explain_changes(old, same_argv) == ["code changed: the command, now ('echo', 'a')"]

@@ -310,6 +310,7 @@ def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
     assert j.lookup_in_memory(spec()) is None
 
 
+@pytest.mark.parametrize("empty_store", [True, False])
 @pytest.mark.parametrize(
     ("name", "ups", "version", "code"),
     [
@@ -318,25 +319,33 @@ def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
         ("nocode", ("a",), None, False),
     ],
 )
-def test_a_commit_answered_from_memory_stores_the_same_parts(
-    store: SQLiteStore, name: str, ups: tuple[str, ...], version: str | None, code: bool
+def test_a_commit_answered_from_memory_stores_the_same_key_and_parts(
+    store: SQLiteStore,
+    name: str,
+    ups: tuple[str, ...],
+    version: str | None,
+    code: bool,
+    empty_store: bool,
 ) -> None:
-    """The cold run's commit builds the stored parts as text: they read back as the
-    parts the slow path stores (what explanations compare)."""
+    """The cold run's commit builds the stored parts as text (and, when the store holds
+    nothing of the pipeline, the key too): they read back as the slow path's."""
     policy = CachePolicy(code=code, params=("lr",) if code else None)
     j = jobs(store, lr=0.5, other=[1])
     for up in ups:
         j.note_value(up, up * 2)
-    j.known = {}
+    j.known = {} if empty_store else {"another key": None}
     j.explain = False
     s = spec(name, upstream=ups, version=version, policy=policy)
     slow = j.lookup(s, {up: up * 2 for up in ups})
     assert slow.parts is not None
     fast = j.probe_memory(s)
     assert isinstance(fast, tuple)
-    assert fast[0] == slow.decision.key
+    assert fast[0] == (None if empty_store else slow.decision.key)
     assert j.commit(s, None, "value", key=fast[0]).stored
     latest = store.latest("pipe", name)
     assert latest is not None
     assert latest.key == slow.decision.key
     assert latest.parts == slow.parts
+    in_memory = j.lookup_in_memory(s)
+    assert in_memory is not None
+    assert in_memory.decision.key == slow.decision.key

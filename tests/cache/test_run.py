@@ -870,10 +870,12 @@ async def test_a_commit_after_the_worker_closed_is_reported_not_stored(tmp_path:
     messages: list[str | None] = []
     done = trio.Event()
 
-    def record(message: str | None) -> None:
+    def record(i: int, value: object, message: str | None, now: float) -> None:
+        assert (i, value) == (0, 1)
         messages.append(message)
         done.set()
 
+    run_cache.committed = record
     async with trio.open_nursery() as nursery:
         await nursery.start(run_cache.serve)
         # The first lookup of a run goes to the worker (the parameters are not hashed yet).
@@ -881,7 +883,7 @@ async def test_a_commit_after_the_worker_closed_is_reported_not_stored(tmp_path:
         await looked_up.wait()
         assert run_cache.wants_commit(0)
         run_cache.close()
-        run_cache.commit_soon(0, 1, record)
+        run_cache.commit_soon(0, 1)
         await done.wait()
     await run_cache.finish(None, pipeline=plan.name)
     assert len(messages) == 1

@@ -55,6 +55,9 @@ class Decision:
         return "cached" if self.hit else "run"
 
 
+_COMMAND = "command "  # a command stage's argv, as `_keys` names it among the code items
+
+
 def _quote_all(noun: str, names: list[str]) -> str:
     shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
     plural = "s" if len(names) > 1 else ""
@@ -76,10 +79,14 @@ def explain_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         reasons.append(f"version changed: {old.get('version')!r} -> {new.get('version')!r}")
     if old.get("code") != new.get("code"):
         functions = _changed(old.get("functions", {}), new.get("functions", {}))
-        items = [f for f in functions if ":" in f]  # own code first: that is what people edit
-        libraries = [f for f in functions if ":" not in f]
+        commands = [f for f in functions if f.startswith(_COMMAND)]
+        items = [f for f in functions if ":" in f and f not in commands]  # own code first
+        libraries = [f for f in functions if ":" not in f and f not in commands]
         if items:
             reasons.append("code changed: " + _quote_all("function", items))
+        if commands:
+            now = [f[len(_COMMAND) :] for f in commands if f in new.get("functions", {})]
+            reasons.append("code changed: the command" + (f", now {now[0]}" if now else ""))
         if libraries:
             reasons.append("code changed: " + _quote_all("package", libraries))
         if not functions:

@@ -37,6 +37,9 @@ _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
 _NO_OUTS: dict[str, str] = {}  # never written to: `_commit` only fills a fresh dict
 
+_NO_KEY_YET: tuple[None, None] = (None, None)
+"""`probe_memory`'s plain miss in a run whose store holds nothing of the pipeline."""
+
 IN_MEMORY_LOAD_BYTES = 64 << 10
 """A hit whose pickled value is at most this big may be loaded on the event loop."""
 
@@ -169,7 +172,7 @@ class RunJobs:
         """`lookup`, when it can be answered from memory alone; None when it cannot."""
         found = self.probe_memory(spec)
         if isinstance(found, tuple):
-            key = found[0]
+            key = found[0] or self._key_now(spec)
             return LookupResult(
                 Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key),
                 self.memory_parts(spec),
@@ -197,6 +200,11 @@ class RunJobs:
             "deps": _EMPTY_DEPS,
         }
 
+    def _key_now(self, spec: StageSpec) -> str:
+        # A commit of a stage `probe_memory` answered: every hash its key needs is known.
+        key = self.memory_key(spec)
+        return key_of(self.memory_parts(spec)) if key is None else key
+
     def _parts_text(self, spec: StageSpec, code: str) -> str:
         """`memory_parts` without the fingerprint's items, as the store's JSON text."""
         only = spec.policy.params
@@ -217,25 +225,9 @@ class RunJobs:
             texts.append(piece)
         return f'{head}{_quote(spec.name)},"inputs":{{{",".join(texts)}}}}}'
 
-    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str, None] | None:
-        """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts.
-
-        The key's components (`memory_parts`) are left to whoever needs them: a
-        commit builds them on the worker thread, a hit needs none. (A cold run is all
-        plain misses: no Decision, LookupResult or parts made on the event loop.)
-
-        The inputs are not needed: the hashes of the upstream values are.
-
-        Safe on the event loop: it touches no store and no file and pickles nothing
-        (it answers only when every upstream hash and the parameters' hashes are
-        already known, the run's entries were read with `CacheStore.snapshot`, and a
-        hit's value is small). Called from the Trio thread while the worker thread
-        may be committing: it only reads the snapshot and adds to `value_digests`,
-        and an upstream's hash is there before its `StageFinished`.
-        """
-        known = self.known
-        if known is None or spec.deps:
-            return None
+    def memory_key(self, spec: StageSpec) -> str | None:
+        """`spec`'s key from hashes already known (None: an upstream's or the
+        parameters' hash is not), made of memoised pieces (`key_from`)."""
         digests, pieces = self.value_digests, self._pieces
         names = spec.upstream
         texts: list[str] = []
@@ -258,7 +250,43 @@ class RunJobs:
         params_text = self._param_texts.get(only)
         if params_text is None:
             params_text = self._param_texts[only] = repr(sorted(params.items()))
-        key = key_from(head, texts, params_text, _EMPTY_DEPS)
+        return key_from(head, texts, params_text, _EMPTY_DEPS)
+
+    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str | None, None] | None:
+        """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts
+        (``(None, None)`` when the store holds nothing of the pipeline: the commit
+        makes the key).
+
+        The key's components (`memory_parts`) are left to whoever needs them: a
+        commit builds them on the worker thread, a hit needs none. (A cold run is all
+        plain misses: no Decision, LookupResult or parts made on the event loop.)
+
+        The inputs are not needed: the hashes of the upstream values are.
+
+        Safe on the event loop: it touches no store and no file and pickles nothing
+        (it answers only when every upstream hash and the parameters' hashes are
+        already known, the run's entries were read with `CacheStore.snapshot`, and a
+        hit's value is small). Called from the Trio thread while the worker thread
+        may be committing: it only reads the snapshot and adds to `value_digests`,
+        and an upstream's hash is there before its `StageFinished`.
+        """
+        known = self.known
+        if known is None or spec.deps:
+            return None
+        if not known and not spec.forced and not self.explain:
+            # The store holds nothing of this pipeline: every key misses. Its key is
+            # made by the commit, on the worker thread (`memory_key`).
+            digests = self.value_digests
+            for name in spec.upstream:
+                if name not in digests:
+                    return None
+            params = self._param_digests.get(spec.policy.params)
+            if params is None or isinstance(params, str):
+                return None
+            return _NO_KEY_YET
+        key = self.memory_key(spec)
+        if key is None:
+            return None
         if spec.forced:
             decision = Decision(spec.name, DecisionKind.FORCED, "forced", key)
             return LookupResult(decision, self.memory_parts(spec))
@@ -399,7 +427,7 @@ class RunJobs:
                 (
                     self.pipeline,
                     self.run_id,
-                    key_of(self.memory_parts(spec)) if key is None else key,
+                    self._key_now(spec) if key is None else key,
                     spec.name,
                     time.time() if created is None else created,
                     digest,

@@ -151,7 +151,11 @@ def build_specs(
     return specs
 
 
-def _nothing() -> None:
+def _ignore_commit(i: int, value: Any, message: str | None, now: float) -> None:
+    pass
+
+
+def _ignore_settle(now: float) -> None:
     pass
 
 
@@ -181,13 +185,14 @@ class RunCache:
         self._keys: dict[int, str | None] = {}  # the key of those parts
         self.reasons: dict[str, str] = {}  # each looked-up stage's `Decision.reason`
         self.logs: dict[int, str] = {}  # why a stage was not cached, for its StageLog
-        self._group: list[
-            tuple[StageSpec, dict[str, Any] | None, str | None, Any, Callable[[str | None], None]]
-        ] = []
+        self._group: list[tuple[StageSpec, dict[str, Any] | None, str | None, Any, int]] = []
         self._token: trio.lowlevel.TrioToken | None = None
-        # Called in Trio after each group of `commit_soon` callbacks (the engine
-        # carries out their decisions once per group).
-        self.settled: Callable[[], None] = _nothing
+        # The engine's: `committed(i, value, message, now)` once stage i's commit is
+        # durable (`message`: why it was not stored, or None), then `settled(now)` after
+        # each group of them (the engine carries out their decisions once per group);
+        # `now` is the run's clock, read once per group.
+        self.committed: Callable[[int, Any, str | None, float], None] = _ignore_commit
+        self.settled: Callable[[float], None] = _ignore_settle
         self.wall_started = time.time()
 
     # -- the run ----------------------------------------------------------------------
@@ -261,41 +266,40 @@ class RunCache:
             return f"not cached: the store failed ({exc})"
         return result.log
 
-    def commit_soon(self, i: int, value: Any, done: Callable[[str | None], None]) -> None:
-        """Store stage `i`'s value; `done(message)` is called in Trio once it is durable.
+    def commit_soon(self, i: int, value: Any) -> None:
+        """Store stage `i`'s value; `committed` is called in Trio once it is durable.
 
         `settled` is called after the callbacks of a group.
 
         Never blocks. Commits reported in the same scheduler tick go to the worker as
         one job (a list of commits, one transaction), delivered together: a layer of
         stages that finish together costs one round trip, not one per stage.
-        `message` says why the value was not stored, or is None.
         """
         spec = self.specs[i]
         parts, key = self._parts.pop(i), self._keys.pop(i)
         assert spec is not None
         group = self._group
-        group.append((spec, parts, key, value, done))
+        group.append((spec, parts, key, value, i))
         if len(group) == 1:
             if self._token is None:
                 self._token = trio.lowlevel.current_trio_token()
             self._token.run_sync_soon(self._send_group)
 
     def _send_group(self) -> None:
-        # The group goes to the worker as it is (`commit_many` skips the callbacks): few
+        # The group goes to the worker as it is (`commit_many` skips the indices): few
         # objects per stage in flight keep the garbage collector from running often.
         group, self._group = self._group, []
 
         def deliver(result: outcome.Outcome[list[str | None]]) -> None:
-            # `entry[4]` is the callback (unpacking ``*_, done`` builds a list per stage).
+            committed, now = self.committed, trio.current_time()
             if isinstance(result, outcome.Error):
                 failed = f"not cached: the store failed ({result.error})"
                 for entry in group:
-                    entry[4](failed)
+                    committed(entry[4], entry[3], failed, now)
             else:
                 for entry, message in zip(group, result.unwrap(), strict=True):
-                    entry[4](message)
-            self.settled()
+                    committed(entry[4], entry[3], message, now)
+            self.settled(now)
 
         try:
             self.worker.submit(functools.partial(self.jobs.commit_many, group), deliver)
