@@ -27,13 +27,17 @@ import sysconfig
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
 from typing import Any, cast
 
 from ._store import digest_bytes
 
-KEY_FORMAT = 1
-"""Bump when the meaning of a key changes: every stored entry then misses."""
+KEY_FORMAT = 2
+"""Bump when the meaning of a key changes: every stored entry then misses.
+
+2: the key is the hash of `parts_text`, the text stored with the entry (1 hashed a
+text of its own, so a commit built two texts)."""
 
 PICKLE_PROTOCOL = 5
 
@@ -415,22 +419,16 @@ def key_parts(
     }
 
 
+def parts_text(parts: Mapping[str, Any]) -> str:
+    """`parts` (`key_parts`) without ``"functions"``, as canonical JSON: what the store
+    keeps with the entry, and what the key is the hash of."""
+    rest = {name: value for name, value in parts.items() if name != "functions"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+
+
 def key_of(parts: Mapping[str, Any]) -> str:
     """The key for `parts` (`key_parts`); the per-function digests are covered by ``code``."""
-    # A plain text, not JSON: this runs once per stage. Names are repr()ed, so no
-    # name can imitate a separator; digests are hex.
-    body = "|".join(
-        (
-            str(parts["format"]),
-            repr(parts["stage"]),
-            parts["code"],
-            repr(parts["version"]),
-            repr(sorted(parts["inputs"].items())),
-            repr(sorted(parts["params"].items())),
-            repr(sorted(parts["deps"].items())),
-        )
-    )
-    return digest_bytes(body.encode())
+    return digest_bytes(parts_text(parts).encode())
 
 
 def functions_json(functions: Mapping[str, str]) -> str:
@@ -438,25 +436,34 @@ def functions_json(functions: Mapping[str, str]) -> str:
     return json.dumps(functions, sort_keys=True, separators=(",", ":"))
 
 
-def key_head(stage: str, code: str, version: str | None) -> str:
-    """The start of `key_of`'s text: what depends on the stage alone (memoise it per stage)."""
-    return f"{KEY_FORMAT}|{stage!r}|{code}|{version!r}|"
+def text_head(code: str) -> str:
+    """The start of `parts_text` for a code digest (memoise it per digest)."""
+    return f'{{"code":{_quote(code)},"deps":{{}},"format":{KEY_FORMAT},"inputs":{{'
 
 
 def input_piece(name: str, digest: str) -> str:
-    """One upstream's entry in `key_from`'s inputs (`digest` is hex, as `digest_bytes`)."""
-    # ``repr((name, digest))`` without repr()ing the digest: memoise it per upstream.
-    return f"({name!r}, '{digest}')"
+    """One upstream's entry in `parts_text`'s inputs (memoise it per upstream)."""
+    return f"{_quote(name)}:{_quote(digest)}"
 
 
-def key_from(head: str, pieces: Sequence[str], params_text: str, deps: Mapping[str, str]) -> str:
-    """`key_of`'s key, cheaper: from the parts that can be memoised.
+def text_from(
+    head: str, pieces: Sequence[str], params_json: str, stage: str, version: str | None
+) -> str:
+    """`parts_text` of parts without deps, cheaper: from pieces that can be memoised.
 
-    `head` is `key_head`; `pieces` are the inputs' `input_piece` in name order;
-    `params_text` is ``repr(sorted(params.items()))``.
+    `head` is `text_head`; `pieces` are the inputs' `input_piece` in name order;
+    `params_json` is the parameters' hashes as canonical JSON (memoise it).
     """
-    deps_text = repr(sorted(deps.items())) if deps else "[]"
-    return digest_bytes(f"{head}[{', '.join(pieces)}]|{params_text}|{deps_text}".encode())
+    tail = "null" if version is None else _quote(version)
+    return (
+        f'{head}{",".join(pieces)}}},"params":{params_json},"stage":{_quote(stage)},'
+        f'"version":{tail}}}'
+    )
+
+
+def canonical_json(mapping: Mapping[str, str]) -> str:
+    """A mapping as `parts_text` writes it."""
+    return json.dumps(mapping, sort_keys=True, separators=(",", ":"))
 
 
 def hash_params(params: Mapping[str, Any], only: Iterable[str] | None = None) -> dict[str, str]:

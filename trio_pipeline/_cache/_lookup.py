@@ -7,13 +7,11 @@ pickling) and are only called from that thread, or directly by ``--dry-run``.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii as _quote
 from typing import Any
 
 from ._explain import Decision, DecisionKind, format_age, hit_reason, miss_reason
@@ -21,14 +19,16 @@ from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
 from ._keys import (
     KEY_FORMAT,
     Fingerprint,
+    canonical_json,
     functions_json,
     hash_params,
     input_piece,
-    key_from,
-    key_head,
     key_of,
     key_parts,
+    parts_text,
     pickle_value,
+    text_from,
+    text_head,
 )
 from ._policy import CachePolicy
 from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes
@@ -56,7 +56,6 @@ class StageSpec:
     outs: tuple[str, ...] = ()
     forced: bool = False
     upstream: tuple[str, ...] = ()
-    key_head: str = ""  # `_keys.key_head` of this stage, filled by the first lookup
 
 
 @dataclass(slots=True)
@@ -100,20 +99,17 @@ class RunJobs:
     _param_digests: dict[tuple[str, ...] | None, dict[str, str] | str] = field(
         default_factory=dict[tuple[str, ...] | None, dict[str, str] | str]
     )
-    _param_texts: dict[tuple[str, ...] | None, str] = field(
+    # The parameters' hashes as `canonical_json`, per selection (`CachePolicy.params`).
+    _params_json: dict[tuple[str, ...] | None, str] = field(
         default_factory=dict[tuple[str, ...] | None, str]
     )
     # The code digest -> `functions_json` of its items (one per stage function, not per stage).
     _functions_json: dict[str, str] = field(default_factory=dict[str, str])
-    # An upstream's entry in the key text, ``('name', 'digest')``: made once per producing
-    # stage (by its first consumer's lookup), not once per consumer.
+    # An upstream's entry in the parts' text (`input_piece`): made once per producing
+    # stage (by its first consumer), not once per consumer.
     _pieces: dict[str, str] = field(default_factory=dict[str, str])
-    # The same in the stored parts' JSON (``"name":"digest"``), made by the commits.
-    _json_pieces: dict[str, str] = field(default_factory=dict[str, str])
-    # The start of that JSON, per (code, version, params named): shared by many stages.
-    _parts_heads: dict[tuple[str, str | None, tuple[str, ...] | None], str] = field(
-        default_factory=dict[tuple[str, str | None, tuple[str, ...] | None], str]
-    )
+    # `text_head` per code digest (one per stage function, not per stage).
+    _heads: dict[str, str] = field(default_factory=dict[str, str])
 
     def note_value(self, stage: str, value: Any) -> str | None:
         """The hash of an uncached stage's value (for downstream keys); None if unpicklable."""
@@ -172,7 +168,7 @@ class RunJobs:
         """`lookup`, when it can be answered from memory alone; None when it cannot."""
         found = self.probe_memory(spec)
         if isinstance(found, tuple):
-            key = found[0] or self._key_now(spec)
+            key = found[0] or self.memory_key(spec)
             return LookupResult(
                 Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key),
                 self.memory_parts(spec),
@@ -200,38 +196,13 @@ class RunJobs:
             "deps": _EMPTY_DEPS,
         }
 
-    def _key_now(self, spec: StageSpec) -> str:
-        # A commit of a stage `probe_memory` answered: every hash its key needs is known.
-        key = self.memory_key(spec)
-        return key_of(self.memory_parts(spec)) if key is None else key
-
-    def _parts_text(self, spec: StageSpec, code: str) -> str:
-        """`memory_parts` without the fingerprint's items, as the store's JSON text."""
-        only = spec.policy.params
-        shared = (code, spec.version, only)
-        head = self._parts_heads.get(shared)
-        if head is None:
-            params = json.dumps(self._param_digests[only], sort_keys=True, separators=(",", ":"))
-            head = self._parts_heads[shared] = (
-                f'{{"format":{KEY_FORMAT},"code":{_quote(code)},'
-                f'"version":{json.dumps(spec.version)},"params":{params},"deps":{{}},"stage":'
-            )
-        pieces, digests = self._json_pieces, self.value_digests
-        texts: list[str] = []
-        for name in spec.upstream:
-            piece = pieces.get(name)
-            if piece is None:
-                piece = pieces[name] = f"{_quote(name)}:{_quote(digests[name])}"
-            texts.append(piece)
-        return f'{head}{_quote(spec.name)},"inputs":{{{",".join(texts)}}}}}'
-
-    def memory_key(self, spec: StageSpec) -> str | None:
-        """`spec`'s key from hashes already known (None: an upstream's or the
-        parameters' hash is not), made of memoised pieces (`key_from`)."""
+    def memory_text(self, spec: StageSpec) -> str | None:
+        """`parts_text` of `memory_parts`, made of memoised pieces (`text_from`); None
+        when an upstream's or the parameters' hash is not known yet. The key is its hash."""
         digests, pieces = self.value_digests, self._pieces
         names = spec.upstream
         texts: list[str] = []
-        for name in sorted(names) if len(names) > 1 else names:  # as `key_from` orders them
+        for name in sorted(names) if len(names) > 1 else names:  # as JSON orders them
             piece = pieces.get(name)
             if piece is None:
                 digest = digests.get(name)
@@ -240,17 +211,22 @@ class RunJobs:
                 piece = pieces[name] = input_piece(name, digest)
             texts.append(piece)
         only = spec.policy.params
-        params = self._param_digests.get(only)
-        if params is None or isinstance(params, str):
-            return None
-        head = spec.key_head
-        if not head:
-            code = spec.fingerprint.digest if spec.policy.code else ""
-            head = spec.key_head = key_head(spec.name, code, spec.version)
-        params_text = self._param_texts.get(only)
-        if params_text is None:
-            params_text = self._param_texts[only] = repr(sorted(params.items()))
-        return key_from(head, texts, params_text, _EMPTY_DEPS)
+        params_json = self._params_json.get(only)
+        if params_json is None:
+            params = self._param_digests.get(only)
+            if params is None or isinstance(params, str):
+                return None
+            params_json = self._params_json[only] = canonical_json(params)
+        code = spec.fingerprint.digest if spec.policy.code else ""
+        head = self._heads.get(code)
+        if head is None:
+            head = self._heads[code] = text_head(code)
+        return text_from(head, texts, params_json, spec.name, spec.version)
+
+    def memory_key(self, spec: StageSpec) -> str | None:
+        """`spec`'s key, from `memory_text` (None if that is not known yet)."""
+        text = self.memory_text(spec)
+        return None if text is None else digest_bytes(text.encode())
 
     def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str | None, None] | None:
         """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts
@@ -423,17 +399,19 @@ class RunJobs:
             functions = self._functions_json.get(code.digest)
             if functions is None:
                 functions = self._functions_json[code.digest] = functions_json(code.items)
+            text = self.memory_text(spec)
+            assert text is not None  # `probe_memory` answered: every hash in it is known
             store.put_encoded(
                 (
                     self.pipeline,
                     self.run_id,
-                    self._key_now(spec) if key is None else key,
+                    digest_bytes(text.encode()) if key is None else key,
                     spec.name,
                     time.time() if created is None else created,
                     digest,
                     None,
                     data,
-                    self._parts_text(spec, code.digest),
+                    text,
                 ),
                 code.digest,
                 functions,
@@ -454,12 +432,11 @@ class RunJobs:
         functions = self._functions_json.get(code)
         if functions is None:
             functions = self._functions_json[code] = functions_json(parts["functions"])
-        key = key_of(parts) if key is None else key
         created = time.time() if created is None else created
         if isinstance(store, SQLiteStore):
             # The built-in store: its packed row, without a `CacheEntry` in between.
-            stored = dict(parts)
-            del stored["functions"]  # stored once per fingerprint
+            text = parts_text(parts)
+            key = digest_bytes(text.encode()) if key is None else key
             store.put_encoded(
                 (
                     self.pipeline,
@@ -470,12 +447,13 @@ class RunJobs:
                     digest,
                     outs or None,
                     data,
-                    json.dumps(stored, sort_keys=True, separators=(",", ":")),
+                    text,
                 ),
                 code,
                 functions,
             )
         else:
+            key = key_of(parts) if key is None else key
             outs = outs if outs else {}  # the store's own (never the shared empty one)
             store.put(
                 CacheEntry(
