@@ -395,7 +395,8 @@ CREATE TABLE run_stages (
 # of its key; an entry's `parts` leave out the code fingerprint's items
 # (``"functions"``), stored once per fingerprint in `functions`; a run's stages are one
 # JSON list in `runs.stages`, not a row each in `run_stages` (schema 1's runs stay there,
-# with `stages` NULL). Schema 3 keeps all of that but the entries, which are in packs.
+# with `stages` NULL). Schema 3 keeps all of that but the entries, which are in packs
+# (and a run's stages, now written as columns: see `encode_stages`; both forms read).
 
 
 def _migrate_1(db: sqlite3.Connection) -> None:
