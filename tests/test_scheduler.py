@@ -28,6 +28,7 @@ from trio_pipeline._scheduler import (
     STOP_RULES,
     TEARDOWN_EXPIRED,
     TRIGGER_RULES,
+    Outcomes,
     Scheduler,
     Stop,
     start_order,
@@ -894,6 +895,49 @@ def test_log_refuses_a_finished_stage() -> None:
         d.sched.log("a", "late", 0.0)
 
 
+def assert_columns_are_the_outcomes(sched: Scheduler) -> None:
+    columns = sched.outcome_columns()
+    assert len(columns.names) == len(sched.plan.stages)
+    for i, stage in enumerate(sched.plan.stages):
+        out = sched.outcome_of(i)
+        assert (
+            columns.names[i],
+            columns.statuses[i],
+            columns.attempts[i],
+            columns.durations[i],
+            columns.errors.get(i),
+            columns.blocked_by.get(i),
+        ) == (stage.name, out.status, out.attempts, out.duration, out.error, out.blocked_by)
+
+
+def test_outcome_columns_are_the_outcomes_field_by_field() -> None:
+    d = Driver(
+        pipeline(("b", [], {"retries": 1}), ("a", ["b"], {}), ("c", [], {})), keep_going=True
+    )
+    d.now = 5.0
+    d.begin()
+    d.now = 7.0
+    d.fail("b")  # retried at once: running again, the first error kept for the retry
+    assert d.statuses() == {"b": S.RUNNING, "a": S.PENDING, "c": S.RUNNING}
+    assert_columns_are_the_outcomes(d.sched)
+    columns = d.sched.outcome_columns()
+    assert (columns.errors, list(columns.durations)) == ({}, [0.0, 0.0, 0.0])
+    d.now = 9.0
+    d.fail("b")
+    d.ok("c")
+    assert_columns_are_the_outcomes(d.sched)
+    columns = d.sched.outcome_columns()
+    assert list(columns.statuses) == [S.FAILED, S.BLOCKED, S.SUCCEEDED]
+    assert list(columns.attempts) == [2, 0, 1]
+    assert list(columns.durations) == [4.0, 0.0, 4.0]
+    assert isinstance(columns.errors[0], Boom)
+    assert list(columns.errors) == [0]
+    assert columns.blocked_by == {1: "b"}
+    outcomes = d.sched.outcomes()
+    assert isinstance(outcomes, Outcomes)
+    assert outcomes.columns() == columns
+
+
 # -- the state machine ------------------------------------------------------------------------
 
 TRIGGERS = list(tp.Trigger)
@@ -1081,6 +1125,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         for pool, size in self.pools.items():
             used = sum(self.s.plan.stages[i].options.uses.get(pool, 0) for i in running)
             assert used <= size
+
+    @invariant()
+    def columns_are_the_outcomes(self) -> None:
+        assert_columns_are_the_outcomes(self.s)
 
     @invariant()
     def events_are_consistent(self) -> None:

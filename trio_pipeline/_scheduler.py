@@ -464,6 +464,19 @@ class Scheduler:
             *_item_counts(self._counts.get(i)),
         )
 
+    def outcome_columns(self) -> OutcomeColumns:
+        """Every stage's outcome field by field (see `OutcomeColumns`), building no
+        `StageOutcome`: ~0.01 us a stage, against ~1 us for each outcome."""
+        status, times = self.status, self._times
+        if self._unfinished:  # a running stage's entry is its start time, not a duration
+            times = array("d", times)
+            for i, s in enumerate(status):
+                if not s.is_terminal:
+                    times[i] = 0.0
+        errors = {i: e for i, e in self._errors.items() if status[i] is _FAILED}
+        names = [stage.name for stage in self.plan.stages]
+        return OutcomeColumns(names, status, self.attempts, times, errors, self._blocked_by)
+
     def counts(self) -> dict[StageStatus, int]:
         status = self.status
         # Mostly called once every stage is terminal: then the list itself, counted in C.
@@ -1401,6 +1414,22 @@ def _item_counts(counts: Any) -> tuple[int | None, ...]:
     )
 
 
+class OutcomeColumns(NamedTuple):
+    """Every stage's outcome in definition order, a sequence per field (as `StageOutcome`'s).
+
+    Some are the scheduler's own tables: read them, never change them.
+    """
+
+    names: Sequence[str]
+    statuses: Sequence[StageStatus]
+    attempts: Sequence[int]
+    durations: Sequence[float]
+    errors: Mapping[int, BaseException]
+    """The error of each FAILED stage, by index."""
+    blocked_by: Mapping[int, str]
+    """By index, the failed stage that blocked a stage (as `StageOutcome.blocked_by`)."""
+
+
 class Outcomes(Mapping[str, StageOutcome]):
     """A read-only view of a scheduler's outcomes: `RunResult.stages`."""
 
@@ -1433,6 +1462,10 @@ class Outcomes(Mapping[str, StageOutcome]):
 
     def _outcome(self, i: int) -> StageOutcome:
         return self._sched.outcome_of(i)
+
+    def columns(self) -> OutcomeColumns:
+        """The outcomes as columns, without building them (the run history reads these)."""
+        return self._sched.outcome_columns()
 
     def __repr__(self) -> str:
         return repr(dict(self.items()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import trio
 
 import trio_pipeline as tp
 from tests.support.runs import finished, statuses
+from trio_pipeline._cache._run import RunCache
+from trio_pipeline._events import describe_error
 from trio_pipeline.testing import RecordingSink, check_run
 
 S = tp.StageStatus
@@ -379,6 +382,150 @@ async def test_a_store_of_our_own(tmp_path: Path) -> None:
     assert statuses(result)["b"] is S.CACHED
     assert len(store.history) == 2
     assert not (tmp_path / ".trio-pipeline").exists()
+
+
+# -- the history record: columns straight from the run, the same records as before --
+
+
+def reference_stages(cache: RunCache, result: tp.RunResult) -> tuple[tp.StageRecord, ...]:
+    """A run's history stages as `RunCache.run_record` built them before columns."""
+    stages: list[tp.StageRecord] = []
+    for name, out in result.stages.items():
+        reason = cache.reasons.get(name)
+        if out.blocked_by is not None:
+            reason = f"upstream {out.blocked_by!r} failed"
+        error = None if out.error is None else describe_error(out.error)
+        stages.append(
+            tp.StageRecord(name, out.status.value, out.attempts, out.duration, reason, error)
+        )
+    return tuple(stages)
+
+
+@pytest.fixture
+def finishes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[RunCache, tp.RunResult]]:
+    """Each run's `RunCache` and `RunResult` as it records the run."""
+    seen: list[tuple[RunCache, tp.RunResult]] = []
+    original = RunCache._finish_sync
+
+    def spy(cache: RunCache, result: tp.RunResult | None, *args: Any) -> None:
+        assert result is not None
+        seen.append((cache, result))
+        original(cache, result, *args)
+
+    monkeypatch.setattr(RunCache, "_finish_sync", spy)
+    return seen
+
+
+def mixed() -> tp.Pipeline:
+    """Every way a kept-going stage can end: succeeded (cached next time), failed after
+    a retry, blocked, skipped, an error whose str() raises, a teardown stage."""
+    pipe = tp.Pipeline("mixed", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(cache=False, retries=1)
+    async def flaky(ctx: tp.StageContext) -> None:
+        raise ValueError('boom "q"\n\u00e9')
+
+    @pipe.stage(after=[flaky])
+    async def blocked(ctx: tp.StageContext) -> None:
+        pass
+
+    @pipe.stage(after=[a], trigger=tp.Trigger.ONE_FAILED)
+    async def skipped(ctx: tp.StageContext) -> None:
+        pass
+
+    @pipe.stage(cache=False)
+    async def unprintable(ctx: tp.StageContext) -> None:
+        raise _Unprintable
+
+    async def teardown(ctx: tp.StageContext) -> None:
+        pass
+
+    pipe.add_stage('t\u00fc "x"\\', teardown, after=[blocked], trigger=tp.Trigger.ALWAYS)
+    return pipe
+
+
+async def test_the_history_records_every_stage_as_the_run_ended(
+    tmp_path: Path,
+    finishes: list[tuple[RunCache, tp.RunResult]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from trio_pipeline._cache._commands import format_run
+    from trio_pipeline._cli import main
+
+    pipe = mixed()
+    await run(pipe, tmp_path, keep_going=True)
+    await run(pipe, tmp_path, keep_going=True)
+    assert [statuses(result)["a"] for _, result in finishes] == [S.SUCCEEDED, S.CACHED]
+    assert set(statuses(finishes[1][1]).values()) == {
+        S.CACHED,
+        S.FAILED,
+        S.BLOCKED,
+        S.SKIPPED,
+        S.SUCCEEDED,
+    }
+    for cache, result in finishes:
+        expected = reference_stages(cache, result)
+        with tp.SQLiteStore(tmp_path / "cache") as store:
+            recorded = store.run(result.run_id)
+        assert recorded is not None
+        assert recorded.stages == expected
+        assert [type(s.status) for s in recorded.stages] == [str] * len(expected)
+        # `show` prints what it printed from the records built the former way.
+        assert main(["show", result.run_id, "--cache-dir", str(tmp_path / "cache")]) == 0
+        shown = capsys.readouterr().out
+        assert shown == format_run(dataclasses.replace(recorded, stages=expected))
+        assert "flaky: failed after 2 attempts: ValueError: boom" in shown
+        assert "unprintable: failed: _Unprintable: <exception str() failed>" in shown
+        assert "blocked: blocked: upstream 'flaky' failed" in shown
+    assert "cached: a" in shown
+    assert main(["history", "--cache-dir", str(tmp_path / "cache")]) == 0
+    listed = capsys.readouterr().out
+    assert all(result.run_id in listed for _, result in finishes)
+
+
+async def test_a_cancelled_stage_is_recorded_as_the_run_ended(
+    tmp_path: Path, finishes: list[tuple[RunCache, tp.RunResult]]
+) -> None:
+    pipe = tp.Pipeline("stop", cache=True)
+
+    @pipe.stage
+    async def slow(ctx: tp.StageContext) -> None:
+        await trio.sleep_forever()
+
+    @pipe.stage(cache=False)
+    async def bad(ctx: tp.StageContext) -> None:
+        raise ValueError("boom")
+
+    @pipe.stage(after=[slow])
+    async def never(ctx: tp.StageContext) -> None:
+        pass
+
+    await run(pipe, tmp_path)  # fail-fast: `slow` is cancelled
+    [(cache, result)] = finishes
+    assert statuses(result)["slow"] is S.CANCELLED
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        recorded = store.run(result.run_id)
+    assert recorded is not None
+    assert recorded.stages == reference_stages(cache, result)
+
+
+async def test_another_store_and_a_result_made_by_hand_get_the_same_records(
+    finishes: list[tuple[RunCache, tp.RunResult]],
+) -> None:
+    store = MemoryStore()
+    await tp.run(mixed(), store=store, keep_going=True)
+    [(cache, result)] = finishes
+    expected = reference_stages(cache, result)
+    assert store.history[-1].stages == expected  # through `record_run(RunRecord)`
+    assert [type(s.status) for s in store.history[-1].stages] == [str] * len(expected)
+    # A `RunResult` whose stages are a plain mapping (not the scheduler's view).
+    by_hand = dataclasses.replace(result, stages=dict(result.stages.items()))
+    assert cache.stage_columns(by_hand).records() == expected
+    assert cache.run_record(by_hand, "mixed", None, {}).stages == expected
 
 
 async def test_explain_says_what_changed(tmp_path: Path) -> None:

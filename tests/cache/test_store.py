@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
 import os
 import random
 import signal
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from array import array
+from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_pipeline._cache._store import (
     APPLICATION_ID,
@@ -24,10 +34,14 @@ from trio_pipeline._cache._store import (
     FileMemo,
     RunRecord,
     SQLiteStore,
+    StageColumns,
     StageRecord,
     _decode,
     _encode,
+    _little_endian,
+    decode_stages,
     digest_bytes,
+    encode_stages,
     kid_of,
     remove_store_files,
 )
@@ -288,6 +302,155 @@ def test_history(tmp_path: Path) -> None:
         assert store.run("%") is None  # LIKE wildcards are literal
 
 
+# A run's stages with every field in use: quotes, backslashes and non-ASCII text,
+# durations that need every digit, reasons and errors on some stages only.
+STAGES = (
+    StageRecord("a", "succeeded", 1, 0.000123456789012345),
+    StageRecord('b "\\\u00fc\n', "failed", 3, 1e-9, "cache miss", 'ValueError: boom "x"\n'),
+    StageRecord("c", "cached", 0, 0.0, "cache hit: stored by run r0 at 12:00"),
+    StageRecord("d", "blocked", 0, 0.0, "upstream 'b \"' failed"),
+    StageRecord("e", "skipped", 0, 0.0),
+    StageRecord("f", "cancelled", 1, 12345.678901234567, None, None),
+)
+
+
+def test_a_runs_stages_are_stored_as_columns_and_read_back_exactly(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.record_run(dataclasses.replace(record("r", 1.0), stages=STAGES))
+        run = store.run("r")
+    assert run is not None
+    assert run.stages == STAGES
+    stored = stored_stages(tmp_path / "c", "r")
+    assert list(stored) == ["names", "statuses", "attempts", "durations", "reasons", "errors"]
+    assert stored["names"] == [s.name for s in STAGES]
+    assert stored["statuses"] == [s.status for s in STAGES]
+    assert stored["reasons"] == [s.reason for s in STAGES]
+    assert stored["errors"] == {"1": STAGES[1].error}  # only the stages with one
+    # float64, little-endian whatever the machine, so a store can move between them.
+    durations = struct.unpack(f"<{len(STAGES)}d", base64.b64decode(stored["durations"]))
+    assert durations == tuple(s.duration for s in STAGES)
+
+
+def stored_stages(folder: Path, run_id: str) -> dict[str, Any]:
+    db = sqlite3.connect(folder / "cache.sqlite")
+    (text,) = db.execute("SELECT stages FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    db.close()
+    stored: dict[str, Any] = json.loads(text)
+    return stored
+
+
+def test_a_column_with_one_value_for_every_stage_is_stored_once(tmp_path: Path) -> None:
+    cold = tuple(StageRecord(f"s{i}", "succeeded", 1, i / 7, "cache miss") for i in range(3))
+    cached = tuple(StageRecord(f"s{i}", "cached", 0, 0.0, None) for i in range(3))
+    one = (StageRecord("only", "failed", 2, 0.5, None, "ValueError: x"),)
+    with SQLiteStore(tmp_path / "c") as store:
+        for run_id, stages in [("cold", cold), ("cached", cached), ("one", one), ("none", ())]:
+            store.record_run(dataclasses.replace(record(run_id, 1.0), stages=stages))
+            run = store.run(run_id)
+            assert run is not None
+            assert run.stages == stages
+    stored = stored_stages(tmp_path / "c", "cold")
+    assert (stored["statuses"], stored["attempts"], stored["reasons"]) == (
+        "succeeded",
+        1,
+        "cache miss",
+    )
+    stored = stored_stages(tmp_path / "c", "cached")
+    assert (stored["statuses"], stored["attempts"], stored["reasons"]) == ("cached", 0, None)
+    assert stored["names"] == ["s0", "s1", "s2"]  # names are always a list
+    assert stored_stages(tmp_path / "c", "one")["names"] == ["only"]
+    assert stored_stages(tmp_path / "c", "none")["statuses"] == []
+
+
+def test_a_run_recorded_as_a_list_per_stage_reads_back_the_same(tmp_path: Path) -> None:
+    # Schema 2's first form of `runs.stages`, written as its `record_run` wrote it.
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    rows = [encode([s.name, s.status, s.attempts, s.duration, s.reason, s.error]) for s in STAGES]
+    with SQLiteStore(tmp_path / "c") as store:
+        store.record_run(dataclasses.replace(record("new", 1.0), stages=STAGES))
+    db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+    db.execute(
+        "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("old", "p", "/p.py", 2.0, 1.5, "closed", 0, '{"succeeded": 1, "failed": 1}',
+         '{"lr": 0.1}', "[" + ",".join(rows) + "]"),
+    )  # fmt: skip
+    db.commit()
+    db.close()
+    with SQLiteStore(tmp_path / "c") as store:
+        old, new = store.run("old"), store.run("new")
+    assert old is not None
+    assert new is not None
+    assert old.stages == new.stages == STAGES
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    stages=st.lists(
+        st.builds(
+            StageRecord,
+            st.text(),
+            st.sampled_from(["succeeded", "failed", "blocked", "skipped", "cancelled", "cached"]),
+            st.integers(0, 2**40),
+            st.floats(allow_nan=False),
+            st.none() | st.text(),
+            st.none() | st.text(),
+        ),
+        max_size=8,
+    )
+)
+def test_any_stages_read_back_as_recorded(stages: list[StageRecord]) -> None:
+    with tempfile.TemporaryDirectory() as folder, SQLiteStore(folder) as store:
+        store.record_run(dataclasses.replace(record("r", 1.0), stages=tuple(stages)))
+        run = store.run("r")
+    assert run is not None
+    assert run.stages == tuple(stages)
+
+
+def test_columns_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        encode_stages(StageColumns(["a", "b"], ["succeeded"] * 2, [1, 1], [0.0], [None, None]))
+
+
+def test_durations_are_stored_little_endian_on_a_big_endian_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    durations = array("d", [1.5, 2.25])
+    columns = StageColumns(["a", "b"], ["succeeded"] * 2, [1, 1], durations, [None, None])
+    little = encode_stages(columns)
+    monkeypatch.setattr(sys, "byteorder", "big")  # as if this memory were big-endian
+    swapped = array("d", durations)
+    swapped.byteswap()
+    assert _little_endian(durations) == swapped
+    assert durations == array("d", [1.5, 2.25])  # a copy is swapped, not the columns
+    # Big-endian memory holds `swapped`: it is stored as `little`, and read back as it.
+    assert encode_stages(dataclasses.replace(columns, durations=swapped)) == little
+    read = array("d", [stage.duration for stage in decode_stages(little)])
+    assert read.tobytes() == swapped.tobytes()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{",
+        '{"names": []}',
+        '[["a"]]',
+        '{"names":["a"],"statuses":[],"attempts":[],"durations":"","reasons":[],"errors":{}}',
+        '{"names":[],"statuses":[],"attempts":[],"durations":"!!","reasons":[],"errors":{}}',
+        '{"names":[],"statuses":[],"attempts":[],"durations":"AA==","reasons":[],"errors":{}}',
+        '{"names":[],"statuses":[],"attempts":[],"durations":"","reasons":[],"errors":[]}',
+    ],
+)
+def test_a_runs_unreadable_stages_are_reported_as_corrupt(tmp_path: Path, text: str) -> None:
+    with SQLiteStore(tmp_path / "c") as store:
+        store.record_run(record("r", 1.0))
+    db = sqlite3.connect(tmp_path / "c" / "cache.sqlite")
+    db.execute("UPDATE runs SET stages = ?", (text,))
+    db.commit()
+    db.close()
+    with SQLiteStore(tmp_path / "c") as store, pytest.raises(CacheStoreError, match="run r"):
+        store.run("r")
+
+
 def test_stats_and_prune(tmp_path: Path) -> None:
     with SQLiteStore(tmp_path / "c") as store:
         now = time.time()
@@ -520,9 +683,9 @@ def _schema_1_store(folder: Path) -> None:
         "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
         ("run0", "p", None, 1.0, 2.0, "closed", 1, '{"succeeded": 1}', "{}"),
     )
-    db.execute(
+    db.executemany(
         "INSERT INTO run_stages VALUES (?,?,?,?,?,?,?,?)",
-        ("run0", 0, "a", "succeeded", 1, 0.5, "cache miss", None),
+        [("run0", i, *astuple(stage)) for i, stage in enumerate(STAGES)],
     )
     db.execute(f"PRAGMA application_id={APPLICATION_ID}")
     db.execute("PRAGMA user_version=1")
@@ -542,7 +705,7 @@ def test_a_schema_1_store_is_migrated_and_keeps_its_entries_and_history(tmp_path
         assert latest.parts["functions"] == {"p.py:f": "d1"}  # kept in the entry by schema 1
         run = store.run("run0")
         assert run is not None
-        assert [(s.name, s.reason) for s in run.stages] == [("a", "cache miss")]
+        assert run.stages == STAGES
         store.put(entry("k-new", b"new", created=time.time() + 1))
         store.record_run(record("run1", 3.0))
         assert [s.name for s in store.run("run1").stages] == ["a", "b"]  # type: ignore[union-attr]
@@ -721,6 +884,32 @@ def test_a_schema_2_store_is_migrated_into_packs(tmp_path: Path) -> None:
     assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     assert "entries" not in {n for (n,) in db.execute("SELECT name FROM sqlite_master")}
     db.close()
+
+
+def test_a_schema_2_stores_runs_read_back_as_they_were_recorded(tmp_path: Path) -> None:
+    # Schema 2 stored a run's stages as a JSON list of one list per stage.
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    rows = [encode([s.name, s.status, s.attempts, s.duration, s.reason, s.error]) for s in STAGES]
+    folder = tmp_path / "c"
+    folder.mkdir(mode=0o700)
+    db = sqlite3.connect(folder / "cache.sqlite")
+    db.executescript(_SCHEMA_2)
+    db.execute(
+        "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+        ("r2", "p", "/p.py", 2.0, 1.5, "closed", 0, '{"succeeded": 1}', "{}",
+         "[" + ",".join(rows) + "]"),
+    )  # fmt: skip
+    db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    with SQLiteStore(folder) as store:
+        run = store.run("r2")
+        assert run is not None
+        assert run.stages == STAGES
+        store.record_run(dataclasses.replace(record("r3", 3.0), stages=STAGES))  # as columns
+        assert store.run("r3").stages == STAGES  # type: ignore[union-attr]
+        assert [r.run_id for r in store.runs()] == ["r3", "r2"]
 
 
 def test_a_key_stored_again_replaces_its_entry_and_the_old_one_is_dropped(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ that still finds it locked is retried, so ``database is locked`` never surfaces.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -40,12 +41,14 @@ import marshal
 import os
 import sqlite3
 import stat
+import sys
 import time
+from array import array
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeGuard, TypeVar, cast, runtime_checkable
 
 from .._errors import PipelineError
 
@@ -63,6 +66,7 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 _BUSY_TIMEOUT = 60.0  # seconds SQLite itself waits for a lock
 _LOCKED_RETRY_FOR = 300.0  # then we retry the whole transaction for this long
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_NO_ERRORS: Mapping[int, str] = MappingProxyType({})
 
 
 class CacheStoreError(PipelineError, OSError):
@@ -148,6 +152,54 @@ class StageRecord:
     duration: float = 0.0
     reason: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StageColumns:
+    """A run's stages as one sequence per `StageRecord` field, in definition order.
+
+    How `SQLiteStore.record_run_columns` takes them: a run records its stages this way
+    without building a `StageRecord` per stage.
+
+    Attributes:
+        names, statuses, attempts, durations, reasons: One item per stage.
+        errors: Stage position -> its error text, for the stages with one.
+    """
+
+    names: Sequence[str]
+    statuses: Sequence[str]
+    attempts: Sequence[int]
+    durations: Sequence[float]
+    reasons: Sequence[str | None]
+    errors: Mapping[int, str] = field(default_factory=lambda: _NO_ERRORS)
+
+    @classmethod
+    def of(cls, stages: Sequence[StageRecord]) -> StageColumns:
+        return cls(
+            [s.name for s in stages],
+            [s.status for s in stages],
+            [s.attempts for s in stages],
+            [s.duration for s in stages],
+            [s.reason for s in stages],
+            {i: s.error for i, s in enumerate(stages) if s.error is not None},
+        )
+
+    def records(self) -> tuple[StageRecord, ...]:
+        """The stages as `StageRecord`s (statuses as plain strings)."""
+        error = self.errors.get
+        return tuple(
+            StageRecord(name, str(status), attempts, duration, reason, error(i))
+            for i, (name, status, attempts, duration, reason) in enumerate(
+                zip(
+                    self.names,
+                    self.statuses,
+                    self.attempts,
+                    self.durations,
+                    self.reasons,
+                    strict=True,
+                )
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +395,8 @@ CREATE TABLE run_stages (
 # of its key; an entry's `parts` leave out the code fingerprint's items
 # (``"functions"``), stored once per fingerprint in `functions`; a run's stages are one
 # JSON list in `runs.stages`, not a row each in `run_stages` (schema 1's runs stay there,
-# with `stages` NULL). Schema 3 keeps all of that but the entries, which are in packs.
+# with `stages` NULL). Schema 3 keeps all of that but the entries, which are in packs
+# (and a run's stages, now written as columns: see `encode_stages`; both forms read).
 
 
 def _migrate_1(db: sqlite3.Connection) -> None:
@@ -1104,6 +1157,13 @@ class SQLiteStore:
     # -- history ----------------------------------------------------------------------
 
     def record_run(self, record: RunRecord) -> None:
+        self.record_run_columns(record, StageColumns.of(record.stages))
+
+    def record_run_columns(self, record: RunRecord, stages: StageColumns) -> None:
+        """`record_run`, the stages given as columns (`record.stages` is not read).
+
+        What a run uses (not in `CacheStore`): no `StageRecord` per stage.
+        """
         run_row = (
             record.run_id,
             record.pipeline,
@@ -1114,17 +1174,7 @@ class SQLiteStore:
             int(record.ok),
             json.dumps(dict(record.counts)),
             json.dumps(_jsonable(record.params)),
-            # One JSON list, not a row per stage: a tenth of the cost for a big run. Each
-            # stage's list is encoded and dropped at once (the text of json.dumps of the
-            # whole list): 10,000 lists alive at once would make the collector run.
-            "["
-            + ",".join(
-                [
-                    _encode_row([s.name, s.status, s.attempts, s.duration, s.reason, s.error])
-                    for s in record.stages
-                ]
-            )
-            + "]",
+            encode_stages(stages),
         )
 
         def work(db: sqlite3.Connection) -> None:
@@ -1151,15 +1201,19 @@ class SQLiteStore:
         if not rows or (len(rows) > 1 and rows[0][0] != run_id):
             return None  # unknown, or an ambiguous prefix
         *row, stages = rows[0]
-        if stages is not None:
-            stage_rows: list[Any] = json.loads(stages)
-        else:  # recorded by schema 1
+        if stages is None:  # recorded by schema 1
             stage_rows = self._read(
                 "SELECT name, status, attempts, duration, reason, error FROM run_stages"
                 " WHERE run_id = ? ORDER BY position",
                 (row[0],),
             )
-        return _run_from_row(row, tuple(StageRecord(*r) for r in stage_rows))
+            return _run_from_row(row, tuple(StageRecord(*r) for r in stage_rows))
+        try:
+            records = decode_stages(stages)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError too
+            problem = f"corrupt (the stages of run {row[0]}: {exc!r})"
+            raise CacheStoreError(self.path, problem) from None
+        return _run_from_row(row, records)
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -1272,6 +1326,100 @@ def _run_from_row(row: Sequence[Any], stages: tuple[StageRecord, ...]) -> RunRec
         params=json.loads(params),
         stages=stages,
     )
+
+
+# A run's stages in ``runs.stages`` come in two forms, told apart by their text (no
+# schema change): a JSON object of columns (`encode_stages`, written now) or a JSON
+# list of one list per stage (the former form, schema 2's; still read). Columns cost
+# a tenth: the C encoder turns a list of 10,000 strings into text in ~0.04 us a stage,
+# where a list per stage cost ~1.5 us; durations, as float64 bytes (little-endian,
+# base64), skip ~0.35 us a stage of float repr and come back exact; errors are by
+# position, for the stages with one.
+
+
+def _little_endian(durations: array[float]) -> array[float]:
+    if sys.byteorder == "little":
+        return durations
+    swapped = array("d", durations)
+    swapped.byteswap()
+    return swapped
+
+
+def encode_stages(stages: StageColumns) -> str:
+    """The text `SQLiteStore` stores for a run's stages (`decode_stages` reads it).
+
+    Raises:
+        ValueError: the columns differ in length.
+    """
+    names, durations, errors = stages.names, stages.durations, stages.errors
+    columns = (stages.statuses, stages.attempts, durations, stages.reasons)
+    if any(len(column) != len(names) for column in columns):
+        raise ValueError("the stage columns differ in length")
+    if not (isinstance(durations, array) and durations.typecode == "d"):
+        durations = array("d", durations)
+    # Each column encoded on its own, then joined: 0.16 us a stage, against 0.27 for
+    # the encoder given the whole dict.
+    return "".join(
+        [
+            '{"names":',
+            _encode_row(names if type(names) is list else list(names)),
+            ',"statuses":',
+            _encode_column(stages.statuses),
+            ',"attempts":',
+            _encode_column(stages.attempts),
+            ',"durations":"',
+            base64.b64encode(_little_endian(durations)).decode("ascii"),
+            '","reasons":',
+            _encode_column(stages.reasons),
+            ',"errors":',
+            _encode_row(errors if isinstance(errors, dict) else dict(errors)),
+            "}",
+        ]
+    )
+
+
+def _encode_column(values: Sequence[Any]) -> str:
+    # A column with one value for every stage is stored as that value, once: most
+    # runs' statuses are all "succeeded" (or all "cached"), their attempts all 1 (or
+    # 0), a cold run's reasons all "cache miss". `count` is a C loop that compares
+    # identity first: ~0.005 us a stage, where encoding the list costs ~0.04.
+    if values and values.count(values[0]) == len(values):
+        return _encode_row(values[0])
+    if isinstance(values, array):
+        return _encode_row(values.tolist())
+    return _encode_row(values if type(values) is list else list(values))
+
+
+def _decode_column(column: object, n: int) -> Sequence[Any]:
+    return column if _is_list(column) else [column] * n  # one value for all
+
+
+def _is_list(value: object) -> TypeGuard[list[Any]]:
+    return isinstance(value, list)
+
+
+def decode_stages(text: str) -> tuple[StageRecord, ...]:
+    """A run's stages from `encode_stages`' text, or from the former list per stage.
+
+    Raises:
+        ValueError, KeyError, TypeError, AttributeError: the text is neither.
+    """
+    data: Any = json.loads(text)
+    if _is_list(data):  # the former form: a list per stage
+        return tuple(StageRecord(*row) for row in data)
+    durations = array("d")
+    durations.frombytes(base64.b64decode(data["durations"], validate=True))
+    errors = {int(i): error for i, error in data["errors"].items()}
+    names: list[str] = data["names"]
+    n = len(names)
+    return StageColumns(
+        names,
+        _decode_column(data["statuses"], n),
+        _decode_column(data["attempts"], n),
+        _little_endian(durations),
+        _decode_column(data["reasons"], n),
+        errors,
+    ).records()
 
 
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
