@@ -26,6 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_pipeline._cache._store import (
+    _DATA,
+    _META,
+    _PARTS,
     APPLICATION_ID,
     SCHEMA_VERSION,
     CacheEntry,
@@ -36,6 +39,7 @@ from trio_pipeline._cache._store import (
     SQLiteStore,
     StageColumns,
     StageRecord,
+    _check,
     _decode,
     _encode,
     _little_endian,
@@ -193,7 +197,7 @@ def _damage(folder: Path, column: str, key: str) -> None:
     """Flip one byte of `column` in the pack holding `key` (its hash left as it was)."""
     db = sqlite3.connect(folder / "cache.sqlite")
     for pack, meta, digests, blob in db.execute(f"SELECT id, meta, digests, {column} FROM packs"):
-        if any(item and item[0] == key for item in _decode(meta, digests[:40]) or ()):
+        if any(item and item[0] == key for item in _decode(meta, digests[_META]) or ()):
             flipped = bytearray(blob)
             flipped[len(flipped) // 2] ^= 0xFF
             db.execute(f"UPDATE packs SET {column} = ? WHERE id = ?", (bytes(flipped), pack))
@@ -207,7 +211,7 @@ def _packs(folder: Path) -> list[tuple[int, list[object]]]:
         rows = db.execute("SELECT id, meta, digests FROM packs ORDER BY id").fetchall()
     finally:
         db.close()
-    return [(pack, _decode(meta, digests[:40]) or []) for pack, meta, digests in rows]
+    return [(pack, _decode(meta, digests[_META]) or []) for pack, meta, digests in rows]
 
 
 @pytest.mark.parametrize("column", ["data", "meta"])
@@ -228,10 +232,10 @@ def test_a_damaged_pack_is_never_decoded_or_returned(tmp_path: Path, column: str
 def test_a_pack_that_is_not_a_list_is_never_used(tmp_path: Path) -> None:
     blob, digest = _encode([])
     assert _decode(blob, digest) == []
-    assert _decode(blob, "0" * 40) is None  # not its hash: never decoded
+    assert _decode(blob, "0" * 8) is None  # not its hash: never decoded
     not_a_list = b"\xe9"  # marshal of True
-    assert _decode(not_a_list, digest_bytes(not_a_list)) is None
-    assert _decode(b"\xff", digest_bytes(b"\xff")) is None  # not marshal data at all
+    assert _decode(not_a_list, _check(not_a_list)) is None
+    assert _decode(b"\xff", _check(b"\xff")) is None  # not marshal data at all
 
 
 def test_batch_commits_once_and_rolls_back_on_error(tmp_path: Path) -> None:
@@ -523,7 +527,7 @@ def _check_store(folder: Path, committed: list[str], after_rowid: int) -> int:
     finally:
         db.close()
     for pack, meta_blob, data_blob, digests in rows:
-        meta, data = _decode(meta_blob, digests[:40]), _decode(data_blob, digests[40:80])
+        meta, data = _decode(meta_blob, digests[_META]), _decode(data_blob, digests[_DATA])
         assert meta is not None, f"torn pack {pack}"
         assert data is not None, f"torn pack {pack}"
         for item, value in zip(meta, data, strict=True):
@@ -746,7 +750,7 @@ def test_a_fingerprints_items_are_stored_once_not_per_entry(tmp_path: Path) -> N
     stored = [
         parts
         for blob, digests in db.execute("SELECT parts, digests FROM packs")
-        for parts in _decode(blob, digests[80:]) or ()
+        for parts in _decode(blob, digests[_PARTS]) or ()
     ]
     db.close()
     assert len(stored) == 3

@@ -11,10 +11,10 @@ journal makes each transaction all or nothing.
 
 Entries are stored in *packs*: one row holds the entries one transaction wrote (up to
 `PACK_BYTES` of values), as three marshalled lists (what finds an entry, the values,
-the key parts for explanations), each with its hash. A cold run commits one entry per
+the key parts for explanations), each with its checksum. A cold run commits one entry per
 stage, and a row per entry with an index on its key cost ~5 us of SQLite a stage (the
 index pages each commit dirties); a pack costs a fraction of that. Each list is
-checked against its hash before it is decoded: a damaged pack is dropped whole (its
+checked against its checksum before it is decoded: a damaged pack is dropped whole (its
 entries become misses), never decoded, never handed out. The store keeps, in memory,
 where each key it has seen lives (refreshed from packs it has not read yet); a later
 pack's entry replaces an earlier one's of the same key, and the earlier one is marked
@@ -43,6 +43,7 @@ import sqlite3
 import stat
 import sys
 import time
+import zlib
 from array import array
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -352,7 +353,9 @@ _PACKS_INDEX = "CREATE INDEX packs_by_pipeline ON packs (pipeline)"
 #   data:  value (the pickled bytes)
 #   parts: the JSON text of the key's components without the fingerprint's items (which
 #          are in `functions`): a text, not a dict, is one object, untracked by the GC
-# `digests` is the hash of meta, data and parts, in that order (40 hex digits each).
+# `digests` is the CRC-32 of meta, data and parts, in that order (8 hex digits each): it
+# tells damage (a blob is never decoded unless it matches), and it is 7x cheaper than
+# blake2b on a pack (5 against 34 us for 34 KB, measured); values keep their blake2b.
 # AUTOINCREMENT: ids are never reused, so "packs after the last one read" is exact.
 _SCHEMA = """
 CREATE TABLE functions (
@@ -465,14 +468,21 @@ value_digest, outs or None, value, parts)``; `parts` is the JSON text of the key
 components without the fingerprint's items."""
 
 
+_META, _DATA, _PARTS = slice(0, 8), slice(8, 16), slice(16, 24)  # of `digests`
+
+
+def _check(blob: bytes) -> str:
+    return f"{zlib.crc32(blob):08x}"
+
+
 def _encode(items: list[Any]) -> tuple[bytes, str]:
     blob = marshal.dumps(items, 4)
-    return blob, digest_bytes(blob)
+    return blob, _check(blob)
 
 
 def _decode(blob: bytes, digest: str) -> list[Any] | None:
-    """A pack's list, or None if its bytes do not match their hash (never decoded then)."""
-    if digest_bytes(blob) != digest:
+    """A pack's list, or None if its bytes do not match their checksum (never decoded then)."""
+    if _check(blob) != digest:
         return None
     try:
         items: object = marshal.loads(blob)
@@ -848,8 +858,8 @@ class SQLiteStore:
         if not rows:
             return _STALE
         pipeline, run_id, meta_blob, data_blob, digests = rows[0]
-        meta = _decode(meta_blob, digests[:40])
-        data = _decode(data_blob, digests[40:80])
+        meta = _decode(meta_blob, digests[_META])
+        data = _decode(data_blob, digests[_DATA])
         if meta is None or data is None:
             self._drop_pack(pack)
             return None
@@ -870,7 +880,7 @@ class SQLiteStore:
         )
         for pack, pipeline, meta_blob, digests in rows:
             self._seen = pack
-            for pos, item in enumerate(_decode(meta_blob, digests[:40]) or ()):
+            for pos, item in enumerate(_decode(meta_blob, digests[_META]) or ()):
                 if item is not None:
                     where[item[0]] = latest[pipeline, item[1]] = pack << 32 | pos
 
@@ -882,7 +892,7 @@ class SQLiteStore:
         self._parts_memo = None
 
     def _drop_pack(self, pack: int) -> None:
-        # A pack whose bytes do not match their hash: its entries are misses from now on.
+        # A pack whose bytes do not match their checksum: its entries are misses from now on.
         self._write(lambda db: db.execute("DELETE FROM packs WHERE id = ?", (pack,)))
         self._forget()
 
@@ -913,9 +923,9 @@ class SQLiteStore:
         if memo is not None and memo[0] == pack:
             parts: list[Any] | None = memo[1]  # a run's misses explained in a row share packs
         else:
-            parts = _decode(parts_blob, digests[80:])
-        meta = _decode(meta_blob, digests[:40])
-        data = _decode(data_blob, digests[40:80])
+            parts = _decode(parts_blob, digests[_PARTS])
+        meta = _decode(meta_blob, digests[_META])
+        data = _decode(data_blob, digests[_DATA])
         if meta is None or data is None or parts is None:
             self._drop_pack(pack)
             return _STALE  # the entry before it may be the latest now
@@ -1028,9 +1038,9 @@ class SQLiteStore:
             if not rows:
                 continue
             pipeline, meta_blob, data_blob, parts_blob, digests = rows[0]
-            meta = _decode(meta_blob, digests[:40])
-            data = _decode(data_blob, digests[40:80])
-            parts = _decode(parts_blob, digests[80:])
+            meta = _decode(meta_blob, digests[_META])
+            data = _decode(data_blob, digests[_DATA])
+            parts = _decode(parts_blob, digests[_PARTS])
             if meta is None or data is None or parts is None:
                 db.execute("DELETE FROM packs WHERE id = ?", (pack,))
                 continue
@@ -1073,7 +1083,7 @@ class SQLiteStore:
         rows = self._read(f"SELECT id, pipeline, meta, digests FROM packs{where} ORDER BY id", args)
         found: list[tuple[int, str, list[Any]]] = []
         for pack, pipeline, meta_blob, digests in rows:
-            meta = _decode(meta_blob, digests[:40])
+            meta = _decode(meta_blob, digests[_META])
             if meta is not None:
                 found.append((pack, pipeline, meta))
         return found
@@ -1106,7 +1116,7 @@ class SQLiteStore:
             (pipeline,),
         )
         for pack, run_id, meta_blob, data_blob, digests in rows:
-            listed, data = _decode(meta_blob, digests[:40]), _decode(data_blob, digests[40:80])
+            listed, data = _decode(meta_blob, digests[_META]), _decode(data_blob, digests[_DATA])
             if listed is None or data is None:
                 continue  # never handed out; `get` drops the pack if it is ever asked for
             for pos, item in enumerate(listed):
@@ -1253,7 +1263,7 @@ class SQLiteStore:
                 # The fingerprints' items no entry refers to any more.
                 used: set[Any] = set()
                 for parts_blob, digests in db.execute("SELECT parts, digests FROM packs"):
-                    for parts in _decode(parts_blob, digests[80:]) or ():
+                    for parts in _decode(parts_blob, digests[_PARTS]) or ():
                         if parts:
                             used.add(json.loads(parts).get("code"))
                 stale = [
