@@ -887,6 +887,19 @@ def test_misses_told_together_with_one_not_looked_up_change_nothing() -> None:
     assert d.started == ["b", "a"]
 
 
+def test_a_queued_log_line_keeps_its_place_behind_the_events_before_it() -> None:
+    d = Driver(pipeline(("a", [], {}), ("b", [], {}))).begin()
+    d.sched.attempt_succeeded(d.i("a"), 1, 0.0)  # its events wait in the outbox
+    d.sched.queue_log("b", "late line", 0.0)
+    d.sched.attempt_succeeded(d.i("b"), 2, 0.0)
+    d.drain()
+    assert [e.seq for e in d.events] == list(range(len(d.events)))
+    kinds = [(type(e).__name__, getattr(e, "stage", None)) for e in d.events]
+    assert kinds[-4:-1] == [("StageFinished", "a"), ("StageLog", "b"), ("StageFinished", "b")]
+    with pytest.raises(RuntimeError, match="has finished"):
+        d.sched.queue_log("a", "too late", 0.0)
+
+
 def test_log_refuses_a_finished_stage() -> None:
     d = Driver(pipeline(("a", [], {}))).begin()
     assert d.sched.log("a", "hi", 0.0).seq == 2

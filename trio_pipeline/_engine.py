@@ -297,8 +297,8 @@ class _Run:
         scope = self._scopes[i] = trio.CancelScope(deadline=deadline, shield=shielded)
         self._start_soon(self._retry_after, i, scope, delay)
 
-    def _log(self, stage: str, message: str, now: float | None = None) -> None:
-        event = self.sched.log(stage, message, self._now() if now is None else now)
+    def _log(self, stage: str, message: str) -> None:
+        event = self.sched.log(stage, message, self._now())
         with contextlib.suppress(trio.BrokenResourceError):  # the dispatcher is gone
             self._send.send_nowait(event)
 
@@ -671,7 +671,8 @@ class _Run:
     def _committed(self, i: int, value: Any, message: str | None, now: float) -> None:
         # `RunCache.committed`: stage i's commit is durable; `_settle` follows each group.
         if message is not None:
-            self._log(self.plan.stages[i].name, message, now)
+            # Through the outbox: this group's earlier facts' events are not sent yet.
+            self.sched.queue_log(self.plan.stages[i].name, message, now)
         self.sched.attempt_succeeded(i, value, now)
 
     def _settle(self, now: float) -> None:

@@ -594,6 +594,14 @@ class Scheduler:
             raise RuntimeError(f"stage {name!r} has finished; its context no longer logs")
         return StageLog(self.run_id, self._next_seq(), now, name, message)
 
+    def queue_log(self, name: str, message: str, now: float) -> None:
+        """`log`, with the event queued in the outbox behind those decided before it.
+
+        For a log line reported between facts whose outbox is carried out later (a
+        group of commits): sent at once, it would overtake their events.
+        """
+        self._emit(self.log(name, message, now))
+
     # -- facts: attempts ----------------------------------------------------------------
 
     def attempt_succeeded(self, i: int, value: Any, now: float) -> None:

@@ -390,8 +390,8 @@ async def test_a_store_of_our_own(tmp_path: Path) -> None:
 def reference_stages(cache: RunCache, result: tp.RunResult) -> tuple[tp.StageRecord, ...]:
     """A run's history stages as `RunCache.run_record` built them before columns."""
     stages: list[tp.StageRecord] = []
-    for name, out in result.stages.items():
-        reason = cache.reasons.get(name)
+    for i, (name, out) in enumerate(result.stages.items()):
+        reason = cache.reason(i, name, out.attempts)
         if out.blocked_by is not None:
             reason = f"upstream {out.blocked_by!r} failed"
         error = None if out.error is None else describe_error(out.error)
@@ -889,3 +889,93 @@ async def test_a_commit_after_the_worker_closed_is_reported_not_stored(tmp_path:
     assert len(messages) == 1
     assert messages[0] is not None
     assert "not cached: the store failed" in messages[0]
+
+
+async def test_a_cold_run_commits_without_lookups(
+    tmp_path: Path, finishes: list[tuple[RunCache, tp.RunResult]]
+) -> None:
+    """The store holds nothing of the pipeline: no lookup is made but where one must
+    be (deps to hash first, a forced stage, an uncached upstream's value to hash)."""
+    dep = tmp_path / "dep.txt"
+    dep.write_text("x")
+    pipe = tp.Pipeline("cold", cache=True)
+
+    @pipe.stage
+    async def a(ctx: tp.StageContext) -> int:
+        return 1
+
+    @pipe.stage(after=[a])
+    async def b(ctx: tp.StageContext) -> int:
+        return 2
+
+    @pipe.stage(cache=False)
+    async def plain(ctx: tp.StageContext) -> int:
+        return 3
+
+    @pipe.stage(after=[plain])
+    async def c(ctx: tp.StageContext) -> int:
+        return 4
+
+    @pipe.stage(deps=[str(dep)])
+    async def d(ctx: tp.StageContext) -> int:
+        return 5
+
+    @pipe.stage
+    async def e(ctx: tp.StageContext) -> int:
+        return 6
+
+    first, _ = await run(pipe, tmp_path, force=["e"])
+    cold_cache, _ = finishes[0]
+    looked_up = {pipe.compile().stages[i].name for i in cold_cache.lookups}
+    assert looked_up == {"c", "d", "e"}
+    assert first.ok
+    second, _ = await run(pipe, tmp_path)
+    assert statuses(second) == {
+        "a": S.CACHED,
+        "b": S.CACHED,
+        "plain": S.SUCCEEDED,
+        "c": S.CACHED,
+        "d": S.CACHED,
+        "e": S.CACHED,
+    }
+    with tp.SQLiteStore(tmp_path / "cache") as store:
+        recorded = store.run(first.run_id)
+    assert recorded is not None
+    reasons = {s.name: s.reason for s in recorded.stages}
+    assert reasons == {
+        "a": "cache miss",
+        "b": "cache miss",
+        "plain": None,
+        "c": "cache miss",
+        "d": "cache miss",
+        "e": "forced",
+    }
+
+
+async def test_a_cold_run_says_why_a_stage_is_not_stored(tmp_path: Path) -> None:
+    pipe = tp.Pipeline("cold", cache=True)
+
+    @pipe.stage(cache=tp.CachePolicy(params=[]))
+    async def make(ctx: tp.StageContext) -> Any:
+        return lambda: 1
+
+    @pipe.stage(after=[make], cache=tp.CachePolicy(params=[]))  # no parameter in its key
+    async def use(ctx: tp.StageContext) -> int:
+        return 2
+
+    @pipe.stage(cache=tp.CachePolicy(params=["bad"]))
+    async def tuned(ctx: tp.StageContext) -> int:
+        return 3
+
+    result, sink = await run(pipe, tmp_path, params={"bad": lambda: 0})
+    assert result.ok
+    logs = {(e.stage, e.message) for e in sink.events if isinstance(e, tp.StageLog)}
+    assert any(
+        s == "use" and m.startswith("not cached: its input from 'make' cannot be pickled")
+        for s, m in logs
+    ), logs
+    assert any(
+        s == "tuned" and m.startswith("not cached: a parameter cannot be pickled") for s, m in logs
+    ), logs
+    second, _ = await run(pipe, tmp_path, params={"bad": lambda: 0})
+    assert statuses(second) == {"make": S.SUCCEEDED, "use": S.SUCCEEDED, "tuned": S.SUCCEEDED}

@@ -105,6 +105,8 @@ class RunJobs:
     )
     # The code digest -> `functions_json` of its items (one per stage function, not per stage).
     _functions_json: dict[str, str] = field(default_factory=dict[str, str])
+    # Why a committed stage's value has no hash (it could not be pickled), by stage.
+    _unpicklable: dict[str, str] = field(default_factory=dict[str, str])
     # An upstream's entry in the parts' text (`input_piece`): made once per producing
     # stage (by its first consumer), not once per consumer.
     _pieces: dict[str, str] = field(default_factory=dict[str, str])
@@ -222,6 +224,21 @@ class RunJobs:
         if head is None:
             head = self._heads[code] = text_head(code)
         return text_from(head, texts, params_json, spec.name, spec.version)
+
+    def _unhashed(self, spec: StageSpec) -> str | None:
+        """Why `spec`'s key cannot be made from hashes in memory (hashing the parameters
+        if not yet done), as `parts_for` words it; None if it can."""
+        params = self._params(spec.policy.params)
+        if isinstance(params, str):
+            return params
+        digests = self.value_digests
+        for name in spec.upstream:
+            if name not in digests:
+                why = self._unpicklable.get(name)
+                if why is not None:
+                    return f"its input from {name!r} cannot be pickled ({why})"
+                return f"the value of upstream {name!r} is not known"
+        return None
 
     def memory_key(self, spec: StageSpec) -> str | None:
         """`spec`'s key, from `memory_text` (None if that is not known yet)."""
@@ -387,10 +404,15 @@ class RunJobs:
         try:
             data = pickle_value(value)
         except Exception as exc:
-            return f"not cached: its value cannot be pickled ({_describe(exc)})"
+            why = self._unpicklable[spec.name] = _describe(exc)
+            return f"not cached: its value cannot be pickled ({why})"
         digest = digest_bytes(data)
-        self.value_digests[spec.name] = digest
+        self.value_digests[spec.name] = digest  # for downstream keys, stored or not
         store = self.store
+        if parts is None:
+            missing = self._unhashed(spec)
+            if missing is not None:
+                return f"not cached: {missing}"
         if parts is None and not spec.outs and isinstance(store, SQLiteStore):
             # A miss `probe_memory` answered, the common case of a cold run: the stored
             # parts are one text made of memoised pieces, not dicts (fewer objects for

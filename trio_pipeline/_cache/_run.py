@@ -151,6 +151,9 @@ def build_specs(
     return specs
 
 
+_UNSTORED_REASON = "cache miss"  # what a lookup says of a stage `unstored_stages` names
+
+
 def _ignore_commit(i: int, value: Any, message: str | None, now: float) -> None:
     pass
 
@@ -170,6 +173,7 @@ class RunCache:
         *,
         owns_store: bool,
         enabled: bool,
+        unstored: frozenset[int] = frozenset(),
     ) -> None:
         self.store = store
         self.specs = specs
@@ -177,9 +181,11 @@ class RunCache:
         self.enabled = enabled
         self._owns_store = owns_store
         self.worker = CacheWorker(store)
-        self.lookups: frozenset[int] = frozenset(
-            i for i, spec in enumerate(specs) if spec is not None and enabled
-        )
+        cached = frozenset(i for i, spec in enumerate(specs) if spec is not None and enabled)
+        # Stages no lookup can answer (see `unstored_stages`): they run at once, and
+        # their commits make their keys.
+        self._unstored = unstored & cached
+        self.lookups: frozenset[int] = cached - self._unstored
         # Key parts until the commit (None: `RunJobs.memory_parts`, made by the commit).
         self._parts: dict[int, dict[str, Any] | None] = {}
         self._keys: dict[int, str | None] = {}  # the key of those parts
@@ -251,12 +257,12 @@ class RunCache:
         self.reasons[spec.name] = decision.reason
 
     def wants_commit(self, i: int) -> bool:
-        return i in self._parts
+        return i in self._parts or i in self._unstored
 
     async def commit(self, i: int, value: Any) -> str | None:
         """Store stage `i`'s value; returns when durable. A message if it was not stored."""
         spec = self.specs[i]
-        parts, key = self._parts.pop(i), self._keys.pop(i)
+        parts, key = self._parts.pop(i, None), self._keys.pop(i, None)
         assert spec is not None
         try:
             result: CommitResult = await self.worker.call(
@@ -276,7 +282,7 @@ class RunCache:
         stages that finish together costs one round trip, not one per stage.
         """
         spec = self.specs[i]
-        parts, key = self._parts.pop(i), self._keys.pop(i)
+        parts, key = self._parts.pop(i, None), self._keys.pop(i, None)
         assert spec is not None
         group = self._group
         group.append((spec, parts, key, value, i))
@@ -332,6 +338,13 @@ class RunCache:
             stages=stages,
         )
 
+    def reason(self, i: int, name: str, attempts: int) -> str | None:
+        """Stage `i`'s cache decision in words, for the history (None: none was made)."""
+        found = self.reasons.get(name)
+        if found is None and attempts and i in self._unstored:
+            return _UNSTORED_REASON
+        return found
+
     def stage_columns(self, result: RunResult) -> StageColumns:
         """How each stage of `result` ended, for the history: a column per field.
 
@@ -354,6 +367,9 @@ class RunCache:
                 i: out.blocked_by for i, out in enumerate(outs) if out.blocked_by is not None
             }
         reasons = list(map(self.reasons.get, names))
+        for i in self._unstored:
+            if attempts[i] and reasons[i] is None:
+                reasons[i] = _UNSTORED_REASON
         for i, culprit in blocked.items():
             reasons[i] = f"upstream {culprit!r} failed"
         errors = {i: describe_error(error) for i, error in failures.items()}
@@ -435,10 +451,29 @@ async def open_run_cache(
     if not owns and isinstance(store, SQLiteStore):
         objects = ObjectCache(store.objects_dir)
     jobs = RunJobs(store, plan.name, run_id, dict(params or {}), objects, explain=explain)
+    unstored: frozenset[int] = frozenset()
     if cache and any(spec is not None for spec in specs):
         # One query now instead of one per miss during the run.
         jobs.known = await trio.to_thread.run_sync(store.snapshot, plan.name, SNAPSHOT_BYTES)
-    return RunCache(store, specs, jobs, owns_store=owns, enabled=cache)
+        if not jobs.known and not explain:
+            unstored = unstored_stages(plan, specs)
+    return RunCache(store, specs, jobs, owns_store=owns, enabled=cache, unstored=unstored)
+
+
+def unstored_stages(plan: Plan, specs: Sequence[StageSpec | None]) -> frozenset[int]:
+    """The stages a run may commit without a lookup, when the store holds nothing of
+    the pipeline: every lookup would miss, so none is made (no scheduler round, no
+    key on the event loop). Not a stage with deps (their files are hashed before it
+    runs, as a lookup does), a forced one (it says so) or one with an uncached
+    upstream (its key needs the upstream's value, which only a lookup hashes)."""
+    return frozenset(
+        i
+        for i, spec in enumerate(specs)
+        if spec is not None
+        and not spec.deps
+        and not spec.forced
+        and all(specs[j] is not None for j in plan.upstream[i])
+    )
 
 
 def dry_run_decisions(
