@@ -466,14 +466,16 @@ def unstored_stages(plan: Plan, specs: Sequence[StageSpec | None]) -> frozenset[
     key on the event loop). Not a stage with deps (their files are hashed before it
     runs, as a lookup does), a forced one (it says so) or one with an uncached
     upstream (its key needs the upstream's value, which only a lookup hashes)."""
-    return frozenset(
-        i
-        for i, spec in enumerate(specs)
-        if spec is not None
-        and not spec.deps
-        and not spec.forced
-        and all(specs[j] is not None for j in plan.upstream[i])
-    )
+    uncached = {i for i, spec in enumerate(specs) if spec is None}
+    upstream = plan.upstream
+    found: list[int] = []
+    for i, spec in enumerate(specs):
+        if spec is None or spec.deps or spec.forced:
+            continue
+        if uncached and not uncached.isdisjoint(upstream[i]):
+            continue
+        found.append(i)
+    return frozenset(found)
 
 
 def dry_run_decisions(
