@@ -1017,3 +1017,142 @@ def test_entries_stored_again_die_per_pipeline(tmp_path: Path) -> None:
         }
     live = sorted(item[0] for _, meta in _packs(folder) for item in meta if item)  # type: ignore[index]
     assert live == ["a", "b", "shared", "shared"]
+
+
+# -- the store against a model ----------------------------------------------------------
+
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule  # noqa: E402
+
+_KEYS = st.sampled_from(["k0", "k1", "k2", "k3"])
+_PIPELINES = st.sampled_from(["p", "q"])
+_STAGES = st.sampled_from(["a", "b"])
+_PUTS = st.tuples(_PIPELINES, _KEYS, st.integers(0, 1_100)).map(
+    lambda t: (t[0], t[1], _stage_of(t[1]), t[2])
+)
+
+
+def _stage_of(key: str) -> str:
+    return "a" if key in ("k0", "k1") else "b"  # a key is one stage's (it names it)
+
+
+def _value(n: int) -> bytes:
+    # Above 1,000: half a pack (two fill one, so batches split); drawn as an int so
+    # that a failing example prints short.
+    return n.to_bytes(2, "big") * (1 << 18 if n > 1_000 else 1)
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Two stores on one file (as two processes would), random writes and reads; a
+    model of what was stored says what every read may answer.
+
+    A key's entry may come back from any of its puts not deleted or pruned since (two
+    entries under one key are one value, and a store that does not know of another's
+    entry leaves it in place); reads of the whole file (`snapshot`, `stats`, `latest`)
+    answer the newest.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(prefix="store-machine-"))
+        self.stores = (SQLiteStore(self.folder), SQLiteStore(self.folder))
+        self.puts: list[tuple[int, str, str, str, bytes]] = []  # live: (seq, p, key, stage, v)
+        self.seq = 0
+
+    def _put(self, which: int, put: tuple[str, str, str, int]) -> None:
+        pipeline, key, stage, n = put
+        value = _value(n)
+        self.stores[which].put(CacheEntry(key, pipeline, stage, value, digest_bytes(value)))
+
+    def _model_put(self, put: tuple[str, str, str, int]) -> None:
+        self.seq += 1
+        pipeline, key, stage, n = put
+        self.puts.append((self.seq, pipeline, key, stage, _value(n)))
+
+    @rule(which=st.integers(0, 1), put=_PUTS)
+    def put(self, which: int, put: tuple[str, str, str, int]) -> None:
+        self._put(which, put)
+        self._model_put(put)
+
+    @rule(which=st.integers(0, 1), puts=st.lists(_PUTS, min_size=1, max_size=4), fail=st.booleans())
+    def batch(self, which: int, puts: list[tuple[str, str, str, int]], fail: bool) -> None:
+        store = self.stores[which]
+
+        def run_batch() -> None:
+            with store.batch():
+                for put in puts:
+                    self._put(which, put)
+                assert store.get(puts[0][1]) is not None  # a read inside writes the batch first
+                if fail:
+                    raise ZeroDivisionError
+
+        if fail:
+            with pytest.raises(ZeroDivisionError):
+                run_batch()
+        else:
+            run_batch()
+            for put in puts:
+                self._model_put(put)
+
+    @rule(which=st.integers(0, 1), key=_KEYS)
+    def delete(self, which: int, key: str) -> None:
+        self.stores[which].delete(key)
+        self.puts = [p for p in self.puts if p[2] != key]
+
+    @precondition(lambda self: self.seq % 7 == 6)
+    @rule(which=st.integers(0, 1))
+    def prune_everything(self, which: int) -> None:
+        live = {(p[1], p[2]) for p in self.puts}
+        assert self.stores[which].prune(-60) >= len(live)
+        self.puts = []
+
+    @rule(which=st.integers(0, 1), key=_KEYS)
+    def get(self, which: int, key: str) -> None:
+        got = self.stores[which].get(key)
+        values = {p[4] for p in self.puts if p[2] == key}
+        if values:
+            assert got is not None, key
+            assert got.value in values
+            assert digest_bytes(got.value) == got.value_digest
+        else:
+            assert got is None
+
+    def _newest(self) -> dict[tuple[str, str], tuple[int, str, str, str, bytes]]:
+        newest: dict[tuple[str, str], tuple[int, str, str, str, bytes]] = {}
+        for put in self.puts:
+            newest[put[1], put[2]] = put
+        return newest
+
+    @rule(which=st.integers(0, 1), pipeline=_PIPELINES, small=st.booleans())
+    def snapshot(self, which: int, pipeline: str, small: bool) -> None:
+        snap = self.stores[which].snapshot(pipeline, 0 if small else 1 << 30)
+        newest = {k: put[4] for (p, k), put in self._newest().items() if p == pipeline}
+        assert set(snap) == set(newest)
+        if not small:
+            assert {k: e.value for k, e in snap.items() if e is not None} == newest
+
+    @rule(which=st.integers(0, 1), pipeline=_PIPELINES, stage=_STAGES)
+    def latest(self, which: int, pipeline: str, stage: str) -> None:
+        got = self.stores[which].latest(pipeline, stage)
+        mine = [p for p in self.puts if p[1] == pipeline and p[3] == stage]
+        if not mine:
+            assert got is None
+        else:
+            assert got is not None
+            assert (got.key, got.value) == (mine[-1][2], mine[-1][4])
+
+    @invariant()
+    def counts_are_exact(self) -> None:
+        assert self.stores[self.seq % 2].stats().entries == len(self._newest())
+
+    def teardown(self) -> None:
+        import shutil
+
+        for store in self.stores:
+            store.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
