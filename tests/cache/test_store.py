@@ -215,12 +215,17 @@ def _packs(folder: Path) -> list[tuple[int, list[object]]]:
 
 
 @pytest.mark.parametrize("column", ["data", "meta"])
-def test_a_damaged_pack_is_never_decoded_or_returned(tmp_path: Path, column: str) -> None:
+def test_a_damaged_pack_is_never_decoded_or_returned(
+    tmp_path: Path, column: str, caplog: pytest.LogCaptureFixture
+) -> None:
     with SQLiteStore(tmp_path / "c") as store:
         store.put(entry("k", b"the real value"))
         store.put(entry("other", b"kept"))
         _damage(tmp_path / "c", column, "k")
         assert store.get("k") is None
+        damaged = [r for r in caplog.records if "is damaged" in r.getMessage()]
+        assert len(damaged) == 1  # said, once
+        assert str(tmp_path / "c" / "cache.sqlite") in damaged[0].getMessage()
         assert store.stats().entries == 1  # its pack was dropped; the other is intact
         got = store.get("other")
         assert got is not None

@@ -37,6 +37,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import marshal
 import os
 import sqlite3
@@ -631,6 +632,7 @@ class SQLiteStore:
         self._latest: dict[tuple[str, str], int] = {}
         self._seen = 0
         self._parts_memo: tuple[int, list[Any]] | None = None  # one pack's decoded parts
+        self._damage_told = False
         try:
             ensure_private_dir(self.cache_dir)
         except OSError as exc:
@@ -880,7 +882,11 @@ class SQLiteStore:
         )
         for pack, pipeline, meta_blob, digests in rows:
             self._seen = pack
-            for pos, item in enumerate(_decode(meta_blob, digests[_META]) or ()):
+            meta = _decode(meta_blob, digests[_META])
+            if meta is None:
+                self._damaged(pack)
+                continue
+            for pos, item in enumerate(meta):
                 if item is not None:
                     where[item[0]] = latest[pipeline, item[1]] = pack << 32 | pos
 
@@ -893,8 +899,20 @@ class SQLiteStore:
 
     def _drop_pack(self, pack: int) -> None:
         # A pack whose bytes do not match their checksum: its entries are misses from now on.
+        self._damaged(pack)
         self._write(lambda db: db.execute("DELETE FROM packs WHERE id = ?", (pack,)))
         self._forget()
+
+    def _damaged(self, pack: int) -> None:
+        """Say (once per store) that a pack is damaged: never silent, never fatal."""
+        if not self._damage_told:
+            self._damage_told = True
+            logging.getLogger("trio_pipeline").warning(
+                "cache store %s: pack %d is damaged (it does not match its checksum); its"
+                " entries are misses and it is dropped when next written",
+                self.path,
+                pack,
+            )
 
     def latest(self, pipeline: str, stage: str) -> CacheEntry | None:
         for _ in range(2):
@@ -1042,6 +1060,7 @@ class SQLiteStore:
             data = _decode(data_blob, digests[_DATA])
             parts = _decode(parts_blob, digests[_PARTS])
             if meta is None or data is None or parts is None:
+                self._damaged(pack)
                 db.execute("DELETE FROM packs WHERE id = ?", (pack,))
                 continue
             for pos in positions:
@@ -1084,7 +1103,9 @@ class SQLiteStore:
         found: list[tuple[int, str, list[Any]]] = []
         for pack, pipeline, meta_blob, digests in rows:
             meta = _decode(meta_blob, digests[_META])
-            if meta is not None:
+            if meta is None:
+                self._damaged(pack)
+            else:
                 found.append((pack, pipeline, meta))
         return found
 
@@ -1118,6 +1139,7 @@ class SQLiteStore:
         for pack, run_id, meta_blob, data_blob, digests in rows:
             listed, data = _decode(meta_blob, digests[_META]), _decode(data_blob, digests[_DATA])
             if listed is None or data is None:
+                self._damaged(pack)
                 continue  # never handed out; `get` drops the pack if it is ever asked for
             for pos, item in enumerate(listed):
                 if item is not None:
