@@ -15,7 +15,6 @@ import trio_pipeline as tp
 from trio_pipeline._cache._keys import (
     CodeFingerprinter,
     Fingerprint,
-    canonical_json,
     functions_json,
     hash_params,
     hash_value,
@@ -26,7 +25,7 @@ from trio_pipeline._cache._keys import (
     text_from,
     text_head,
 )
-from trio_pipeline._cache._store import digest_bytes
+from trio_pipeline._cache._store import canonical_json, digest_bytes
 from trio_pipeline._cli import load_file
 
 

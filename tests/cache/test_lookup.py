@@ -310,7 +310,7 @@ def test_lookup_in_memory_leaves_the_store_and_files_to_the_worker(
     assert j.lookup_in_memory(spec()) is None
 
 
-@pytest.mark.parametrize("empty_store", [True, False])
+@pytest.mark.parametrize("commit_makes_the_key", [True, False])
 @pytest.mark.parametrize(
     ("name", "ups", "version", "code"),
     [
@@ -325,23 +325,23 @@ def test_a_commit_answered_from_memory_stores_the_same_key_and_parts(
     ups: tuple[str, ...],
     version: str | None,
     code: bool,
-    empty_store: bool,
+    commit_makes_the_key: bool,
 ) -> None:
-    """The cold run's commit builds the stored parts as text (and, when the store holds
-    nothing of the pipeline, the key too): they read back as the slow path's."""
+    """The cold run's commit builds the stored parts as text (and the key too, for a
+    stage `unstored_stages` names): they read back as the slow path's."""
     policy = CachePolicy(code=code, params=("lr",) if code else None)
     j = jobs(store, lr=0.5, other=[1])
     for up in ups:
         j.note_value(up, up * 2)
-    j.known = {} if empty_store else {"another key": None}
+    j.known = {"another key": None}
     j.explain = False
     s = spec(name, upstream=ups, version=version, policy=policy)
     slow = j.lookup(s, {up: up * 2 for up in ups})
     assert slow.parts is not None
     fast = j.probe_memory(s)
     assert isinstance(fast, tuple)
-    assert fast[0] == (None if empty_store else slow.decision.key)
-    assert j.commit(s, None, "value", key=fast[0]).stored
+    assert fast[0] == slow.decision.key
+    assert j.commit(s, None, "value", key=None if commit_makes_the_key else fast[0]).stored
     latest = store.latest("pipe", name)
     assert latest is not None
     assert latest.key == slow.decision.key

@@ -31,7 +31,7 @@ from json.encoder import encode_basestring_ascii as _quote
 from pathlib import PurePath
 from typing import Any, cast
 
-from ._store import digest_bytes
+from ._store import canonical_json, digest_bytes
 
 KEY_FORMAT = 2
 """Bump when the meaning of a key changes: every stored entry then misses.
@@ -422,8 +422,7 @@ def key_parts(
 def parts_text(parts: Mapping[str, Any]) -> str:
     """`parts` (`key_parts`) without ``"functions"``, as canonical JSON: what the store
     keeps with the entry, and what the key is the hash of."""
-    rest = {name: value for name, value in parts.items() if name != "functions"}
-    return json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return canonical_json({name: value for name, value in parts.items() if name != "functions"})
 
 
 def key_of(parts: Mapping[str, Any]) -> str:
@@ -433,7 +432,7 @@ def key_of(parts: Mapping[str, Any]) -> str:
 
 def functions_json(functions: Mapping[str, str]) -> str:
     """The JSON of a fingerprint's items, as the store keeps them (memoise it per fingerprint)."""
-    return json.dumps(functions, sort_keys=True, separators=(",", ":"))
+    return canonical_json(functions)
 
 
 def text_head(code: str) -> str:
@@ -459,11 +458,6 @@ def text_from(
         f'{head}{",".join(pieces)}}},"params":{params_json},"stage":{_quote(stage)},'
         f'"version":{tail}}}'
     )
-
-
-def canonical_json(mapping: Mapping[str, str]) -> str:
-    """A mapping as `parts_text` writes it."""
-    return json.dumps(mapping, sort_keys=True, separators=(",", ":"))
 
 
 def hash_params(params: Mapping[str, Any], only: Iterable[str] | None = None) -> dict[str, str]:

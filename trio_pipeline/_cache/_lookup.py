@@ -19,7 +19,6 @@ from ._files import MISSING, ObjectCache, digests_of, outs_changed, path_digests
 from ._keys import (
     KEY_FORMAT,
     Fingerprint,
-    canonical_json,
     functions_json,
     hash_params,
     input_piece,
@@ -31,14 +30,11 @@ from ._keys import (
     text_head,
 )
 from ._policy import CachePolicy
-from ._store import CacheEntry, CacheStore, SQLiteStore, digest_bytes
+from ._store import CacheEntry, CacheStore, SQLiteStore, canonical_json, digest_bytes
 
 _NO_CODE = Fingerprint("", {})
 _EMPTY_DEPS: Mapping[str, str] = {}
 _NO_OUTS: dict[str, str] = {}  # never written to: `_commit` only fills a fresh dict
-
-_NO_KEY_YET: tuple[None, None] = (None, None)
-"""`probe_memory`'s plain miss in a run whose store holds nothing of the pipeline."""
 
 IN_MEMORY_LOAD_BYTES = 64 << 10
 """A hit whose pickled value is at most this big may be loaded on the event loop."""
@@ -170,7 +166,7 @@ class RunJobs:
         """`lookup`, when it can be answered from memory alone; None when it cannot."""
         found = self.probe_memory(spec)
         if isinstance(found, tuple):
-            key = found[0] or self.memory_key(spec)
+            key = found[0]
             return LookupResult(
                 Decision(spec.name, DecisionKind.NO_ENTRY, "cache miss", key),
                 self.memory_parts(spec),
@@ -245,10 +241,8 @@ class RunJobs:
         text = self.memory_text(spec)
         return None if text is None else digest_bytes(text.encode())
 
-    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str | None, None] | None:
-        """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts
-        (``(None, None)`` when the store holds nothing of the pipeline: the commit
-        makes the key).
+    def probe_memory(self, spec: StageSpec) -> LookupResult | tuple[str, None] | None:
+        """`lookup_in_memory`, with a plain miss answered as ``(key, None)``, and no parts.
 
         The key's components (`memory_parts`) are left to whoever needs them: a
         commit builds them on the worker thread, a hit needs none. (A cold run is all
@@ -266,17 +260,6 @@ class RunJobs:
         known = self.known
         if known is None or spec.deps:
             return None
-        if not known and not spec.forced and not self.explain:
-            # The store holds nothing of this pipeline: every key misses. Its key is
-            # made by the commit, on the worker thread (`memory_key`).
-            digests = self.value_digests
-            for name in spec.upstream:
-                if name not in digests:
-                    return None
-            params = self._param_digests.get(spec.policy.params)
-            if params is None or isinstance(params, str):
-                return None
-            return _NO_KEY_YET
         key = self.memory_key(spec)
         if key is None:
             return None

@@ -367,9 +367,8 @@ class RunCache:
                 i: out.blocked_by for i, out in enumerate(outs) if out.blocked_by is not None
             }
         reasons = list(map(self.reasons.get, names))
-        for i in self._unstored:
-            if attempts[i] and reasons[i] is None:
-                reasons[i] = _UNSTORED_REASON
+        for i in self._unstored:  # (the others' reason is `self.reasons`' alone)
+            reasons[i] = self.reason(i, names[i], attempts[i])
         for i, culprit in blocked.items():
             reasons[i] = f"upstream {culprit!r} failed"
         errors = {i: describe_error(error) for i, error in failures.items()}

@@ -481,6 +481,16 @@ def _encode(items: list[Any]) -> tuple[bytes, str]:
     return blob, _check(blob)
 
 
+def _encode_pack(
+    meta: list[Any], data: list[Any], parts: list[Any]
+) -> tuple[bytes, bytes, bytes, str]:
+    """A pack's lists as stored: ``(meta, data, parts, digests)`` (see `_PACKS`)."""
+    meta_blob, meta_check = _encode(meta)
+    data_blob, data_check = _encode(data)
+    parts_blob, parts_check = _encode(parts)
+    return meta_blob, data_blob, parts_blob, meta_check + data_check + parts_check
+
+
 def _decode(blob: bytes, digest: str) -> list[Any] | None:
     """A pack's list, or None if its bytes do not match their checksum (never decoded then)."""
     if _check(blob) != digest:
@@ -540,22 +550,8 @@ def _insert_packs(db: sqlite3.Connection, rows: Sequence[PackRow]) -> list[int]:
             size += len(value)
             oldest, newest = min(oldest, created), max(newest, created)
             end += 1
-        meta_blob, meta_digest = _encode(meta)
-        data_blob, data_digest = _encode(data)
-        parts_blob, parts_digest = _encode(parts)
         pack = db.execute(
-            _INSERT_PACK,
-            (
-                pipeline,
-                run_id,
-                oldest,
-                newest,
-                size,
-                meta_blob,
-                data_blob,
-                parts_blob,
-                meta_digest + data_digest + parts_digest,
-            ),
+            _INSERT_PACK, (pipeline, run_id, oldest, newest, size, *_encode_pack(meta, data, parts))
         ).lastrowid
         assert pack is not None
         first = pack << 32
@@ -974,7 +970,7 @@ class SQLiteStore:
         parts = dict(entry.parts)
         functions = parts.pop("functions", None)
         code = parts.get("code")
-        text = _json(parts)
+        text = canonical_json(parts)
         self.put_encoded(
             (
                 entry.pipeline,
@@ -988,7 +984,7 @@ class SQLiteStore:
                 text,
             ),
             code if isinstance(code, str) and functions is not None else None,
-            _json(_plain(functions)) if functions is not None else "{}",
+            canonical_json(_plain(functions)) if functions is not None else "{}",
         )
 
     def put_encoded(self, row: PackRow, code: str | None, functions: str) -> None:
@@ -1075,9 +1071,6 @@ class SQLiteStore:
             if not alive:
                 db.execute("DELETE FROM packs WHERE id = ?", (pack,))
                 continue
-            meta_blob, meta_digest = _encode(meta)
-            data_blob, data_digest = _encode(data)
-            parts_blob, parts_digest = _encode(parts)
             db.execute(
                 "UPDATE packs SET oldest = ?, newest = ?, value_bytes = ?, meta = ?, data = ?,"
                 " parts = ?, digests = ? WHERE id = ?",
@@ -1085,10 +1078,7 @@ class SQLiteStore:
                     min(item[2] for item in alive),
                     max(item[2] for item in alive),
                     sum(item[5] for item in alive),
-                    meta_blob,
-                    data_blob,
-                    parts_blob,
-                    meta_digest + data_digest + parts_digest,
+                    *_encode_pack(meta, data, parts),
                     pack,
                 ),
             )
@@ -1326,7 +1316,9 @@ _STALE = object()  # a pack is not what the store noted: read again where entrie
 _INSERT_FUNCTIONS = "INSERT OR IGNORE INTO functions VALUES (?, ?)"
 
 
-def _json(mapping: Mapping[str, Any]) -> str:
+def canonical_json(mapping: Mapping[str, Any]) -> str:
+    """`mapping` as the cache writes JSON everywhere: sorted keys, no spaces (so equal
+    mappings give equal texts: a key is the hash of one)."""
     return json.dumps(mapping, sort_keys=True, separators=(",", ":"))
 
 
